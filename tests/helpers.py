@@ -1,0 +1,39 @@
+"""Small helpers shared by the tests (tiny models, generated images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def tiny_pixels(n: int = 4, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Random uint8 RGB pixels, shape (n, size, size, 3)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def tiny_labels(n: int = 4, num_classes: int = 2, seed: int = 0) -> np.ndarray:
+    return np.arange(n) % num_classes
+
+
+def weights_by_name(model) -> dict[str, np.ndarray]:
+    """{variable path: value copy} for every weight of ``model``."""
+    return {w.path: np.array(w.numpy()) for w in model.weights}
+
+
+def write_class_folders(root: Path, classes=("cats", "dogs"), per_class: int = 4,
+                        size: int = 40, seed: int = 0) -> Path:
+    """A folder of class sub-folders of small, class-coloured PNG/JPEG images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros((size, size, 3), np.float32)
+            base[..., c % 3] = 180
+            img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(img).save(folder / f"{name}_{i}.{ext}")
+    return Path(root)
