@@ -44,9 +44,11 @@ _EXPORTS = {
     "load_image_folder": "data",
     "ImageFolder": "data",
     "class_weights": "data",
+    "decode_and_resize": "data",
     # augmentation
     "Augmentation": "augment",
     "preview_augmentation": "augment",
+    "RandomAffine": "augment",
     # fine-tuning
     "StagedUnfreeze": "finetune",
     "fine_tune": "finetune",

@@ -1,0 +1,247 @@
+"""Augmentation: ImageDataGenerator keywords -> Keras preprocessing layers, both ways of use."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+tf = pytest.importorskip("tensorflow")
+
+from tfx_transfer.augment import (  # noqa: E402
+    Augmentation,
+    RandomAffine,
+    RandomBrightnessScale,
+    RandomChannelShift,
+    idg_affine_transform,
+    preview_augmentation,
+)
+
+IDG_KWARGS = dict(
+    rotation_range=20,
+    width_shift_range=0.1,
+    height_shift_range=8,  # pixels (>= 1), like IDG
+    shear_range=10,  # degrees
+    zoom_range=0.2,
+    horizontal_flip=True,
+    vertical_flip=True,
+    brightness_range=[0.8, 1.2],
+    channel_shift_range=20.0,
+    fill_mode="constant",
+    cval=7.0,
+)
+
+
+def images(n=4, size=32, seed=0) -> np.ndarray:
+    ramp = np.add.outer(np.arange(size), 3 * np.arange(size)) % 256
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 40, (n, size, size, 3))
+    return np.clip(ramp[None, :, :, None] + noise, 0, 255).astype("uint8")
+
+
+def affine_of(aug: Augmentation) -> RandomAffine:
+    (affine,) = [layer for layer in aug.augmenters if isinstance(layer, RandomAffine)]
+    return affine
+
+
+def test_idg_kwargs_map_to_layers_with_the_same_ranges():
+    aug = Augmentation(**IDG_KWARGS)
+    assert [type(layer).__name__ for layer in aug.augmenters] == [
+        "RandomAffine", "RandomChannelShift", "RandomBrightnessScale",
+    ]
+    affine = affine_of(aug)
+    assert affine.rotation_range == 20.0  # U(-20, 20) degrees
+    assert affine.width_shift_range == 0.1  # fraction of the width
+    assert affine.height_shift_range == 8  # int >= 1: pixels
+    assert affine.shear_range == 10.0  # degrees
+    assert affine.zoom_range == [0.8, 1.2]  # zx, zy independently in [1 - z, 1 + z]
+    assert affine.horizontal_flip and affine.vertical_flip
+    assert (affine.fill_mode, affine.fill_value, affine.interpolation) == ("constant", 7.0, "bilinear")
+    assert aug.augmenters[1].intensity == 20.0
+    assert aug.augmenters[2].factor_range == [0.8, 1.2]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(theta=17.0, tx=3.0, ty=-2.0, shear=12.0, zx=0.9, zy=1.15, flip_horizontal=True, flip_vertical=False),
+        dict(theta=-30.0, tx=0.0, ty=5.0, shear=0.0, zx=1.2, zy=1.2, flip_horizontal=False, flip_vertical=True),
+    ],
+)
+def test_affine_matrix_reproduces_legacy_image_data_generator_exactly(params):
+    pytest.importorskip("scipy")  # the legacy generator resamples with scipy
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    x = np.random.default_rng(0).random((33, 33, 3)).astype("float32") * 255
+    legacy = ImageDataGenerator(fill_mode="nearest").apply_transform(x, dict(params))
+
+    def one(v):
+        return np.array([v], "float32")
+
+    flips = [one(-1.0 if params[k] else 1.0) for k in ("flip_horizontal", "flip_vertical")]
+    transform = idg_affine_transform(
+        RandomAffine().backend, 33, 33,
+        *[one(params[k]) for k in ("theta", "tx", "ty", "shear", "zx", "zy")], *flips,
+    )
+    ours = np.asarray(keras.ops.image.affine_transform(x[None], transform, fill_mode="nearest"))[0]
+    np.testing.assert_allclose(ours, legacy, atol=0.01)
+
+
+def dot_columns(out: np.ndarray) -> np.ndarray:
+    return np.array([np.argwhere(img[..., 0] > 100)[:, 1].mean() for img in out])
+
+
+def test_pixel_shifts_follow_idg_int_float_and_list_rules():
+    x = np.zeros((64, 21, 21, 3), "float32")
+    x[:, 10, 10] = 255
+    int_shift = RandomAffine(width_shift_range=3, interpolation="nearest", fill_mode="constant", seed=0)
+    moved = np.round(dot_columns(np.asarray(int_shift(x, training=True))) - 10)
+    assert set(moved) == {-2.0, -1.0, 0.0, 1.0, 2.0}  # np.random.choice(3) * (+-1)
+    list_shift = RandomAffine(width_shift_range=[4, 6], interpolation="nearest", fill_mode="constant", seed=1)
+    moved = np.round(dot_columns(np.asarray(list_shift(x, training=True))) - 10)
+    assert set(moved) == {-6.0, -4.0, 4.0, 6.0}
+    fraction = RandomAffine(width_shift_range=0.2, height_shift_range=0.0, seed=2, fill_mode="constant")
+    moved = dot_columns(np.asarray(fraction(x, training=True))) - 10
+    assert np.all(np.abs(moved) <= 0.2 * 21 + 0.5) and np.ptp(moved) > 2
+
+
+def test_zoom_pairs_nearest_interpolation_and_defaults():
+    affine = affine_of(Augmentation(zoom_range=[0.8, 1.3], interpolation_order=0))
+    assert affine.zoom_range == [0.8, 1.3]
+    assert affine.interpolation == "nearest" and affine.fill_mode == "nearest"  # IDG's default fill
+    assert affine.rotation_range == 0 and not affine.horizontal_flip
+    assert not Augmentation().augmenters and not Augmentation().is_random
+
+
+def test_brightness_multiplies_and_channel_shift_clips_like_idg():
+    x = images(8).astype("float32")
+    y = np.asarray(RandomBrightnessScale([0.5, 0.9], seed=1)(x, training=True))
+    ratio = y.reshape(8, -1).sum(1) / x.reshape(8, -1).sum(1)
+    assert np.all((ratio >= 0.5) & (ratio <= 0.9)) and np.ptp(ratio) > 0
+    per_image = y / np.maximum(x, 1e-6)
+    assert np.allclose(per_image[x > 0].reshape(-1)[:10], per_image[x > 0].reshape(-1)[0], atol=1e-4)
+    shifted = np.asarray(RandomChannelShift(50.0, seed=2)(x, training=True))
+    for src, out in zip(x, shifted):
+        assert out.min() >= src.min() and out.max() <= src.max()
+        delta = (out - src)[(out > src.min()) & (out < src.max())]
+        assert np.allclose(delta, delta[0], atol=1e-3)  # one shift for all channels
+
+
+def test_identity_at_inference_random_in_training_float32_out():
+    aug = Augmentation(**IDG_KWARGS, seed=0)
+    x = images()
+    y = aug(x)
+    assert y.dtype == "float32"
+    np.testing.assert_array_equal(np.asarray(y), x.astype("float32"))
+    y_train = np.asarray(aug(x, training=True))
+    assert y_train.shape == x.shape and not np.allclose(y_train, x)
+    assert 0 <= y_train.min() and y_train.max() <= 255
+
+
+def test_as_model_layer_identity_in_predict_and_keras_file_round_trip(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(Augmentation(**IDG_KWARGS, seed=3)(inputs)))
+    model = keras.Model(inputs, outputs)
+    plain = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    plain.layers[-1].set_weights(model.layers[-1].get_weights())
+    x = images()
+    np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-6)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    aug = loaded.get_layer("augmentation")
+    assert isinstance(aug, Augmentation)
+    assert {k: aug.get_config()[k] for k in IDG_KWARGS} == {
+        **IDG_KWARGS, "brightness_range": [0.8, 1.2]
+    }
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    model.compile("sgd", "mse")
+    model.fit(x, np.zeros((4, 2)), epochs=1, verbose=0)  # trains through the random layer
+
+
+def test_existing_idg_kwargs_dict_works_as_is():
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    defaults = {
+        name: p.default for name, p in inspect.signature(ImageDataGenerator.__init__).parameters.items()
+        if name != "self"
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aug = Augmentation(**defaults)  # every keyword at its default: accepted silently
+    assert not aug.is_random
+    user = {**defaults, "rotation_range": 15, "horizontal_flip": True, "rescale": 1 / 255, "validation_split": 0.2}
+    with pytest.warns(UserWarning, match="rescale=.*validation_split=0.2 .*load_image_folder"):
+        aug = Augmentation(**user)
+    assert affine_of(aug).rotation_range == 15
+    assert aug.is_random and "rescale" not in aug.get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"featurewise_center": True, "zca_whitening": True}, r"\['featurewise_center', 'zca_whitening'\]"),
+        ({"preprocessing_function": lambda x: x}, "preprocessing_function"),
+        ({"rotation": 10, "flip": True}, r"Unknown .*\['flip', 'rotation'\]"),
+        ({"data_format": "channels_first"}, "channels_first"),
+        ({"preset": "extreme"}, "extreme"),
+        ({"mixing": "blend"}, "blend"),
+        ({"zoom_range": [0.0, 1.0]}, "zoom_range"),
+        ({"fill_mode": "mirror"}, "mirror"),
+    ],
+)
+def test_keywords_without_equivalent_raise_naming_them(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Augmentation(**kwargs)
+
+
+def test_presets():
+    assert not Augmentation(preset="none").is_random
+    light, standard, heavy = (Augmentation(preset=p) for p in ("light", "standard", "heavy"))
+    assert light.is_random and standard.is_random and heavy.is_random
+    assert [type(layer).__name__ for layer in light.augmenters] == ["RandomAffine"]
+    assert affine_of(light).rotation_range == 10 and affine_of(light).horizontal_flip
+    assert [type(layer).__name__ for layer in standard.augmenters] == ["RandomAffine", "RandomBrightnessScale"]
+    assert [type(layer).__name__ for layer in heavy.augmenters] == ["RandomAffine", "RandAugment"]
+    assert heavy.mixing == "mixup" and type(heavy.mixer).__name__ == "MixUp"
+    assert affine_of(Augmentation(preset="light", rotation_range=45)).rotation_range == 45
+    assert type(Augmentation(preset="heavy", mixing="cutmix").mixer).__name__ == "CutMix"
+
+
+def test_heavy_as_model_layer_skips_mixing_with_one_warning():
+    aug = Augmentation(preset="heavy", seed=0)
+    x = images()
+    with pytest.warns(UserWarning, match="mixup .* skipped") as record:
+        aug(x, training=True)
+        aug(x, training=True)
+    assert len([w for w in record if "mixup" in str(w.message)]) == 1
+
+
+def test_map_dataset_batches_and_mixes_one_hot_labels():
+    x = images(16)
+    labels = np.eye(2, dtype="float32")[np.arange(16) % 2]
+    ds = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)
+    out_x, out_y = next(iter(Augmentation(preset="heavy", seed=4).map_dataset(ds)))
+    assert out_x.dtype == tf.float32 and out_x.shape == (16, 32, 32, 3)
+    assert np.allclose(out_y.numpy().sum(1), 1.0)
+    assert not np.all(np.isin(out_y.numpy(), (0.0, 1.0)))  # labels were mixed
+    plain = Augmentation(rotation_range=30, seed=1).map_dataset(tf.data.Dataset.from_tensor_slices(x).batch(4))
+    first = next(iter(plain)).numpy()
+    assert first.shape == (4, 32, 32, 3) and not np.allclose(first, x[:4])
+    int_labels = tf.data.Dataset.from_tensor_slices((x, np.arange(16) % 2)).batch(4)
+    with pytest.raises(ValueError, match="one-hot"):
+        Augmentation(preset="heavy").map_dataset(int_labels)
+    with pytest.raises(ValueError, match="batch"):
+        Augmentation(rotation_range=10).map_dataset(tf.data.Dataset.from_tensor_slices(x))
+
+
+def test_preview_augmentation_writes_a_png_grid(tmp_path):
+    path = preview_augmentation(images(1)[0], Augmentation(rotation_range=30), tmp_path / "one.png", n=4)
+    assert Image.open(path).format == "PNG"
+    ds = tf.data.Dataset.from_tensor_slices((images(6), np.arange(6))).batch(3)
+    path = preview_augmentation(ds, "standard", tmp_path / "grid.png", n=9)
+    with Image.open(path) as img:
+        assert img.size[0] > 100 and img.size[1] > 100

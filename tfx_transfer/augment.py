@@ -1,0 +1,594 @@
+"""ImageDataGenerator-style augmentation as one Keras layer.
+
+``Augmentation(rotation_range=20, zoom_range=0.15, horizontal_flip=True)`` takes
+ImageDataGenerator's keyword names *and meanings* and builds Keras
+preprocessing layers (``DataLayer`` subclasses, safe inside ``tf.data``) with
+the same ranges. The same object works two ways:
+
+* as a layer at the front of the model (``build_transfer_model(augmentation=...)``):
+  random in ``model.fit``, identity otherwise (``predict``, ``evaluate``, export);
+* mapped over a batched ``tf.data`` dataset: ``aug.map_dataset(ds)``.
+
+Input: ``uint8`` or float pixels in 0..255, ``(B, H, W, 3)`` or ``(H, W, 3)``.
+Output: ``float32`` in 0..255 (the model's own preprocessing follows).
+
+How the ImageDataGenerator keywords map:
+
+* ``rotation_range``, ``width_shift_range``, ``height_shift_range``,
+  ``shear_range``, ``zoom_range``, ``horizontal_flip``, ``vertical_flip``,
+  ``fill_mode``, ``cval`` (-> ``fill_value``), ``interpolation_order`` 0/1
+  (-> ``"nearest"``/``"bilinear"``): one :class:`RandomAffine` with IDG's own
+  matrix (:func:`idg_affine_transform`: rotation, shift, shear, zoom about the
+  center, then flips), so each batch is resampled once, as IDG does. Keras's
+  ``RandomRotation``/``RandomTranslation``/``RandomShear``/``RandomZoom``/
+  ``RandomFlip`` chained would resample four or five times (softer images,
+  about 3x slower on CPU) and shear about the top-left corner instead of the
+  center.
+* ``channel_shift_range=r``: :class:`RandomChannelShift`, one U(-r, r) added to
+  all channels, clipped to the image's own min/max (as IDG).
+* ``brightness_range=[a, b]``: :class:`RandomBrightnessScale`, pixels times
+  U(a, b), clipped to 0..255 (IDG multiplies; Keras's ``RandomBrightness`` adds).
+
+Residual differences: ``interpolation_order`` above 1 (spline) is not
+available (bilinear is used, with a warning); brightness is not re-quantized
+to integers as IDG's PIL round trip does. Keras 3's legacy
+``ImageDataGenerator`` port applies ``height_shift_range`` horizontally and
+``width_shift_range`` vertically, and centers zoom/rotation at (H/2, W/2)
+swapped on non-square images; we follow the documented meaning.
+
+Harmless keywords are accepted with one ``UserWarning`` when set: ``rescale``
+(the model rescales raw 0..255 pixels itself), ``dtype`` (output is
+``float32``), ``validation_split`` (pass it to ``load_image_folder``),
+``interpolation_order`` other than 0/1. ``zca_epsilon`` and keywords at their
+IDG default are accepted silently, so ``ImageDataGenerator``'s full keyword set
+works. Keywords with no equivalent raise ``ValueError`` when set
+(``featurewise_*``, ``samplewise_*``, ``zca_whitening``,
+``preprocessing_function``); so do unknown keywords and
+``data_format="channels_first"``.
+
+Presets: ``"none"``; ``"light"`` (flip, 10 deg, zoom 0.1); ``"standard"`` (flip,
+20 deg, shifts 0.1, zoom 0.15, brightness 0.9-1.1); ``"heavy"`` (flip,
+``keras.layers.RandAugment(num_ops=2, factor=0.2)`` and ``MixUp(alpha=0.2)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+from keras.src.layers.preprocessing.data_layer import DataLayer
+
+_IDG_DEFAULTS: dict[str, Any] = {
+    "rotation_range": 0,
+    "width_shift_range": 0.0,
+    "height_shift_range": 0.0,
+    "brightness_range": None,
+    "shear_range": 0.0,
+    "zoom_range": 0.0,
+    "channel_shift_range": 0.0,
+    "fill_mode": "nearest",
+    "cval": 0.0,
+    "horizontal_flip": False,
+    "vertical_flip": False,
+    "interpolation_order": 1,
+}
+_HARMLESS = {
+    "rescale": "the model's own preprocessing scales raw 0..255 pixels; rescaling here would scale twice",
+    "dtype": "the output is float32",
+    "validation_split": "pass validation_split to load_image_folder instead",
+    "data_format": "images are channels_last",
+}
+_NO_EQUIVALENT = (
+    "featurewise_center",
+    "samplewise_center",
+    "featurewise_std_normalization",
+    "samplewise_std_normalization",
+    "zca_whitening",
+    "preprocessing_function",
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {"horizontal_flip": True, "rotation_range": 10, "zoom_range": 0.1, "fill_mode": "reflect"},
+    "standard": {
+        "horizontal_flip": True,
+        "rotation_range": 20,
+        "width_shift_range": 0.1,
+        "height_shift_range": 0.1,
+        "zoom_range": 0.15,
+        "brightness_range": [0.9, 1.1],
+        "fill_mode": "reflect",
+    },
+    # plus RandAugment(num_ops=2, factor=0.2) and MixUp (dataset side only)
+    "heavy": {"horizontal_flip": True},
+}
+_MIXING = ("mixup", "cutmix")
+_FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+
+
+def _is_default(key: str, value: Any) -> bool:
+    if key == "data_format":
+        return value in (None, "channels_last")
+    if key == "rescale":
+        return value in (None, 0, 1)
+    return not value  # False, None, 0, 0.0
+
+
+def _check_idg_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Validate ImageDataGenerator keywords; return the ones we implement (warns for harmless ones)."""
+    known = set(_IDG_DEFAULTS) | set(_HARMLESS) | set(_NO_EQUIVALENT) | {"zca_epsilon"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown ImageDataGenerator keyword(s) {unknown}; supported: {sorted(_IDG_DEFAULTS)}."
+        )
+    unsupported = sorted(k for k in _NO_EQUIVALENT if k in kwargs and not _is_default(k, kwargs[k]))
+    if unsupported:
+        raise ValueError(
+            f"ImageDataGenerator keyword(s) {unsupported} have no equivalent here: the model "
+            "normalizes inputs itself (remove them); for preprocessing_function, map your "
+            "function over the tf.data dataset."
+        )
+    if kwargs.get("fill_mode", "nearest") not in _FILL_MODES:
+        raise ValueError(f"fill_mode={kwargs['fill_mode']!r}: use one of {list(_FILL_MODES)}.")
+    if kwargs.get("data_format") == "channels_first":
+        raise ValueError("data_format='channels_first' is not supported: images are (H, W, 3).")
+    ignored = sorted(k for k in _HARMLESS if k in kwargs and not _is_default(k, kwargs[k]))
+    order = kwargs.get("interpolation_order", 1)
+    if order not in (0, 1):
+        ignored.append("interpolation_order")
+    if ignored:
+        reasons = {**_HARMLESS, "interpolation_order": f"order {order} is not available; bilinear (1) is used"}
+        warnings.warn(
+            "Augmentation ignores " + "; ".join(f"{k}={kwargs[k]!r} ({reasons[k]})" for k in ignored),
+            UserWarning,
+            stacklevel=3,
+        )
+    kept = {k: v for k, v in kwargs.items() if k in _IDG_DEFAULTS}
+    if kept.get("interpolation_order", 1) not in (0, 1):
+        del kept["interpolation_order"]
+    return kept
+
+
+def _check_shift(value: Any, key: str) -> float | int | list:
+    """IDG shift range, kept as IDG reads it: float (fraction if < 1, else pixels), int pixels or a list."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = [float(v) for v in value]
+        if not values:
+            raise ValueError(f"{key}={value!r}: the list of shifts is empty.")
+        return values
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return abs(int(value))
+    return abs(float(value))
+
+
+def _zoom_bounds(zoom_range: Any) -> tuple[float, float]:
+    if isinstance(zoom_range, (int, float)):
+        low, high = 1 - zoom_range, 1 + zoom_range
+    elif len(zoom_range) == 2:
+        low, high = sorted(float(z) for z in zoom_range)
+    else:
+        raise ValueError(f"zoom_range={zoom_range!r}: pass a float or [lower, upper].")
+    if not low > 0:
+        raise ValueError(f"zoom_range={zoom_range!r} gives [{low}, {high}]; the lower bound must be > 0.")
+    return low, high
+
+
+def idg_affine_transform(bk, height, width, theta, tx, ty, shear, zx, zy, flip_x, flip_y):
+    """ImageDataGenerator's transform as ``(B, 8)`` projective transforms for ``affine_transform``.
+
+    ``C @ R(theta) @ T(tx, ty) @ S(shear) @ Z(zx, zy) @ F(flip_x, flip_y) @ C^-1``:
+    rotation, shift, shear and zoom composed in IDG's order about the image
+    center ``C`` (pixel-center coordinates, x = column, y = row), then the flips
+    (``flip_x``/``flip_y`` = -1 to flip, 1 not). Each matrix maps output to
+    input coordinates, as in IDG: ``zx > 1`` zooms out, the shear maps
+    ``(x, y)`` to ``(x - sin(shear) * y, cos(shear) * y)``. Angles in degrees;
+    all arguments are ``(B,)`` tensors except ``height``/``width``.
+
+    Example:
+        >>> t = idg_affine_transform(keras.src.backend, 32, 32, *[np.zeros(2, "float32")] * 3,
+        ...                          *[np.ones(2, "float32")] * 4)
+    """
+    n = bk.numpy
+    one, zero = n.ones_like(theta), n.zeros_like(theta)
+    cx = one * (bk.cast(width, "float32") - 1.0) / 2.0
+    cy = one * (bk.cast(height, "float32") - 1.0) / 2.0
+    t, s = theta * (math.pi / 180.0), shear * (math.pi / 180.0)
+
+    def mat(*rows):
+        return n.stack([n.stack(row, axis=-1) for row in rows], axis=-2)
+
+    last = [zero, zero, one]
+    m = mat([one, zero, cx], [zero, one, cy], last)
+    for step in (
+        mat([n.cos(t), -n.sin(t), zero], [n.sin(t), n.cos(t), zero], last),
+        mat([one, zero, tx], [zero, one, ty], last),
+        mat([one, -n.sin(s), zero], [zero, n.cos(s), zero], last),
+        mat([zx, zero, zero], [zero, zy, zero], last),
+        mat([flip_x, zero, zero], [zero, flip_y, zero], last),
+        mat([one, zero, -cx], [zero, one, -cy], last),
+    ):
+        m = n.matmul(m, step)
+    return n.concatenate([m[:, 0, :], m[:, 1, :], n.zeros_like(m[:, 0, :2])], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="tfx_transfer")
+class RandomAffine(DataLayer):
+    """ImageDataGenerator's geometric augmentation in one resampling (rotation, shifts, shear, zoom, flips).
+
+    Same keywords, meanings and composition as ImageDataGenerator (see
+    :func:`idg_affine_transform`): ``rotation_range`` and ``shear_range`` in
+    degrees (U(-r, r)); shifts as a fraction of the side if < 1, pixels if
+    >= 1 (an int ``n`` draws integers in [-(n-1), n-1], a list draws one of its
+    values with a random sign); ``zoom_range=(low, high)`` draws ``zx`` and
+    ``zy`` independently; each flip with probability 0.5. One
+    ``affine_transform`` call per batch (the per-image matrices differ).
+
+    Example:
+        >>> RandomAffine(rotation_range=20, zoom_range=(0.8, 1.2), seed=0)(
+        ...     np.zeros((2, 32, 32, 3)), training=True).shape
+        (2, 32, 32, 3)
+    """
+
+    def __init__(self, rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, shear_range=0.0,
+                 zoom_range=(1.0, 1.0), horizontal_flip=False, vertical_flip=False, fill_mode="nearest",
+                 fill_value=0.0, interpolation="bilinear", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation_range = abs(float(rotation_range))
+        self.width_shift_range = _check_shift(width_shift_range, "width_shift_range")
+        self.height_shift_range = _check_shift(height_shift_range, "height_shift_range")
+        self.shear_range = abs(float(shear_range))
+        self.zoom_range = list(_zoom_bounds(zoom_range))
+        self.horizontal_flip, self.vertical_flip = bool(horizontal_flip), bool(vertical_flip)
+        if fill_mode not in _FILL_MODES:
+            raise ValueError(f"fill_mode={fill_mode!r}: use one of {list(_FILL_MODES)}.")
+        self.fill_mode, self.fill_value, self.interpolation = fill_mode, float(fill_value), interpolation
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+        self.supports_jit = False  # ImageProjectiveTransform has no XLA kernel
+
+    def _shift(self, spec, batch, size, seed):
+        bk = self.backend
+        if isinstance(spec, float):
+            shift = bk.random.uniform((batch,), -spec, spec, seed=seed)
+            fraction = spec < 1
+        else:  # IDG: np.random.choice(range(n) or the list) times a random sign
+            values = list(range(spec)) if isinstance(spec, int) else spec
+            index = bk.random.randint((batch,), 0, len(values), seed=seed)
+            sign = bk.numpy.where(bk.random.uniform((batch,), seed=seed) < 0.5, -1.0, 1.0)
+            shift = bk.numpy.take(bk.convert_to_tensor(values, "float32"), index) * sign
+            fraction = max(abs(v) for v in values) < 1
+        return shift * bk.cast(size, "float32") if fraction else shift
+
+    def call(self, images, training=True):
+        bk = self.backend
+        images = bk.cast(images, self.compute_dtype)
+        if not training:
+            return images
+        shape = bk.shape(images)
+        batched = images if len(shape) == 4 else bk.numpy.expand_dims(images, 0)
+        batch, height, width = bk.shape(batched)[0], bk.shape(batched)[1], bk.shape(batched)[2]
+        seed = self._get_seed_generator(bk._backend)
+
+        def uniform(low, high):
+            return bk.random.uniform((batch,), low, high, seed=seed)
+
+        def flip(enabled):
+            return bk.numpy.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if enabled else uniform(1.0, 1.0)
+
+        transform = idg_affine_transform(
+            bk, height, width,
+            theta=uniform(-self.rotation_range, self.rotation_range),
+            tx=self._shift(self.width_shift_range, batch, width, seed),
+            ty=self._shift(self.height_shift_range, batch, height, seed),
+            shear=uniform(-self.shear_range, self.shear_range),
+            zx=uniform(*self.zoom_range),
+            zy=uniform(*self.zoom_range),
+            flip_x=flip(self.horizontal_flip),
+            flip_y=flip(self.vertical_flip),
+        )
+        out = bk.image.affine_transform(
+            batched, transform, interpolation=self.interpolation, fill_mode=self.fill_mode,
+            fill_value=self.fill_value,
+        )
+        return out if len(shape) == 4 else bk.numpy.squeeze(out, 0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        keys = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range",
+                "horizontal_flip", "vertical_flip", "fill_mode", "fill_value", "interpolation", "seed")
+        return {**super().get_config(), **{k: getattr(self, k) for k in keys}}
+
+
+@keras.saving.register_keras_serializable(package="tfx_transfer")
+class RandomBrightnessScale(DataLayer):
+    """Multiply each image by a random U(lower, upper) factor, clip to 0..255 (IDG ``brightness_range``).
+
+    Example:
+        >>> RandomBrightnessScale((0.8, 1.2), seed=0)(np.full((2, 4, 4, 3), 100.0), training=True)
+    """
+
+    def __init__(self, factor_range, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor_range = [float(f) for f in factor_range]
+        if len(self.factor_range) != 2 or min(self.factor_range) < 0:
+            raise ValueError(f"brightness_range={factor_range!r}: pass [lower, upper] with lower >= 0.")
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        images = self.backend.cast(images, self.compute_dtype)
+        if not training:
+            return images
+        shape = self.backend.shape(images)
+        batch = 1 if len(shape) == 3 else shape[0]
+        factor = self.backend.random.uniform(
+            (batch, 1, 1, 1), *self.factor_range, seed=self._get_seed_generator(self.backend._backend)
+        )
+        factor = self.backend.numpy.reshape(factor, (1, 1, 1)) if len(shape) == 3 else factor
+        return self.backend.numpy.clip(images * factor, 0.0, 255.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "factor_range": self.factor_range, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tfx_transfer")
+class RandomChannelShift(DataLayer):
+    """Add one U(-intensity, intensity) value to all channels of each image (IDG ``channel_shift_range``).
+
+    As in ImageDataGenerator, the result is clipped to the image's own min and max.
+
+    Example:
+        >>> RandomChannelShift(30.0, seed=0)(np.random.rand(2, 4, 4, 3) * 255, training=True)
+    """
+
+    def __init__(self, intensity, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.intensity = abs(float(intensity))
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        images = self.backend.cast(images, self.compute_dtype)
+        if not training:
+            return images
+        bk, shape = self.backend, self.backend.shape(images)
+        batched = images if len(shape) == 4 else bk.numpy.expand_dims(images, 0)
+        shift = bk.random.uniform(
+            (bk.shape(batched)[0], 1, 1, 1), -self.intensity, self.intensity,
+            seed=self._get_seed_generator(bk._backend),
+        )
+        low = bk.numpy.min(batched, axis=(1, 2, 3), keepdims=True)
+        high = bk.numpy.max(batched, axis=(1, 2, 3), keepdims=True)
+        out = bk.numpy.minimum(bk.numpy.maximum(batched + shift, low), high)
+        return out if len(shape) == 4 else bk.numpy.squeeze(out, 0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "intensity": self.intensity, "seed": self.seed}
+
+
+def _make_augmenters(s: dict[str, Any], rand_augment: bool, seed: int | None) -> list[keras.layers.Layer]:
+    """The layers for IDG settings ``s``, in IDG's order (affine, channel shift, brightness)."""
+    seeds = itertools.count(seed or 0)
+
+    def next_seed():
+        return None if seed is None else next(seeds)
+
+    layers: list[keras.layers.Layer] = []
+    geometric = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range",
+                 "horizontal_flip", "vertical_flip")
+    if any(_is_active(s[k]) for k in geometric) or _zoom_bounds(s["zoom_range"]) != (1.0, 1.0):
+        layers.append(RandomAffine(
+            **{k: s[k] for k in geometric}, zoom_range=_zoom_bounds(s["zoom_range"]),
+            fill_mode=s["fill_mode"], fill_value=s["cval"],
+            interpolation="nearest" if s["interpolation_order"] == 0 else "bilinear",
+            seed=next_seed(), dtype="float32",
+        ))
+    if s["channel_shift_range"]:
+        layers.append(RandomChannelShift(s["channel_shift_range"], seed=next_seed(), dtype="float32"))
+    if s["brightness_range"] is not None and list(s["brightness_range"]) != [1, 1]:
+        layers.append(RandomBrightnessScale(s["brightness_range"], seed=next_seed(), dtype="float32"))
+    if rand_augment:
+        layers.append(keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=2, factor=0.2, seed=next_seed(), dtype="float32"
+        ))
+    return layers
+
+
+def _is_active(value: Any) -> bool:
+    return bool(len(value)) if isinstance(value, (list, tuple, np.ndarray)) else bool(value)
+
+
+@keras.saving.register_keras_serializable(package="tfx_transfer")
+class Augmentation(keras.layers.Layer):
+    """Random image augmentation with ImageDataGenerator's keywords, as a Keras layer.
+
+    Args:
+        preset: ``None``/``"none"``, ``"light"``, ``"standard"`` or ``"heavy"``
+            (see the module docstring); keywords given as well override the preset's.
+        mixing: ``"mixup"``, ``"cutmix"`` or ``None`` (``"heavy"`` defaults to
+            ``"mixup"``). Label mixing needs one-hot labels, so it runs only in
+            :meth:`map_dataset`; as a model layer it is skipped (one warning).
+        seed: optional int for reproducible draws.
+        **idg_kwargs: ImageDataGenerator keywords (see the module docstring);
+            a user's existing kwargs dict works as is.
+
+    Example:
+        >>> aug = Augmentation(rotation_range=20, width_shift_range=0.1,
+        ...                    zoom_range=0.2, horizontal_flip=True)
+        >>> train = aug.map_dataset(folder.train)          # dataset side, or
+        >>> x = aug(images, training=True)                  # as a layer
+        >>> aug.augmenters                                  # [RandomAffine]
+
+    Attributes:
+        augmenters: the per-image layers, applied in order.
+        mixer: the ``MixUp``/``CutMix`` layer or ``None``.
+        is_random: whether any random operation is active.
+    """
+
+    def __init__(self, preset: str | None = None, *, mixing: str | None = None, seed: int | None = None, **kwargs):
+        layer_kwargs = {k: kwargs.pop(k) for k in ("name", "trainable") if k in kwargs}
+        layer_kwargs.setdefault("name", "augmentation")
+        super().__init__(dtype="float32", **layer_kwargs)
+        preset_key = "none" if preset is None else str(preset).lower()
+        if preset_key not in PRESETS:
+            raise ValueError(f"preset={preset!r}: choose one of {sorted(PRESETS)}.")
+        if mixing is None and preset_key == "heavy":
+            mixing = "mixup"
+        if mixing is not None and mixing not in _MIXING:
+            raise ValueError(f"mixing={mixing!r}: use 'mixup', 'cutmix' or None.")
+        self.preset, self.mixing, self.seed = preset, mixing, seed
+        self._kwargs = _check_idg_kwargs(kwargs)
+        self.settings = {**_IDG_DEFAULTS, **PRESETS[preset_key], **self._kwargs}
+        self.augmenters = _make_augmenters(self.settings, preset_key == "heavy", seed)
+        mixer_seed = None if seed is None else seed + len(self.augmenters)
+        self.mixer = None
+        if mixing == "mixup":
+            self.mixer = keras.layers.MixUp(alpha=0.2, seed=mixer_seed, dtype="float32")
+        elif mixing == "cutmix":
+            self.mixer = keras.layers.CutMix(seed=mixer_seed, dtype="float32")
+        self._warned_mixing = False
+
+    @property
+    def is_random(self) -> bool:
+        """Whether any random operation is active (``False`` for ``"none"`` or no keywords)."""
+        return bool(self.augmenters) or self.mixer is not None
+
+    def build(self, input_shape):
+        for layer in [*self.augmenters, self.mixer]:
+            if layer is not None and not layer.built:
+                layer.build(input_shape)
+
+    def _augment(self, images):
+        x = keras.ops.cast(images, "float32")
+        for op in self.augmenters:
+            x = op(x, training=True)
+        return x
+
+    def call(self, inputs, training=False):
+        if not training:
+            return keras.ops.cast(inputs, "float32")
+        if self.mixer is not None and not self._warned_mixing:
+            self._warned_mixing = True
+            warnings.warn(
+                f"Augmentation: {self.mixing} mixes labels, which a model layer cannot see; it is "
+                "skipped here. Use augmentation.map_dataset(ds) on (images, one-hot labels) to apply it.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self._augment(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def map_dataset(self, dataset, num_parallel_calls=None):
+        """Augment a batched ``tf.data`` dataset of images or ``(images, labels[, weights])``.
+
+        Runs in the input pipeline (CPU, in parallel with training); label mixing
+        (MixUp/CutMix) is applied here and needs one-hot float labels.
+
+        Example:
+            >>> train = Augmentation(preset="standard").map_dataset(folder.train)
+        """
+        import tensorflow as tf
+
+        spec = dataset.element_spec
+        image_spec = spec[0] if isinstance(spec, tuple) else spec
+        if image_spec.shape.rank != 4:
+            raise ValueError(
+                f"map_dataset needs batched images (B, H, W, 3); got {image_spec.shape}. Call .batch(n) first."
+            )
+        if self.mixer is not None:
+            labels = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
+            if labels is None or labels.shape.rank != 2 or not labels.dtype.is_floating:
+                raise ValueError(
+                    f"{self.mixing} needs (images, one-hot float labels); got {spec}. "
+                    "Use load_image_folder(label_mode='categorical') or one-hot your labels."
+                )
+
+        def fn(*element):
+            images = self._augment(element[0])
+            rest = element[1:]
+            if self.mixer is not None:
+                mixed = self.mixer({"images": images, "labels": tf.cast(rest[0], tf.float32)}, training=True)
+                images, rest = mixed["images"], (mixed["labels"], *rest[1:])
+            return (images, *rest) if rest else images
+
+        return dataset.map(fn, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)  # always float32; "dtype" is also an IDG keyword
+        config.update({"preset": self.preset, "mixing": self.mixing, "seed": self.seed})
+        config.update({k: list(v) if isinstance(v, (tuple, np.ndarray)) else v for k, v in self._kwargs.items()})
+        return config
+
+
+def preview_augmentation(
+    images_or_dataset: Any,
+    augmentation: Augmentation | str | dict,
+    path: str | os.PathLike = "augmentation.png",
+    n: int = 9,
+    seed: int | None = 0,
+) -> str:
+    """Save a PNG grid of ``n`` augmented samples and return its path.
+
+    One image ``(H, W, 3)`` gives ``n`` variants of it; a batch or a ``tf.data``
+    dataset (of images or ``(images, labels)``) gives its first ``n`` images,
+    each augmented (cycling when there are fewer). Label mixing is not shown.
+
+    Example:
+        >>> preview_augmentation(folder.train, Augmentation(rotation_range=30), "aug.png")
+        'aug.png'
+    """
+    from matplotlib.figure import Figure
+
+    images = _first_images(images_or_dataset, n)
+    if isinstance(augmentation, str):
+        augmentation = Augmentation(preset=augmentation)
+    elif isinstance(augmentation, dict):
+        augmentation = Augmentation(**augmentation)
+    config = {**augmentation.get_config(), "seed": seed}
+    layer = Augmentation.from_config(config)
+    out = np.clip(keras.ops.convert_to_numpy(layer._augment(images)), 0, 255).astype("uint8")
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2 * cols, 2 * rows))
+    for i, axis in enumerate(fig.subplots(rows, cols, squeeze=False).ravel()):
+        axis.axis("off")
+        if i < n:
+            axis.imshow(out[i])
+    fig.tight_layout()
+    fig.savefig(path)
+    return os.fspath(path)
+
+
+def _first_images(source: Any, n: int) -> np.ndarray:
+    """``n`` images as a float32 (n, H, W, 3) array from an image, a batch or a dataset."""
+    if hasattr(source, "take") and hasattr(source, "element_spec"):  # tf.data.Dataset
+        batches = []
+        for element in source:
+            batch = element[0] if isinstance(element, tuple) else element
+            batch = np.asarray(batch)
+            batches.append(batch if batch.ndim == 4 else batch[None])
+            if sum(len(b) for b in batches) >= n:
+                break
+        source = np.concatenate(batches)
+    images = np.asarray(source, dtype="float32")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"Expected images (H, W, 3) or (N, H, W, 3); got shape {images.shape}.")
+    return images[np.arange(n) % len(images)]
