@@ -245,3 +245,106 @@ def test_preview_augmentation_writes_a_png_grid(tmp_path):
     path = preview_augmentation(ds, "standard", tmp_path / "grid.png", n=9)
     with Image.open(path) as img:
         assert img.size[0] > 100 and img.size[1] > 100
+
+
+# --- engine="keras": the stock Keras preprocessing-layer chain --------------------------------------------------
+
+
+def keras_chain(size=32, **overrides) -> Augmentation:
+    aug = Augmentation(**{**IDG_KWARGS, **overrides}, engine="keras", seed=0)
+    aug.build((None, size, size, 3))  # pixel shifts are converted with the image size here
+    return aug
+
+
+def test_keras_engine_builds_stock_layers_with_the_mapped_factors():
+    aug = keras_chain()
+    rotation, translation, shear, zoom, flip_h, flip_v, shift, brightness = aug.augmenters
+    assert [type(layer) for layer in aug.augmenters[:6]] == [
+        keras.layers.RandomRotation, keras.layers.RandomTranslation, keras.layers.RandomShear,
+        keras.layers.RandomZoom, keras.layers.RandomFlip, keras.layers.RandomFlip,
+    ]
+    assert (type(shift), type(brightness)) == (RandomChannelShift, RandomBrightnessScale)  # same in both engines
+    np.testing.assert_allclose(rotation.factor, (-20 / 360, 20 / 360))  # fraction of a full turn
+    assert translation.width_factor == 0.1  # fraction as is
+    assert translation.height_factor == 7 / 32  # int 8 px: IDG draws -7..7 px; / the 32-px side
+    np.testing.assert_allclose(shear.x_factor, (-np.tan(np.radians(10)), np.tan(np.radians(10))))
+    assert shear.y_factor == (0.0, 0.0)
+    np.testing.assert_allclose([zoom.height_lower, zoom.height_upper], (-0.2, 0.2))  # 1 + U(-0.2, 0.2)
+    np.testing.assert_allclose([zoom.width_lower, zoom.width_upper], (-0.2, 0.2))  # zx drawn on its own
+    assert (flip_h.mode, flip_v.mode) == ("horizontal", "vertical")
+    for layer in (rotation, translation, shear, zoom):
+        assert (layer.fill_mode, layer.fill_value, layer.interpolation) == ("constant", 7.0, "bilinear")
+    assert Augmentation(**IDG_KWARGS).engine == "affine"  # the default stays the one-resampling layer
+    assert type(Augmentation(width_shift_range=0.2, engine="keras").augmenters[0]) is keras.layers.RandomTranslation
+
+
+def test_keras_shear_factor_is_tan_of_idg_angle():
+    """RandomShear(tan a) == IDG's shear by a without its 1/cos(a) row stretch, about the top-left corner."""
+    angle = 25.0
+    (shear,) = Augmentation(shear_range=angle, engine="keras").augmenters
+    k = shear.x_factor[1]
+    x = np.random.default_rng(0).random((1, 33, 33, 3)).astype("float32") * 255
+    ours = shear.transform_images(x, {"shear_factor": np.array([[k, 0.0]], "float32")}, training=True)
+
+    def one(v):
+        return np.array([v], "float32")
+
+    # IDG's matrix for shear -a, rows scaled by 1/cos(a), center moved to the corner (tx = tan(a) * cy)
+    transform = idg_affine_transform(
+        RandomAffine().backend, 33, 33, one(0.0), one(np.tan(np.radians(angle)) * 16), one(0.0), one(-angle),
+        one(1.0), one(1 / np.cos(np.radians(angle))), one(1.0), one(1.0),
+    )
+    idg = keras.ops.image.affine_transform(x, transform, fill_mode=shear.fill_mode)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(idg), atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"shear_range": 50}, "shear_range=50.*45 degrees"),
+        ({"zoom_range": [0.5, 2.5]}, r"zoom_range=\[0.5, 2.5\].*up to 2"),
+        ({"width_shift_range": [4, 6]}, r"width_shift_range=\[4.0, 6.0\].*engine='affine'"),
+        ({"engine": "torchvision"}, "torchvision"),
+    ],
+)
+def test_keras_engine_out_of_range_keywords_raise_naming_them(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        Augmentation(**{"engine": "keras", **overrides})
+
+
+def test_keras_engine_pixel_shift_needs_a_known_size():
+    with pytest.raises(ValueError, match="height_shift_range=8 is in pixels"):
+        Augmentation(height_shift_range=8, engine="keras").build((None, None, None, 3))
+    with pytest.raises(ValueError, match="more than the image side"):
+        Augmentation(height_shift_range=40, engine="keras").build((None, 32, 32, 3))
+
+
+def test_keras_engine_changes_training_batches_identity_at_inference():
+    aug = Augmentation(**IDG_KWARGS, engine="keras", seed=0)
+    x = images()
+    np.testing.assert_array_equal(np.asarray(aug(x)), x.astype("float32"))
+    y = np.asarray(aug(x, training=True))
+    assert y.dtype == "float32" and y.shape == x.shape and not np.allclose(y, x)
+    assert 0 <= y.min() and y.max() <= 255
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(4)
+    batch = next(iter(Augmentation(**IDG_KWARGS, engine="keras", seed=1).map_dataset(ds))).numpy()
+    assert batch.shape == x.shape and not np.allclose(batch, x)
+
+
+def test_keras_engine_serialization_round_trip(tmp_path):
+    config = keras_chain().get_config()
+    assert config["engine"] == "keras"
+    assert Augmentation.from_config(config).engine == "keras"
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(Augmentation(**IDG_KWARGS, engine="keras", seed=3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(pooled))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    aug = loaded.get_layer("augmentation")
+    assert aug.engine == "keras" and [type(a).__name__ for a in aug.augmenters] == [
+        type(a).__name__ for a in model.get_layer("augmentation").augmenters
+    ]
+    assert aug.augmenters[1].height_factor == 7 / 32
+    x = images()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    assert preview_augmentation(x, aug, tmp_path / "keras.png", n=4).endswith("keras.png")

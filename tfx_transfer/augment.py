@@ -23,7 +23,8 @@ How the ImageDataGenerator keywords map:
   ``RandomRotation``/``RandomTranslation``/``RandomShear``/``RandomZoom``/
   ``RandomFlip`` chained would resample four or five times (softer images,
   about 3x slower on CPU) and shear about the top-left corner instead of the
-  center.
+  center. ``Augmentation(..., engine="keras")`` builds that stock Keras chain
+  instead (see :class:`Augmentation` for its exact factors and differences).
 * ``channel_shift_range=r``: :class:`RandomChannelShift`, one U(-r, r) added to
   all channels, clipped to the image's own min/max (as IDG).
 * ``brightness_range=[a, b]``: :class:`RandomBrightnessScale`, pixels times
@@ -108,6 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 _MIXING = ("mixup", "cutmix")
 _FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+_ENGINES = ("affine", "keras")
 
 
 def _is_default(key: str, value: Any) -> bool:
@@ -379,17 +381,26 @@ class RandomChannelShift(DataLayer):
         return {**super().get_config(), "intensity": self.intensity, "seed": self.seed}
 
 
-def _make_augmenters(s: dict[str, Any], rand_augment: bool, seed: int | None) -> list[keras.layers.Layer]:
-    """The layers for IDG settings ``s``, in IDG's order (affine, channel shift, brightness)."""
+def _make_augmenters(
+    s: dict[str, Any], rand_augment: bool, seed: int | None, engine: str = "affine"
+) -> tuple[list[keras.layers.Layer], dict[str, Any] | None]:
+    """The layers for IDG settings ``s``, in IDG's order (geometric, channel shift, brightness).
+
+    Also returns the ``RandomTranslation`` still waiting for the image size (keras
+    engine with pixel shifts; see :func:`_keras_geometric`), else ``None``.
+    """
     seeds = itertools.count(seed or 0)
 
     def next_seed():
         return None if seed is None else next(seeds)
 
     layers: list[keras.layers.Layer] = []
+    pending = None
     geometric = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range",
                  "horizontal_flip", "vertical_flip")
-    if any(_is_active(s[k]) for k in geometric) or _zoom_bounds(s["zoom_range"]) != (1.0, 1.0):
+    if engine == "keras":
+        layers, pending = _keras_geometric(s, next_seed)
+    elif any(_is_active(s[k]) for k in geometric) or _zoom_bounds(s["zoom_range"]) != (1.0, 1.0):
         layers.append(RandomAffine(
             **{k: s[k] for k in geometric}, zoom_range=_zoom_bounds(s["zoom_range"]),
             fill_mode=s["fill_mode"], fill_value=s["cval"],
@@ -404,7 +415,79 @@ def _make_augmenters(s: dict[str, Any], rand_augment: bool, seed: int | None) ->
         layers.append(keras.layers.RandAugment(
             value_range=(0, 255), num_ops=2, factor=0.2, seed=next_seed(), dtype="float32"
         ))
-    return layers
+    return layers, pending
+
+
+def _keras_geometric(s: dict[str, Any], next_seed) -> tuple[list[keras.layers.Layer], dict[str, Any] | None]:
+    """Stock Keras layers for IDG's geometric settings, in IDG's order (see ``Augmentation``'s ``engine``).
+
+    Pixel shifts need the image size, so their ``RandomTranslation`` is returned
+    as keyword arguments (with its list index) for :func:`_keras_translation` at build time.
+    """
+    common = dict(fill_mode=s["fill_mode"], fill_value=float(s["cval"]), dtype="float32",
+                  interpolation="nearest" if s["interpolation_order"] == 0 else "bilinear")
+    layers: list[keras.layers.Layer] = []
+    pending = None
+    if s["rotation_range"]:
+        layers.append(keras.layers.RandomRotation(abs(float(s["rotation_range"])) / 360.0, seed=next_seed(), **common))
+    shifts = {k: _check_shift(s[k], k) for k in ("width_shift_range", "height_shift_range")}
+    if any(_is_active(v) for v in shifts.values()):
+        for key, spec in shifts.items():
+            if isinstance(spec, list):
+                raise ValueError(f"{key}={spec!r}: a list of shifts has no RandomTranslation equivalent; "
+                                 "pass a float or an int, or use engine='affine'.")
+        translation = {**shifts, "seed": next_seed(), **common}
+        if any(_shift_pixels(v) for v in shifts.values()):
+            pending = {"index": len(layers), **translation}
+        else:
+            layers.append(_keras_translation(height=None, width=None, **translation))
+    if s["shear_range"]:
+        angle = abs(float(s["shear_range"]))
+        if angle > 45:
+            raise ValueError(f"shear_range={s['shear_range']!r}: engine='keras' shears by at most 45 degrees "
+                             "(RandomShear x_factor = tan(angle) <= 1); lower it or use engine='affine'.")
+        layers.append(keras.layers.RandomShear(x_factor=math.tan(math.radians(angle)), y_factor=0.0,
+                                               seed=next_seed(), **common))
+    low, high = _zoom_bounds(s["zoom_range"])
+    if (low, high) != (1.0, 1.0):
+        if high > 2:
+            raise ValueError(f"zoom_range={s['zoom_range']!r}: engine='keras' zooms up to 2 (RandomZoom "
+                             "factor <= 1); lower it or use engine='affine'.")
+        factor = (low - 1.0, high - 1.0)
+        layers.append(keras.layers.RandomZoom(height_factor=factor, width_factor=factor, seed=next_seed(), **common))
+    for key, mode in (("horizontal_flip", "horizontal"), ("vertical_flip", "vertical")):
+        if s[key]:
+            layers.append(keras.layers.RandomFlip(mode, seed=next_seed(), dtype="float32"))
+    return layers, pending
+
+
+def _shift_pixels(spec: float | int) -> float:
+    """The pixel range of an IDG shift (0.0 when it is a fraction of the side)."""
+    if isinstance(spec, float):
+        return spec if spec >= 1 else 0.0
+    return float(max(spec - 1, 0))  # int n: IDG draws integers in [-(n-1), n-1]
+
+
+def _keras_translation(width_shift_range, height_shift_range, height, width, **kwargs) -> keras.layers.Layer:
+    """``RandomTranslation`` for IDG shifts; pixel shifts become fractions of ``height``/``width``."""
+
+    def fraction(spec, key, size):
+        pixels = _shift_pixels(spec)
+        if not pixels:
+            return float(spec) if isinstance(spec, float) else 0.0
+        if size is None:
+            raise ValueError(f"{key}={spec!r} is in pixels, which engine='keras' converts with the image size, "
+                             "but the input size is unknown; give the input a fixed size, pass a fraction "
+                             "(< 1) or use engine='affine'.")
+        if pixels > size:
+            raise ValueError(f"{key}={spec!r} pixels is more than the image side ({size}); lower it.")
+        return pixels / size
+
+    return keras.layers.RandomTranslation(
+        height_factor=fraction(height_shift_range, "height_shift_range", height),
+        width_factor=fraction(width_shift_range, "width_shift_range", width),
+        **kwargs,
+    )
 
 
 def _is_active(value: Any) -> bool:
@@ -422,8 +505,47 @@ class Augmentation(keras.layers.Layer):
             ``"mixup"``). Label mixing needs one-hot labels, so it runs only in
             :meth:`map_dataset`; as a model layer it is skipped (one warning).
         seed: optional int for reproducible draws.
+        engine: how the geometric keywords (rotation, shifts, shear, zoom,
+            flips) run. ``"affine"`` (default): one :class:`RandomAffine`, one
+            resampling with ImageDataGenerator's exact matrix. ``"keras"``: the
+            stock chain ``RandomRotation -> RandomTranslation -> RandomShear ->
+            RandomZoom -> RandomFlip("horizontal") -> RandomFlip("vertical")``
+            (IDG's composition order), for users who want Keras's own layers.
+            It resamples once per op, so it is slower (about 3x the CPU time per
+            batch for rotation + shifts + zoom) and a little softer. Brightness
+            and channel shift use the layers above in both engines (Keras has no
+            multiplicative brightness).
         **idg_kwargs: ImageDataGenerator keywords (see the module docstring);
             a user's existing kwargs dict works as is.
+
+    With ``engine="keras"`` the keywords map as follows (Keras 3.15 layers);
+    every layer gets ``fill_mode``, ``fill_value=cval`` and the interpolation:
+
+    * ``rotation_range=r`` -> ``RandomRotation(factor=r / 360)``: U(-r, r)
+      degrees about the center, counter-clockwise positive, as IDG (exact).
+    * ``width_shift_range``/``height_shift_range`` -> ``RandomTranslation``
+      with fractions of the side: a float < 1 as is; pixels (a float >= 1, or
+      an int ``n``, which IDG draws as integers in [-(n-1), n-1]) divided by the
+      image size known when the layer is built (so it fixes the input size).
+      Keras draws continuous shifts where IDG draws integer pixels for an int;
+      a list of shifts raises ``ValueError`` (no equivalent).
+    * ``shear_range=a`` degrees -> ``RandomShear(x_factor=tan(a), y_factor=0)``.
+      Keras's factor is the horizontal displacement per row (``x_in = x + k*y``),
+      the tangent of the shear angle, drawn as U(-tan(a), tan(a)) (IDG draws the
+      angle U(-a, a)). IDG's matrix ``[[1, -sin a], [0, cos a]]`` is that shear
+      by ``a`` followed by a vertical stretch of ``1/cos(a)`` (+1.5% at 10 deg,
+      +15% at 30 deg) which RandomShear does not apply, and Keras shears about
+      the top-left corner, not the center (the image also slides sideways by up
+      to ``tan(a) * H / 2``). ``a`` above 45 degrees raises ``ValueError``.
+    * ``zoom_range`` ``[lo, hi]`` -> ``RandomZoom(height_factor=(lo-1, hi-1),
+      width_factor=(lo-1, hi-1))``: zx and zy drawn independently about the
+      center, > 1 zooms out, as IDG (exact); ``hi`` above 2 raises ``ValueError``.
+    * ``horizontal_flip``/``vertical_flip`` -> one ``RandomFlip`` each (one
+      ``"horizontal_and_vertical"`` layer would flip both or neither).
+
+    Because each op resamples and fills on its own, ``"nearest"``/``"reflect"``
+    fills are computed from already-filled images and detail blurs a little more
+    than with one resampling.
 
     Example:
         >>> aug = Augmentation(rotation_range=20, width_shift_range=0.1,
@@ -431,6 +553,7 @@ class Augmentation(keras.layers.Layer):
         >>> train = aug.map_dataset(folder.train)          # dataset side, or
         >>> x = aug(images, training=True)                  # as a layer
         >>> aug.augmenters                                  # [RandomAffine]
+        >>> Augmentation(rotation_range=20, engine="keras").augmenters  # [RandomRotation]
 
     Attributes:
         augmenters: the per-image layers, applied in order.
@@ -438,7 +561,8 @@ class Augmentation(keras.layers.Layer):
         is_random: whether any random operation is active.
     """
 
-    def __init__(self, preset: str | None = None, *, mixing: str | None = None, seed: int | None = None, **kwargs):
+    def __init__(self, preset: str | None = None, *, mixing: str | None = None, seed: int | None = None,
+                 engine: str = "affine", **kwargs):
         layer_kwargs = {k: kwargs.pop(k) for k in ("name", "trainable") if k in kwargs}
         layer_kwargs.setdefault("name", "augmentation")
         super().__init__(dtype="float32", **layer_kwargs)
@@ -449,11 +573,13 @@ class Augmentation(keras.layers.Layer):
             mixing = "mixup"
         if mixing is not None and mixing not in _MIXING:
             raise ValueError(f"mixing={mixing!r}: use 'mixup', 'cutmix' or None.")
-        self.preset, self.mixing, self.seed = preset, mixing, seed
+        if engine not in _ENGINES:
+            raise ValueError(f"engine={engine!r}: use 'affine' (one resampling) or 'keras' (stock Keras layers).")
+        self.preset, self.mixing, self.seed, self.engine = preset, mixing, seed, engine
         self._kwargs = _check_idg_kwargs(kwargs)
         self.settings = {**_IDG_DEFAULTS, **PRESETS[preset_key], **self._kwargs}
-        self.augmenters = _make_augmenters(self.settings, preset_key == "heavy", seed)
-        mixer_seed = None if seed is None else seed + len(self.augmenters)
+        self.augmenters, self._pending_shift = _make_augmenters(self.settings, preset_key == "heavy", seed, engine)
+        mixer_seed = None if seed is None else seed + len(self.augmenters) + (self._pending_shift is not None)
         self.mixer = None
         if mixing == "mixup":
             self.mixer = keras.layers.MixUp(alpha=0.2, seed=mixer_seed, dtype="float32")
@@ -464,14 +590,21 @@ class Augmentation(keras.layers.Layer):
     @property
     def is_random(self) -> bool:
         """Whether any random operation is active (``False`` for ``"none"`` or no keywords)."""
-        return bool(self.augmenters) or self.mixer is not None
+        return bool(self.augmenters) or self._pending_shift is not None or self.mixer is not None
 
     def build(self, input_shape):
+        if self._pending_shift is not None:  # keras engine, pixel shifts: now the image size is known
+            index = self._pending_shift.pop("index")
+            layer = _keras_translation(height=input_shape[-3], width=input_shape[-2], **self._pending_shift)
+            self.augmenters.insert(index, layer)
+            self._pending_shift = None
         for layer in [*self.augmenters, self.mixer]:
             if layer is not None and not layer.built:
                 layer.build(input_shape)
 
     def _augment(self, images):
+        if not self.built:
+            self.build(tuple(images.shape))
         x = keras.ops.cast(images, "float32")
         for op in self.augmenters:
             x = op(x, training=True)
@@ -510,6 +643,8 @@ class Augmentation(keras.layers.Layer):
             raise ValueError(
                 f"map_dataset needs batched images (B, H, W, 3); got {image_spec.shape}. Call .batch(n) first."
             )
+        if not self.built:
+            self.build(tuple(image_spec.shape))
         if self.mixer is not None:
             labels = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
             if labels is None or labels.shape.rank != 2 or not labels.dtype.is_floating:
@@ -531,7 +666,7 @@ class Augmentation(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.pop("dtype", None)  # always float32; "dtype" is also an IDG keyword
-        config.update({"preset": self.preset, "mixing": self.mixing, "seed": self.seed})
+        config.update({"preset": self.preset, "mixing": self.mixing, "seed": self.seed, "engine": self.engine})
         config.update({k: list(v) if isinstance(v, (tuple, np.ndarray)) else v for k, v in self._kwargs.items()})
         return config
 
