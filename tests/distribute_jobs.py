@@ -1,0 +1,212 @@
+"""Training jobs that tests/test_distribute.py and tests/test_jax_backend.py run in subprocesses.
+
+Device layouts (two logical CPUs, two forced XLA host devices) and
+``MultiWorkerMirroredStrategy`` must be set up before the framework initializes,
+so each job is a fresh process:
+
+    python -m tests.distribute_jobs mirrored OUT.npz
+    TF_CONFIG=... python -m tests.distribute_jobs worker OUT_DIR
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax \\
+        python -m tests.distribute_jobs data_parallel OUT.npz
+
+Every job trains the same tiny model (VGG16 at 32 px, random init, pooled
+head without dropout) with :func:`tfx_transfer.fine_tune`: one epoch on the frozen
+backbone, then one epoch with the default top blocks unfrozen (a StagedUnfreeze
+phase switch), and saves its weights for the test to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TFX_TRANSFER_OFFLINE", "1")
+
+BACKBONE, SIZE, CLASSES, N = "vgg16", 32, 2, 16
+
+
+def data(n: int = N) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic pixels and labels (the same in every process)."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8), np.arange(n) % CLASSES
+
+
+def build(init: list | None = None):
+    """The tiny model; ``init`` (a ``get_weights()`` list) makes runs start equal."""
+    import keras
+
+    import tfx_transfer as tt
+
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model(BACKBONE, CLASSES, input_shape=(SIZE, SIZE, 3), weights=None,
+                                    head="avg", dropout=0.0)
+    if init is not None:
+        model.set_weights(init)
+    return model
+
+
+def train(model, batch_size: int, **kwargs):
+    """Phase 1 (head) for one epoch, phase 2 (default blocks unfrozen) for one epoch."""
+    import keras
+
+    import tfx_transfer as tt
+
+    x, y = data()
+    return tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=1, unfreeze="default",
+                        optimizer=keras.optimizers.SGD(), head_lr=0.1, fine_tune_lr=0.05,
+                        loss="sparse_categorical_crossentropy", metrics=[], batch_size=batch_size,
+                        shuffle=False, verbose=0, **kwargs)
+
+
+def weights(model) -> dict[str, np.ndarray]:
+    return {w.path: np.asarray(w.numpy() if hasattr(w, "numpy") else w.value)
+            for w in model.weights}
+
+
+def _named(model, values: list) -> dict[str, np.ndarray]:
+    """``get_weights()`` values keyed by the variable paths (same order as ``model.weights``)."""
+    return {w.path: np.asarray(v) for w, v in zip(model.weights, values)}
+
+
+def trainable_paths(model) -> list[str]:
+    return sorted(w.path for w in model.trainable_weights)
+
+
+def _save(out: str, runs: dict[str, object], info: dict) -> None:
+    """``runs``: {name: model or {path: array}} -> ``name|path`` arrays, plus ``info``."""
+    arrays = {f"{run}|{path}": value for run, model in runs.items()
+              for path, value in (model if isinstance(model, dict) else weights(model)).items()}
+    arrays["info"] = np.array(json.dumps(info))
+    np.savez(out, **arrays)
+
+
+def mirrored(out: str) -> None:
+    """Default strategy (batch 8) vs. MirroredStrategy on 2 logical CPUs (4 per replica)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    from tfx_transfer.distribute import (
+        get_strategy, num_replicas, scaled_batch_size, strategy_scope,
+    )
+
+    single = get_strategy("default")
+    with strategy_scope(single):
+        one = build()
+        init = one.get_weights()
+        train(one, scaled_batch_size(8, single), cache_features=False)
+    strategy = get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    with strategy_scope(strategy):
+        two = build(init)
+        history = train(two, scaled_batch_size(4, strategy), cache_features=False)
+    info = {"replicas": num_replicas(strategy), "stage": history.history["stage"],
+            "trainable_single": trainable_paths(one), "trainable_distributed": trainable_paths(two)}
+    _save(out, {"single": one, "distributed": two, "init": _named(one, init)}, info)
+
+
+def worker(out_dir: str) -> None:
+    """One worker of a MultiWorkerMirroredStrategy run (TF_CONFIG from the parent)."""
+    from tfx_transfer.distribute import (
+        get_strategy, num_replicas, scaled_batch_size, strategy_scope,
+    )
+
+    strategy = get_strategy("multiworker")  # first: before any other TensorFlow work
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    out = Path(out_dir)
+    with strategy_scope(strategy):
+        model = build()
+        init = _named(model, model.get_weights())
+        history = train(model, scaled_batch_size(4, strategy))
+    from tfx_transfer.export import export_saved_model
+
+    # Every worker takes part in saving; only the chief's copy is kept.
+    target = out / "export" if index == 0 else out / f"scratch_{index}"
+    export_saved_model(model, target, ["a", "b"])
+    x, _ = data()
+    info = {"replicas": num_replicas(strategy), "stage": history.history["stage"],
+            "trainable": trainable_paths(model), "index": index}
+    np.save(out / f"predictions_{index}.npy", model.predict(x[:4], verbose=0))
+    _save(str(out / f"worker_{index}.npz"), {"worker": model, "init": init}, info)
+
+
+def data_parallel(out: str) -> None:
+    """No distribution vs. keras.distribution.DataParallel over 2 host devices (JAX)."""
+    import keras
+
+    from tfx_transfer.distribute import get_strategy, num_replicas, scaled_batch_size
+
+    one = build()
+    init = one.get_weights()
+    train(one, scaled_batch_size(8, None), cache_features=False)
+    distribution = get_strategy("data_parallel")
+    two = build(init)
+    history = train(two, scaled_batch_size(4, distribution), cache_features=False)
+    kernel = two.get_layer("head").get_layer("predictions").kernel
+    info = {"replicas": num_replicas(distribution), "stage": history.history["stage"],
+            "trainable_single": trainable_paths(one), "trainable_distributed": trainable_paths(two),
+            "kernel_devices": len(kernel.value.sharding.device_set),
+            "tensorflow_loaded": "tensorflow" in sys.modules}
+    keras.distribution.set_distribution(None)
+    _save(out, {"single": one, "distributed": two, "init": _named(one, init)}, info)
+
+
+# --- used by the tests (parent process) -----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB_TIMEOUT_S = 420
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The parent's environment, the repo on PYTHONPATH, no inherited TF_CONFIG."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def run_job(job: str, target: Path, **env: str) -> None:
+    """Run one job in a fresh interpreter (bounded time); fail with its output."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "tests.distribute_jobs", job, str(target)],
+                          cwd=ROOT, env=job_env(**env), capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def load_runs(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """``({run: {variable path: array}}, info)`` from a job's npz."""
+    z = np.load(path)
+    runs: dict[str, dict[str, np.ndarray]] = {}
+    for key in z.files:
+        if key != "info":
+            run, var = key.split("|", 1)
+            runs.setdefault(run, {})[var] = z[key]
+    return runs, json.loads(str(z["info"]))
+
+
+def assert_distributed_equals_single(path: Path) -> dict:
+    """2 replicas x 4 images trained the same weights as 1 device x 8 images, both phases."""
+    runs, info = load_runs(path)
+    assert info["replicas"] == 2 and info["stage"] == [0, 1]
+    assert info["trainable_single"] == info["trainable_distributed"]
+    assert "block5_conv3/kernel" in info["trainable_distributed"]
+    init, single = runs["init"], runs["single"]
+    changed = [k for k in init if not np.array_equal(init[k], single[k])]
+    assert "head/predictions/kernel" in changed and "block5_conv1/kernel" in changed
+    assert not any(k.startswith("block4_") for k in changed)
+    for key in single:
+        np.testing.assert_allclose(runs["distributed"][key], single[key], rtol=1e-4, atol=1e-6,
+                                   err_msg=key)
+    return info
+
+
+if __name__ == "__main__":
+    job, target = sys.argv[1], sys.argv[2]
+    {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}[job](target)
