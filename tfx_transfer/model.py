@@ -105,9 +105,13 @@ def build_transfer_model(
 
     * input: ``(H, W, 3)`` RGB pixels in 0..255, uint8 or float. The backbone's own
       preprocessing is a layer inside the model; never call ``preprocess_input``.
-    * backbone: ``keras.applications`` with ``include_top=False``, frozen, called
-      with ``training=False`` so its BatchNormalization layers stay in inference
-      mode even once unfrozen (see :class:`tfx_transfer.StagedUnfreeze`).
+    * backbone: ``keras.applications`` with ``include_top=False``, frozen. Its
+      BatchNormalization layers run in inference mode (moving statistics never
+      change) because they stay ``trainable=False`` when blocks are unfrozen by
+      :func:`tfx_transfer.unfreeze` / :class:`tfx_transfer.StagedUnfreeze` (unless
+      ``train_bn=True``). Note: Keras 3 passes ``fit``'s ``training=True`` down to
+      nested models, so the ``training=False`` in the call graph alone would not
+      be enough; the frozen flag is what keeps BatchNorm in inference mode.
     * head (a nested ``keras.Sequential`` named ``"head"``): ``"flatten"`` (Flatten ->
       Dense(units, relu) -> Dropout -> Dense softmax, the classic recipe), ``"avg"``
       or ``"max"`` (global pooling -> Dropout -> Dense softmax). The output layer is
