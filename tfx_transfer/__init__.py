@@ -53,6 +53,9 @@ _EXPORTS = {
     "StagedUnfreeze": "finetune",
     "fine_tune": "finetune",
     "unfreeze": "finetune",
+    "StagedBackupAndRestore": "finetune",
+    "DiscriminativeOptimizer": "finetune",
+    "copy_optimizer": "finetune",
     # export / serving (TensorFlow)
     "export_saved_model": "export",
     "load_exported": "export",
@@ -64,9 +67,13 @@ _EXPORTS = {
     # scaling
     "get_strategy": "distribute",
     "set_precision": "distribute",
+    "num_replicas": "distribute",
+    "scaled_batch_size": "distribute",
+    "strategy_scope": "distribute",
     # transfer without ImageNet
     "pretrain": "pretrain",
     "build_joint_model": "joint",
+    "fit_joint": "joint",
     "ensemble": "ensemble",
 }
 
