@@ -63,7 +63,7 @@ _EXPORTS = {
     "predict_files": "export",
     # evaluation, reports, end-to-end training
     "evaluate_model": "evaluate",
-    "train": "train",
+    "train": "job",
     # scaling
     "get_strategy": "distribute",
     "set_precision": "distribute",

@@ -45,8 +45,286 @@ def _run_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="train a backbone from scratch on a source folder (no ImageNet)",
+        description="Train a registry backbone from random initialisation on a labelled source "
+        "folder (AdamW, warmup + cosine decay, label smoothing 0.1, 'standard' augmentation) and "
+        "save <out>/<backbone>.weights.h5 (+ .head.weights.h5, .json) for "
+        "build_transfer_model(..., weights=PATH).",
+    )
+    p.add_argument("source", help="folder of class folders (or train/ + val/)")
+    p.add_argument("--backbone", required=True, help="registry name, e.g. mobilenetv2")
+    p.add_argument("--out", required=True,
+                   help="output folder, or a file name ending in .weights.h5")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="square input side in pixels (default: the backbone's default size)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
+    p.add_argument("--augment", default="standard",
+                   help="augmentation preset: none, light, standard (default), heavy")
+    p.add_argument("--head", default="avg", choices=("avg", "max", "flatten"))
+    p.add_argument("--validation-split", type=float, default=0.1,
+                   help="fraction held out per class (default 0.1; 0 for none or when SOURCE has val/)")
+    p.add_argument("--cache", default=None,
+                   help="'memory' or a folder for decoded-image cache files (default: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from tfx_transfer.pretrain import pretrain, read_pretrain_info
+
+    path = pretrain(
+        args.source, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        augment=None if args.augment.lower() == "none" else args.augment, head=args.head,
+        validation_split=args.validation_split or None, cache=args.cache, seed=args.seed,
+    )
+    metrics = read_pretrain_info(path)["metrics"]
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+    print(f"{path}\n  {shown}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict images with an exported SavedModel",
+        description="Load EXPORT_DIR (newest version, or a version folder) written by "
+        "'tfx-transfer export' / export_saved_model() and print the top classes of each image. "
+        "Folders are searched recursively; files that cannot be decoded are skipped with a warning.",
+    )
+    p.add_argument("export_dir", help="export folder (TF Serving layout) or one version folder")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per call (default 32)")
+    p.add_argument("--json", action="store_true",
+                   help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]}')
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from tfx_transfer.export import predict_files
+
+    rows = predict_files(args.export_dir, args.images, top_k=args.top_k,
+                         batch_size=args.batch_size, progress=not args.json and sys.stdout.isatty())
+    if not rows:
+        raise ValueError(f"no image could be predicted in {args.images} (see the warnings above).")
+    if args.json:
+        for row in rows:
+            top = [{"class": name, "score": round(score, 6)} for name, score in row["top"]]
+            print(json.dumps({"path": row["path"], "top": top}))
+        return 0
+    width = max(len(row["path"]) for row in rows)
+    for row in rows:
+        top = "  ".join(f"{name} {score:.4f}" for name, score in row["top"])
+        print(f"{row['path']:<{width}}  {top}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a saved .keras model as a SavedModel for TF Serving (and TFLite)",
+        description="Write MODEL (a .keras file) to EXPORT_DIR/<version>/ as a SavedModel whose "
+        "serving_default signature takes encoded images (JPEG/PNG/GIF/BMP/WebP bytes) and returns "
+        "probabilities, top-k class ids, names and scores.",
+    )
+    p.add_argument("model", help="a .keras model file (e.g. from 'tfx-transfer train')")
+    p.add_argument("export_dir", help="export folder; versions are its numbered sub-folders")
+    names = p.add_mutually_exclusive_group(required=True)
+    names.add_argument("--labels", help="text file with one class name a line, in label order")
+    names.add_argument("--class-names", help="comma-separated class names, in label order")
+    p.add_argument("--version", type=int, default=None, help="version number (default: next)")
+    p.add_argument("--top-k", type=int, default=None, help="top classes returned (default min(5, C))")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--crop-to-aspect-ratio", action="store_true",
+                   help="center-crop before resizing (use the training setting)")
+    p.add_argument("--tflite", default=None, metavar="FILE",
+                   help="also write a TFLite model (checked against the Keras model)")
+    p.add_argument("--quantization", default="float16", choices=("float16", "dynamic", "none"),
+                   help="TFLite quantization (default float16)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"model file {args.model!r} does not exist.")
+    if args.labels:
+        if not Path(args.labels).is_file():
+            raise FileNotFoundError(f"labels file {args.labels!r} does not exist.")
+        class_names = [line.strip() for line in Path(args.labels).read_text(encoding="utf-8").splitlines()]
+        class_names = [name for name in class_names if name]
+    else:
+        class_names = [name.strip() for name in args.class_names.split(",")]
+
+    import keras
+
+    import tfx_transfer.augment  # noqa: F401  (registers the kit's layers for loading)
+    import tfx_transfer.layers  # noqa: F401
+    from tfx_transfer.export import export_saved_model, export_tflite
+
+    model = keras.saving.load_model(args.model)
+    path = export_saved_model(model, args.export_dir, class_names, version=args.version,
+                              top_k=args.top_k, overwrite=args.overwrite,
+                              crop_to_aspect_ratio=args.crop_to_aspect_ratio)
+    print(path)
+    if args.tflite:
+        quantization = None if args.quantization == "none" else args.quantization
+        report = export_tflite(model, args.tflite, quantization=quantization)
+        print(f"{report['path']}  ({report['size_bytes'] / 1e6:.1f} MB, {args.quantization}, "
+              f"max |prob diff| {report['max_abs_diff']:.2g}, top-1 agreement "
+              f"{report['top1_agreement']:.0%})")
+    return 0
+
+
+def _unfreeze_arg(value: str):
+    """``--unfreeze``: a block name, ``a,b`` (a list), ``all``, ``default`` or an int N."""
+    if value.isdigit():
+        return int(value)
+    return [v.strip() for v in value.split(",") if v.strip()] if "," in value else value
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a pretrained backbone on an image folder: train, evaluate, export",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train the new head on the frozen backbone (phase 1, --epochs), then unfreeze "
+        "the top block(s) and fine-tune at a low learning rate (phase 2, --fine-tune-epochs). The "
+        "best checkpoint (lowest val_loss) is evaluated on the validation images and exported. "
+        "The run folder (--out) gets config.json, history.csv, best.keras, model.keras, "
+        "metrics.json, report.txt, history.png, confusion_matrix.png, predictions.png, "
+        "skipped_files.txt and export/1/ (a SavedModel taking image bytes).",
+        epilog="Example: tfx-transfer train photos/ --backbone resnet50 --weights imagenet "
+        "--image-size 224 --epochs 5 --fine-tune-epochs 10 --unfreeze conv5 --out runs/photos. "
+        "An interrupted run continues with: tfx-transfer train --resume --out runs/photos",
+    )
+    p.add_argument("data_dir", nargs="?", default=None, metavar="DATA_DIR",
+                   help="folder of class folders, or with train/ and val/ (and test/) folders of "
+                   "them (optional with --resume)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument("--backbone", default="resnet50",
+                   help="registry name: vgg16, resnet50, mobilenetv2, efficientnetb0, ... "
+                   "(python -c 'import tfx_transfer as t; print(t.list_backbones())')")
+    p.add_argument("--weights", default="imagenet", metavar="imagenet|none|auto|PATH",
+                   help="backbone weights: ImageNet (Keras cache; fails fast offline), none "
+                   "(random init), auto (ImageNet when cached or downloadable, else random init, "
+                   "stated in the output and config.json) or a weights file")
+    p.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
+    p.add_argument("--epochs", type=int, default=5, help="phase 1: head-only epochs")
+    p.add_argument("--fine-tune-epochs", type=int, default=10, help="phase 2: fine-tuning epochs")
+    p.add_argument("--unfreeze", type=_unfreeze_arg, default="default",
+                   help="blocks unfrozen in phase 2: default (the backbone's top block, e.g. conv5 "
+                   "for ResNet, block5 for VGG), a block name, a comma list, all, or N (top N "
+                   "layers with weights)")
+    p.add_argument("--augment", default="standard", choices=("none", "light", "standard", "heavy"),
+                   help="augmentation preset (heavy adds RandAugment and MixUp)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="phase 1 (head) Adam learning rate")
+    p.add_argument("--fine-tune-lr", type=float, default=1e-5,
+                   help="phase 2 (fine-tuning) Adam learning rate")
+    p.add_argument("--head", default="flatten", choices=("flatten", "avg", "max"),
+                   help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-Dense")
+    p.add_argument("--units", type=int, default=256, help="hidden units of the flatten head")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout before the classifier (None: 0.5 flatten, 0.2 pooled heads)")
+    p.add_argument("--validation-split", type=float, default=0.2,
+                   help="fraction of each class held out for validation when DATA_DIR has no val/")
+    p.add_argument("--seed", type=int, default=1337, help="seed of split, shuffling, init")
+    p.add_argument("--no-cache-features", dest="cache_features", action="store_false",
+                   help="never train phase 1 on cached backbone features (they are used only "
+                   "with --augment none)")
+    p.add_argument("--cache", default=None, metavar="memory|DIR",
+                   help="cache decoded images in memory or in files under DIR")
+    p.add_argument("--class-weight", default=None, choices=("balanced",),
+                   help="weight classes by inverse frequency (imbalanced data)")
+    p.add_argument("--monitor", default="val_loss", choices=("val_loss", "val_accuracy"),
+                   help="what the best checkpoint is chosen by")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="k of the reported top-k accuracy (None: min(5, classes - 1))")
+    p.add_argument("--train-bn", action="store_true",
+                   help="also train BatchNorm scale/offset in phase 2 (statistics stay frozen)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in RUN_DIR with its saved config.json")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                   help="0 quiet, 1 progress bars, 2 one line per epoch")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tfx_transfer.job import train
+
+    names = ("backbone", "weights", "image_size", "epochs", "fine_tune_epochs", "unfreeze",
+             "augment", "batch_size", "head", "units", "dropout", "lr", "fine_tune_lr",
+             "validation_split", "seed", "cache_features", "cache", "class_weight", "monitor",
+             "top_k", "train_bn", "resume", "verbose")
+    train(args.data_dir, args.out, **{name: getattr(args, name) for name in names})
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a run or an exported SavedModel on a folder of labelled images",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Accuracy, top-k accuracy, per-class precision/recall/F1 and the confusion "
+        "matrix of SOURCE on TEST_DIR, printed as a table and written to --out (metrics.json, "
+        "report.txt, confusion_matrix.png, predictions.png). SOURCE is a run folder of "
+        "'tfx-transfer train' (its model.keras), an export folder or version folder (evaluated "
+        "through the SavedModel: no Keras model needed) or a .keras file. TEST_DIR is a folder of "
+        "class folders (or one with test/ or val/: that split is used); its classes are matched "
+        "to the model's by name.",
+    )
+    p.add_argument("source", metavar="RUN_DIR|EXPORT_DIR", help="run folder, export folder or .keras file")
+    p.add_argument("test_dir", metavar="TEST_DIR", help="folder of labelled class folders")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="k of the top-k accuracy (None: min(5, classes - 1))")
+    p.add_argument("--out", default=None,
+                   help="folder for the report files (default: RUN_DIR/evaluate-<TEST_DIR name> "
+                   "for a run, ./evaluate-<TEST_DIR name> otherwise)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-images", type=int, default=16, help="images in predictions.png")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tfx_transfer.evaluate import evaluate_model, format_report
+
+    source, test_dir = Path(args.source), Path(args.test_dir)
+    if not source.exists():
+        raise FileNotFoundError(f"{args.source!r} does not exist (a run folder, export folder or "
+                                ".keras file).")
+    if not test_dir.is_dir():
+        raise FileNotFoundError(f"test folder {args.test_dir!r} does not exist.")
+    name = f"evaluate-{test_dir.resolve().name}"
+    is_run = (source / "config.json").is_file() and (source / "model.keras").is_file()
+    out = Path(args.out) if args.out else (source / name if is_run else Path(name))
+    metrics = evaluate_model(source, test_dir, top_k=args.top_k, out_dir=out,
+                             batch_size=args.batch_size, max_images=args.max_images)
+    print(format_report(metrics))
+    print()
+    for label, path in metrics["files"].items():
+        print(f"  {label:<17}{path}")
+    return 0
+
+
 # Sub-commands, in the order `--help` lists them. Modules add theirs here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_weights]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_weights, _add_pretrain]
+COMMANDS += [_add_export, _add_predict]
+COMMANDS[:0] = [_add_train, _add_evaluate]  # the main job first
 
 
 def build_parser() -> argparse.ArgumentParser:

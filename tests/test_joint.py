@@ -1,0 +1,121 @@
+"""Joint training: L_target + lam * L_source on a shared backbone; the target model exports alone."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_pixels, write_class_folders
+from tfx_transfer.data import load_image_folder
+from tfx_transfer.finetune import unfreeze
+from tfx_transfer.joint import SOURCE_HEAD_NAME, build_joint_model, fit_joint
+from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head
+
+
+def _snapshot(layer):
+    return [np.array(w.numpy()) for w in layer.weights]
+
+
+def _changed(before, layer):
+    return any(not np.array_equal(b, w.numpy()) for b, w in zip(before, layer.weights))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("joint")
+    target = load_image_folder(write_class_folders(root / "target", ("cat", "dog"), per_class=3,
+                                                   size=36), image_size=32, batch_size=4)
+    source = load_image_folder(write_class_folders(root / "source", ("a", "b", "c"), per_class=4,
+                                                   size=36, seed=1),
+                               image_size=32, batch_size=4, label_mode="categorical")
+    return target, source
+
+
+def _target_model():
+    keras.utils.set_random_seed(0)
+    model = build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None, head="avg")
+    unfreeze(model, "block5")
+    return model
+
+
+def test_joint_training_updates_both_heads_and_the_backbone(folders, tmp_path):
+    target_data, source_data = folders
+    model = _target_model()
+    head_file = tmp_path / "src.head.weights.h5"
+    build_joint_model(model, 3).get_layer(SOURCE_HEAD_NAME).save_weights(head_file)
+    start_source = _snapshot(build_joint_model(model, 3, source_head_weights=head_file)
+                             .get_layer(SOURCE_HEAD_NAME))
+    start_target = _snapshot(get_head(model))
+    start_conv = _snapshot(get_backbone_model(model).get_layer("block5_conv3"))
+
+    history = fit_joint(model, target_data.train, source_data.train, lam=0.5, epochs=1,
+                        source_head_weights=head_file, verbose=0)
+
+    joint = history.model
+    assert history.params["steps"] == 3  # the larger dataset: 12 source images / 4
+    assert _changed(start_target, get_head(model))
+    assert _changed(start_source, joint.get_layer(SOURCE_HEAD_NAME))
+    assert _changed(start_conv, get_backbone_model(model).get_layer("block5_conv3"))
+    logs = {k: v[-1] for k, v in history.history.items()}
+    assert {"target_loss", "source_loss", "target_accuracy", "source_accuracy"} <= set(logs)
+    # the target model is the joint model's target branch: same variables, trained in place
+    assert {id(w) for w in model.weights} <= {id(w) for w in joint.weights}
+
+
+def test_loss_is_target_plus_lambda_source(folders):
+    target_data, source_data = folders
+    model = _target_model()
+    history = fit_joint(model, target_data.train, source_data.train, lam=0.25, epochs=1,
+                        steps_per_epoch=2, verbose=0)
+    logs = {k: v[-1] for k, v in history.history.items()}
+    assert logs["loss"] == pytest.approx(logs["target_loss"] + 0.25 * logs["source_loss"], rel=1e-4)
+
+
+def test_target_model_keeps_only_the_target_head_and_exports(folders, tmp_path):
+    target_data, source_data = folders
+    model = _target_model()
+    head_file = tmp_path / "src.head.weights.h5"
+    build_joint_model(model, 3).get_layer(SOURCE_HEAD_NAME).save_weights(head_file)
+    start_source = _snapshot(build_joint_model(model, 3, source_head_weights=head_file)
+                             .get_layer(SOURCE_HEAD_NAME))
+    # lam=0 is plain fine-tuning: the source head gets no gradient at all
+    history = fit_joint(model, target_data.train, source_data.train, lam=0.0, epochs=1,
+                        steps_per_epoch=1, source_head_weights=head_file, verbose=0)
+    joint = history.model
+    assert not _changed(start_source, joint.get_layer(SOURCE_HEAD_NAME))
+    source_paths = [w.path for w in joint.get_layer(SOURCE_HEAD_NAME).weights]
+    assert source_paths and len(model.outputs) == 1 and model.output_shape == (None, 2)
+    assert not {w.path for w in model.weights} & set(source_paths)
+    assert SOURCE_HEAD_NAME not in [layer.name for layer in model.layers]
+    x = tiny_pixels(3, 32)
+    probs = model.predict(x, verbose=0)
+    np.testing.assert_allclose(joint.predict({"target": x, "source": x}, verbose=0)["target"],
+                               probs, rtol=1e-5, atol=1e-6)
+
+    export = pytest.importorskip("tfx_transfer.export")
+    path = export.export_saved_model(model, tmp_path / "export", target_data.class_names)
+    served = export.load_exported(path)
+    np.testing.assert_allclose(served.probabilities(x), probs, rtol=1e-5, atol=1e-6)
+    # the SavedModel stores exactly the target model's weights: no source head
+    import tensorflow as tf
+
+    stored = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+    sizes = [int(np.prod(shape)) for key, shape in stored.get_variable_to_shape_map().items()
+             if "OBJECT_GRAPH" not in key]
+    assert len(sizes) == len(model.weights)
+    assert sum(sizes) == sum(int(np.prod(w.shape)) for w in model.weights)
+
+
+def test_errors(folders):
+    target_data, source_data = folders
+    model = build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None, head="avg")
+    with pytest.raises(ValueError, match="num_source_classes"):
+        build_joint_model(model, 1)
+    with pytest.raises(ValueError, match="num_source_classes"):
+        fit_joint(model, source_data.train, target_data.train, epochs=1)  # int source labels
+    with pytest.warns(UserWarning, match="frozen"):
+        fit_joint(model, target_data.train, source_data.train, epochs=1, steps_per_epoch=1,
+                  verbose=0)
+    with pytest.raises(ValueError, match="lam"):
+        fit_joint(model, target_data.train, source_data.train, lam=-1)

@@ -1,0 +1,53 @@
+"""notebooks/quickstart.ipynb runs top to bottom (nbclient, the venv's Python as kernel)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
+
+
+def _kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A kernelspec that runs this interpreter (sys.executable), written under tmp_path."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / "tfx-quickstart"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "tfx_transfer tests", "language": "python",
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return "tfx-quickstart"
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    out = tmp_path / "quickstart"
+    monkeypatch.setenv("QUICKSTART_OUT", str(out))
+    monkeypatch.setenv("TFX_TRANSFER_OFFLINE", "1")  # never try a download from the tests
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name=_kernel_name(tmp_path, monkeypatch), timeout=300,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute()
+
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "weights: none" in text and "RANDOM INITIALISATION" in text  # offline, said aloud
+    assert "stage per epoch: [0, 0, 0, 0, 1, 1]" in text  # both phases inside one fit
+    assert "confusion matrix" in text and "max |difference|" in text
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
+    assert len(images) == 4  # augmentation preview, history, confusion matrix, predictions
+    for name in ("augmentation.png", "history.png", "confusion_matrix.png", "predictions.png",
+                 "metrics.json", "export/1/saved_model.pb"):
+        assert (out / name).is_file(), name

@@ -1,0 +1,132 @@
+"""pretrain(): from-scratch training on a source folder, weights reloadable bit-identically."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_pixels, write_class_folders
+from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head
+from tfx_transfer.pretrain import (build_scratch_model, output_paths, pretrain,
+                                   read_pretrain_info, recalibrate_batchnorm, scratch_optimizer)
+
+
+class KeepModel(keras.callbacks.Callback):
+    """Remembers the model being trained (to compare with what was saved)."""
+
+    def on_train_end(self, logs=None):
+        self.trained = self.model
+
+
+@pytest.mark.slow  # ~40 s on 2 busy cores: one real (tiny) pretraining run
+def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path):
+    source = write_class_folders(tmp_path / "src", classes=("a", "b", "c"), per_class=4, size=36)
+    keep = KeepModel()
+    path = pretrain(source, "mobilenetv2", tmp_path / "out", image_size=32, epochs=1,
+                    batch_size=4, validation_split=0.25, augment="light", callbacks=[keep],
+                    verbose=0)
+    assert path == tmp_path / "out" / "mobilenetv2.weights.h5" and path.is_file()
+
+    trained = get_backbone_model(keep.trained)
+    fresh = build_scratch_model("mobilenetv2", 3, input_shape=32)
+    # training changed the backbone, BatchNorm moving statistics included
+    moved = [v.path for v, f in zip(trained.weights, get_backbone_model(fresh).weights)
+             if not np.array_equal(v.numpy(), f.numpy())]
+    assert any("moving_mean" in p for p in moved) and any("kernel" in p for p in moved)
+
+    model = build_transfer_model("mobilenetv2", 2, input_shape=(32, 32, 3), weights=path,
+                                 head="avg")
+    loaded = get_backbone_model(model)
+    assert len(loaded.weights) == len(trained.weights)
+    for got, want in zip(loaded.weights, trained.weights):
+        assert got.path == want.path
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+    info = read_pretrain_info(path)
+    assert info["backbone"] == "mobilenetv2" and info["image_size"] == [32, 32]
+    assert info["class_names"] == ["a", "b", "c"] and info["recipe"]["epochs"] == 1
+    assert info["counts"] == {"train": 9, "validation": 3}
+    assert {"loss", "accuracy", "val_accuracy", "final_val_accuracy"} <= set(info["metrics"])
+    assert info["versions"]["tfx_transfer"]
+    assert json.loads((tmp_path / "out" / "mobilenetv2.json").read_text()) == info
+
+    head = get_head(build_scratch_model("mobilenetv2", 3, input_shape=32))
+    head.load_weights(tmp_path / "out" / "mobilenetv2.head.weights.h5")
+    for got, want in zip(head.weights, get_head(keep.trained).weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_scratch_model_trains_its_batchnorm():
+    x = tiny_pixels(4, 32)
+    scratch = build_scratch_model("mobilenetv2", 2, input_shape=32)
+    base = get_backbone_model(scratch)
+    assert base.trainable and base.trainable_weights
+    bn = base.get_layer("bn_Conv1")
+    before = bn.moving_mean.numpy().copy()
+    scratch(x, training=False)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
+    scratch(x, training=True)  # as inside fit: batch statistics, moving averages updated
+    assert not np.allclose(bn.moving_mean.numpy(), before)
+    transfer = build_transfer_model("mobilenetv2", 2, input_shape=(32, 32, 3), weights=None)
+    frozen_bn = get_backbone_model(transfer).get_layer("bn_Conv1")
+    transfer(x, training=True)  # the transfer model pins its backbone to inference mode
+    np.testing.assert_array_equal(frozen_bn.moving_mean.numpy(), 0.0)
+    assert bn.momentum == 0.9  # short runs: moving averages must keep up
+    keep = build_scratch_model("mobilenetv2", 2, input_shape=32, bn_momentum=None)
+    assert get_backbone_model(keep).get_layer("bn_Conv1").momentum == 0.999  # Keras's own
+
+
+def test_recalibrate_batchnorm_sets_the_average_batch_statistics():
+    model = build_scratch_model("mobilenetv2", 2, input_shape=32)
+    base = get_backbone_model(model)
+    batches = [tiny_pixels(4, 32, seed=s) for s in (1, 2)]
+    bn = base.get_layer("bn_Conv1")
+    conv = keras.Model(base.input, base.get_layer("Conv1").output)
+    pre = model.get_layer("preprocess")
+    stats = [np.asarray(conv(pre(x))) for x in batches]
+    assert recalibrate_batchnorm(model, [(x, None) for x in batches] * 3, max_batches=2) == 2
+    np.testing.assert_allclose(bn.moving_mean.numpy(),
+                               np.mean([s.mean((0, 1, 2)) for s in stats], 0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(),
+                               np.mean([s.var((0, 1, 2)) for s in stats], 0), rtol=1e-3, atol=1e-6)
+    assert bn.momentum == 0.9  # restored
+    with pytest.raises(ValueError, match="no batch"):
+        recalibrate_batchnorm(model, [])
+
+
+def test_scratch_optimizer_warms_up_then_decays():
+    opt = scratch_optimizer(100, learning_rate=1e-3, warmup=0.1)
+    values = []
+    for step in (0, 5, 10, 55, 100):
+        opt.iterations.assign(step)
+        values.append(float(opt.learning_rate))
+    assert values[0] == 0.0 and values[1] == pytest.approx(5e-4)
+    assert values[2] == pytest.approx(1e-3) and values[3] == pytest.approx(5e-4, rel=1e-3)
+    assert values[4] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="total_steps"):
+        scratch_optimizer(0)
+
+
+def test_output_paths_and_errors(tmp_path):
+    assert output_paths(tmp_path / "x.weights.h5", "vgg16")["head"] == tmp_path / "x.head.weights.h5"
+    assert output_paths(tmp_path, "VGG-16")["weights"] == tmp_path / "vgg16.weights.h5"
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        output_paths(tmp_path / "model.h5", "vgg16")
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        read_pretrain_info(tmp_path / "missing.weights.h5")
+    with pytest.raises(ValueError, match="epochs"):
+        pretrain(tmp_path, "vgg16", tmp_path / "o", epochs=0)
+
+
+def test_cli_pretrain_flags_and_a_clear_error(tmp_path, capsys):
+    from tfx_transfer.cli import build_parser, main
+
+    args = build_parser().parse_args(["pretrain", "src", "--backbone", "vgg16", "--out", "o",
+                                      "--image-size", "64", "--epochs", "3"])
+    assert (args.backbone, args.image_size, args.epochs, args.augment) == ("vgg16", 64, 3, "standard")
+    assert main(["pretrain", str(tmp_path / "missing"), "--backbone", "vgg16",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "missing" in capsys.readouterr().err

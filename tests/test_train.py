@@ -1,0 +1,229 @@
+"""The main job end to end: `tfx-transfer train` run folder, --resume after a kill, `evaluate`."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.helpers import write_class_folders  # noqa: E402
+from tfx_transfer.cli import build_parser, main  # noqa: E402
+from tfx_transfer.job import train  # noqa: E402
+
+CLASSES = ("cats", "dogs", "foxes")
+TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--head", "avg",
+        "--augment", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
+RUN_FILES = {"config.json", "history.csv", "best.keras", "best.json", "model.keras",
+             "metrics.json", "report.txt", "history.png", "confusion_matrix.png",
+             "predictions.png", "skipped_files.txt", "export"}
+
+
+def make_data(root: Path) -> Path:
+    """3 class-coloured classes of 8 images (PNG and JPEG), plus one corrupt file."""
+    write_class_folders(root, classes=CLASSES, per_class=8, size=40)
+    (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) >= 100
+
+
+def test_cli_defaults_are_the_python_defaults():
+    args = build_parser().parse_args(["train", "data", "--out", "run"])
+    defaults = {n: p.default for n, p in inspect.signature(train).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    shared = sorted(set(vars(args)) & set(defaults) - {"verbose"})
+    assert len(shared) >= 20
+    assert {n: getattr(args, n) for n in shared} == {n: defaults[n] for n in shared}
+    assert build_parser().parse_args(["train", "d", "--out", "r", "--unfreeze", "3"]).unfreeze == 3
+    assert build_parser().parse_args(
+        ["train", "d", "--out", "r", "--unfreeze", "block4,block5"]).unfreeze == ["block4", "block5"]
+
+
+def test_resume_refuses_other_settings_and_a_missing_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Nothing to resume"):
+        train(None, tmp_path / "none", resume=True)
+    (tmp_path / "config.json").write_text(json.dumps({"backbone": "vgg16", "image_size": [32, 32],
+                                                      "weights": "none", "epochs": 1}))
+    with pytest.raises(ValueError, match=r"backbone='vgg19' \(the run has 'vgg16'\)"):
+        train(None, tmp_path, resume=True, backbone="vgg19")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tmp_path, tmp_path, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = make_data(root / "data")
+    run = root / "run"
+    status = main(["train", str(data), "--out", str(run), "--epochs", "1",
+                   "--fine-tune-epochs", "1", *TINY])
+    assert status == 0
+    return data, run
+
+
+@pytest.mark.slow
+def test_train_writes_every_file_of_the_run_folder(trained):
+    data, run = trained
+    assert {p.name for p in run.iterdir()} == RUN_FILES  # backup/ removed when training ends
+    for name in ("history.png", "confusion_matrix.png", "predictions.png"):
+        assert_png(run / name)
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["weights"] == "none" and config["weights_requested"] == "none"
+    assert config["backbone"] == "vgg16" and config["image_size"] == [32, 32]
+    assert config["class_names"] == list(CLASSES) and config["validation_split_used"] == 0.25
+    assert config["counts"]["validation"] == {c: 2 for c in CLASSES}
+
+    skipped = (run / "skipped_files.txt").read_text().splitlines()
+    assert len(skipped) == 1 and skipped[0].startswith(str(data / "dogs" / "broken.jpg") + "\t")
+
+    rows = read_csv(run / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(float(r["stage"])) for r in rows] == [0, 1]  # phase 1 (head), phase 2
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-3, 1e-5])
+    best = json.loads((run / "best.json").read_text())
+    val_losses = [float(r["val_loss"]) for r in rows]
+    assert best["epoch"] == int(np.argmin(val_losses)) and best["value"] == pytest.approx(min(val_losses))
+
+    # metrics.json == an independent evaluation of the exported SavedModel on the same files
+    from tfx_transfer.data import load_image_folder
+    from tfx_transfer.export import load_exported
+
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        files = load_image_folder(data, image_size=32, validation_split=0.25,
+                                  seed=1337).files["validation"]
+    exported = load_exported(run / "export")
+    assert exported.path == run / "export" / "1" and exported.class_names == list(CLASSES)
+    probs = exported.probabilities([path for path, _ in files])  # image bytes -> serving_default
+    labels = np.array([label for _, label in files])
+    predicted = probs.argmax(axis=1)
+    cm = [[int(np.sum((labels == t) & (predicted == p))) for p in range(3)] for t in range(3)]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_samples"] == len(files) == 6
+    assert metrics["confusion_matrix"] == cm
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(6), labels])), rel=1e-4)
+    top2 = np.argsort(-probs, axis=1)[:, :2]
+    assert metrics["top_k"] == 2
+    assert metrics["top_k_accuracy"] == pytest.approx(np.mean((top2 == labels[:, None]).any(1)))
+    for c, name in enumerate(CLASSES):
+        tp = cm[c][c]
+        recall = tp / sum(cm[c])
+        assert metrics["per_class"][name]["recall"] == pytest.approx(recall)
+        assert metrics["per_class"][name]["support"] == 2
+    assert exported.metadata["metrics"]["validation"]["accuracy"] == metrics["accuracy"]
+    assert exported.metadata["checkpoint"]["epoch"] == best["epoch"]
+
+    # model.keras is the best checkpoint and predicts what the export predicts
+    import tfx_transfer.augment  # noqa: F401
+    import tfx_transfer.layers  # noqa: F401
+
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p, _ in files])
+    np.testing.assert_allclose(model.predict(pixels, verbose=0),
+                               exported.probabilities(pixels), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_a_run_and_on_an_export(trained, tmp_path, capsys, monkeypatch):
+    data, run = trained
+    test_dir = tmp_path / "test"
+    write_class_folders(test_dir, classes=CLASSES[::2], per_class=3, size=48, seed=5)  # no dogs
+
+    assert main(["evaluate", str(run), str(test_dir), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 accuracy" in out and "confusion matrix (rows: true class" in out
+    report_dir = run / "evaluate-test"
+    by_run = json.loads((report_dir / "metrics.json").read_text())
+    assert by_run["num_samples"] == 6
+    assert [by_run["per_class"][c]["support"] for c in CLASSES] == [3, 0, 3]
+    for name in ("confusion_matrix.png", "predictions.png"):
+        assert_png(report_dir / name)
+
+    def no_keras_model(*args, **kwargs):
+        raise AssertionError("an export is evaluated through the SavedModel, not Keras")
+
+    monkeypatch.setattr(keras.saving, "load_model", no_keras_model)
+    out_dir = tmp_path / "by_export"
+    assert main(["evaluate", str(run / "export"), str(test_dir), "--top-k", "1",
+                 "--out", str(out_dir)]) == 0
+    by_export = json.loads((out_dir / "metrics.json").read_text())
+    assert by_export["confusion_matrix"] == by_run["confusion_matrix"]
+    assert by_export["loss"] == pytest.approx(by_run["loss"], rel=1e-4)
+    assert_png(out_dir / "confusion_matrix.png")
+
+    assert main(["evaluate", str(run), str(tmp_path / "missing")]) == 2
+    assert "test folder" in capsys.readouterr().err
+
+
+class Kill(keras.callbacks.Callback):
+    """Simulates the process dying at the start of one epoch."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated kill at epoch {epoch}")
+
+
+class Record(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_continues_from_the_saved_epoch(tmp_path, capsys):
+    data = make_data(tmp_path / "data")
+    run = tmp_path / "run"
+    kwargs = dict(backbone="vgg16", weights="auto", image_size=32, head="avg", augment="none",
+                  batch_size=8, epochs=1, fine_tune_epochs=2, verbose=0)
+    with pytest.raises(KeyboardInterrupt):  # dies at the start of the 2nd fine-tuning epoch
+        train(data, run, callbacks=[Kill(epoch=2)], **kwargs)
+    # offline (conftest), 'auto' falls back to random init: said even with verbose=0, and recorded
+    assert "WEIGHTS: RANDOM INITIALISATION" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert (config["weights"], config["weights_requested"]) == ("none", "auto")
+    assert (run / "backup").is_dir() and not (run / "model.keras").exists()
+    assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [0, 1]
+
+    record = Record()
+    result = train(None, run, resume=True, callbacks=[record], verbose=1)  # settings from config.json
+    assert record.epochs == [2]  # only the missing epoch ran: not from 0
+    assert "continuing" in capsys.readouterr().out
+    rows = read_csv(run / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(float(r["stage"])) for r in rows] == [0, 1, 1]
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert result["config"]["fine_tune_epochs"] == 2 and result["config"]["backbone"] == "vgg16"
+    assert result["config"]["weights"] == "none"  # the resolved weights, not 'auto' again
+    assert json.loads((run / "best.json").read_text())["finished"] is True
+
+    # resuming a finished run (CLI, no DATA_DIR) trains nothing more: it evaluates and exports again
+    assert main(["train", "--resume", "--out", str(run), "--verbose", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "training of" in out and "had finished" in out and "Epoch " not in out
+    assert len(read_csv(run / "history.csv")) == 3
