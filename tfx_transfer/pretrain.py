@@ -50,9 +50,7 @@ from typing import Any, Sequence
 import keras
 
 from tfx_transfer.backbones import get_backbone
-from tfx_transfer.layers import Preprocess
-from tfx_transfer.model import (AUGMENT_NAME, HEADS, PREPROCESS_NAME, _build_head,
-                                _check_input_shape, get_backbone_model, get_head)
+from tfx_transfer.model import PREPROCESS_NAME, build_transfer_model, get_backbone_model, get_head
 
 WEIGHTS_SUFFIX = ".weights.h5"
 HEAD_SUFFIX = ".head.weights.h5"
@@ -93,35 +91,23 @@ def build_scratch_model(
         >>> model.predict(np.zeros((2, 32, 32, 3), "uint8"), verbose=0).shape
         (2, 3)
     """
+    if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum={bn_momentum!r} must be in [0, 1), e.g. 0.9.")
     spec = get_backbone(backbone)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes={num_classes!r}: need an integer of at least 2.")
-    if head not in HEADS:
-        raise ValueError(f"head={head!r} is not one of {HEADS}.")
-    if dropout is None:
-        dropout = 0.5 if head == "flatten" else 0.2
-    input_shape = _check_input_shape(spec, input_shape)
-    base = spec.build(input_shape, weights=None)
+    model = build_transfer_model(spec, num_classes, input_shape=input_shape, weights=None,
+                                 head=head, units=units, dropout=dropout,
+                                 augmentation=augmentation,
+                                 name=name or f"{spec.name}_scratch")
+    # Everything trains, BatchNorm included: trainable BatchNorm layers follow fit's
+    # training=True (Keras 3 passes it into the nested backbone) and predict's False.
+    base = get_backbone_model(model)
     base.trainable = True
     if bn_momentum is not None:
-        if not 0.0 <= bn_momentum < 1.0:
-            raise ValueError(f"bn_momentum={bn_momentum!r} must be in [0, 1), e.g. 0.9.")
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(bn_momentum)
-
-    inputs = keras.Input(shape=input_shape, name="pixels")
-    x = inputs
-    if augmentation is not None:
-        if isinstance(augmentation, str):
-            from tfx_transfer.augment import Augmentation
-
-            augmentation = Augmentation(preset=augmentation, name=AUGMENT_NAME)
-        x = augmentation(x)
-    x = Preprocess(spec.preprocessing, name=PREPROCESS_NAME)(x)
-    x = base(x)  # no training=False: BatchNorm follows fit / predict
-    outputs = _build_head(tuple(base.output.shape[1:]), num_classes, head, units, dropout)(x)
-    model = keras.Model(inputs, outputs, name=name or f"{spec.name}_scratch")
+    input_shape = tuple(model.input.shape[1:])
+    dropout = model._tfx_config["dropout"]
     model._tfx_config = {
         "backbone": spec.name, "num_classes": num_classes, "input_shape": list(input_shape),
         "head": head, "units": units, "dropout": dropout, "weights": None,
