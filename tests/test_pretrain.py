@@ -130,3 +130,45 @@ def test_cli_pretrain_flags_and_a_clear_error(tmp_path, capsys):
     assert main(["pretrain", str(tmp_path / "missing"), "--backbone", "vgg16",
                  "--out", str(tmp_path / "o")]) == 2
     assert "missing" in capsys.readouterr().err
+    assert build_parser().parse_args(["pretrain", "s", "--backbone", "vgg16", "--out", "o",
+                                      "--resume"]).resume
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    """Simulates a crash after the first epoch (after BackupAndRestore has saved it)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise RuntimeError("simulated interruption")
+
+
+@pytest.mark.slow  # ~40 s: two tiny pretraining runs
+def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(tmp_path):
+    source = write_class_folders(tmp_path / "src", classes=("a", "b"), per_class=4, size=36)
+    out, backup = tmp_path / "out", tmp_path / "out" / ".backup"
+    kwargs = dict(image_size=32, epochs=2, batch_size=4, validation_split=None, augment=None,
+                  backup_dir=backup, verbose=0)
+    with pytest.raises(RuntimeError, match="simulated"):
+        pretrain(source, "mobilenetv2", out, callbacks=[StopAfterFirstEpoch()], **kwargs)
+    assert backup.is_dir() and not list(out.glob("*.weights.h5")) and not list(out.glob("*.json"))
+
+    path = pretrain(source, "mobilenetv2", out, **kwargs)
+    info = read_pretrain_info(path)
+    assert info["recipe"]["epochs_run"] == 1  # continued at epoch 2 of 2
+    assert not backup.exists()  # Keras removes the backup when training completes
+    assert sorted(p.name for p in out.iterdir()) == [
+        "mobilenetv2.head.weights.h5", "mobilenetv2.json", "mobilenetv2.weights.h5"]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    from tfx_transfer.pretrain import _write_atomic
+
+    target = tmp_path / "x.weights.h5"
+    target.write_text("previous")
+
+    def crash(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _write_atomic(target, crash)
+    assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["x.weights.h5"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import Callable, Sequence
 
@@ -73,18 +74,29 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None,
                    help="'memory' or a folder for decoded-image cache files (default: none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command from its last finished "
+                        "epoch (the backup lives next to the output while training)")
     p.set_defaults(func=_run_pretrain)
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from tfx_transfer.pretrain import pretrain, read_pretrain_info
+    from tfx_transfer.pretrain import output_paths, pretrain, read_pretrain_info
 
+    weights = output_paths(args.out, args.backbone)["weights"]
+    backup = weights.with_name(f".{weights.name[: -len('.weights.h5')]}.pretrain-backup")
+    if backup.exists() and not args.resume:
+        print(f"{backup}: a backup of an interrupted run; starting over (pass --resume to continue it)")
+        shutil.rmtree(backup)
+    elif args.resume and not backup.exists():
+        print(f"--resume: no backup at {backup}; starting from the first epoch")
     path = pretrain(
         args.source, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
         augment=None if args.augment.lower() == "none" else args.augment, head=args.head,
         validation_split=args.validation_split or None, cache=args.cache, seed=args.seed,
+        backup_dir=backup,
     )
     metrics = read_pretrain_info(path)["metrics"]
     shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))

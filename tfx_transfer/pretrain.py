@@ -29,6 +29,11 @@ Files written (``out_path`` a folder, or a ``*.weights.h5`` file name)::
     <name>.head.weights.h5   the source classifier head (for joint training)
     <name>.json              backbone, image size, classes, recipe, metrics, versions
 
+Each file is written under a temporary name and renamed into place, so a crash
+never leaves a half-written one. Pretraining from scratch is long: pass
+``backup_dir=`` (CLI: ``--resume``) so that an interrupted run continues from its
+last finished epoch.
+
 Example:
     >>> import tfx_transfer as tt
     >>> path = tt.pretrain("xray_source/", "resnet50", "pretrained/",
@@ -272,6 +277,22 @@ def read_pretrain_info(path: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+def _backup(backup_dir: str | os.PathLike | None) -> list[keras.callbacks.Callback]:
+    return [] if backup_dir is None else [keras.callbacks.BackupAndRestore(str(backup_dir))]
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """``write(tmp)`` then rename over ``path``: a crash never leaves a half-written file."""
+    suffix = WEIGHTS_SUFFIX if path.name.endswith(WEIGHTS_SUFFIX) else path.suffix
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")  # Keras checks the suffix
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _final_metrics(history: keras.callbacks.History) -> dict[str, float]:
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     if history.history.get("val_accuracy"):
@@ -299,6 +320,7 @@ def pretrain(
     recalibrate_batches: int = 100,
     cache: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    backup_dir: str | os.PathLike | None = None,
     seed: int | None = 0,
     verbose: Any = "auto",
 ) -> Path:
@@ -335,6 +357,10 @@ def pretrain(
             (:func:`recalibrate_batchnorm`; default 100, 0 to skip).
         cache: ``load_image_folder`` cache (``None``, ``"memory"`` or a folder).
         callbacks: extra Keras callbacks (``TerminateOnNaN`` is always added).
+        backup_dir: folder for ``keras.callbacks.BackupAndRestore`` (weights,
+            optimizer state, epoch; saved every epoch). An interrupted run called
+            again with the same arguments continues from its last finished epoch;
+            Keras deletes the folder when training completes. Default: no backup.
         seed: seeds Keras/NumPy/Python (``keras.utils.set_random_seed``), the split and
             the shuffling; ``None`` leaves the global seeds alone.
         verbose: passed to ``model.fit``.
@@ -380,7 +406,8 @@ def pretrain(
     start = time.perf_counter()
     history = model.fit(
         train, validation_data=folder.validation, epochs=epochs,
-        callbacks=[keras.callbacks.TerminateOnNaN(), *(callbacks or [])], verbose=verbose,
+        callbacks=[keras.callbacks.TerminateOnNaN(), *_backup(backup_dir), *(callbacks or [])],
+        verbose=verbose,
         shuffle=False,  # load_image_folder reshuffles the training set every epoch
     )
     metrics = _final_metrics(history)
@@ -391,9 +418,6 @@ def pretrain(
             metrics.update({f"final_val_{k}": float(v) for k, v in final.items()})
     seconds = time.perf_counter() - start
 
-    paths["weights"].parent.mkdir(parents=True, exist_ok=True)
-    get_backbone_model(model).save_weights(paths["weights"])
-    get_head(model).save_weights(paths["head"])
     info = {
         "backbone": spec.name,
         "image_size": list(image_size),
@@ -421,5 +445,8 @@ def pretrain(
         "versions": {"tfx_transfer": __version__, "keras": keras.__version__,
                      "backend": keras.backend.backend(), "python": platform.python_version()},
     }
-    paths["info"].write_text(json.dumps(info, indent=2))
+    paths["weights"].parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(paths["weights"], get_backbone_model(model).save_weights)
+    _write_atomic(paths["head"], get_head(model).save_weights)
+    _write_atomic(paths["info"], lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
     return paths["weights"]
