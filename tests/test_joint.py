@@ -39,13 +39,18 @@ def _target_model():
     return model
 
 
+def _saved_source_head(model, tmp_path):
+    """A source head saved as pretrain() would, and its weights as loaded by build_joint_model."""
+    head_file = tmp_path / "src.head.weights.h5"
+    build_joint_model(model, 3).get_layer(SOURCE_HEAD_NAME).save_weights(head_file)
+    loaded = build_joint_model(model, 3, source_head_weights=head_file).get_layer(SOURCE_HEAD_NAME)
+    return head_file, _snapshot(loaded)
+
+
 def test_joint_training_updates_both_heads_and_the_backbone(folders, tmp_path):
     target_data, source_data = folders
     model = _target_model()
-    head_file = tmp_path / "src.head.weights.h5"
-    build_joint_model(model, 3).get_layer(SOURCE_HEAD_NAME).save_weights(head_file)
-    start_source = _snapshot(build_joint_model(model, 3, source_head_weights=head_file)
-                             .get_layer(SOURCE_HEAD_NAME))
+    head_file, start_source = _saved_source_head(model, tmp_path)
     start_target = _snapshot(get_head(model))
     start_conv = _snapshot(get_backbone_model(model).get_layer("block5_conv3"))
 
@@ -75,10 +80,7 @@ def test_loss_is_target_plus_lambda_source(folders):
 def test_target_model_keeps_only_the_target_head_and_exports(folders, tmp_path):
     target_data, source_data = folders
     model = _target_model()
-    head_file = tmp_path / "src.head.weights.h5"
-    build_joint_model(model, 3).get_layer(SOURCE_HEAD_NAME).save_weights(head_file)
-    start_source = _snapshot(build_joint_model(model, 3, source_head_weights=head_file)
-                             .get_layer(SOURCE_HEAD_NAME))
+    head_file, start_source = _saved_source_head(model, tmp_path)
     # lam=0 is plain fine-tuning: the source head gets no gradient at all
     history = fit_joint(model, target_data.train, source_data.train, lam=0.0, epochs=1,
                         steps_per_epoch=1, source_head_weights=head_file, verbose=0)
