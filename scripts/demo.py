@@ -30,8 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Small enough for 2 CPU cores offline; big enough to show both phases.
 SETTINGS = dict(
     backbone="vgg16", weights="auto", image_size=64, head="flatten", augment="none",
-    epochs=15, fine_tune_epochs=5, unfreeze="default", lr=1e-3, fine_tune_lr=1e-5,
-    batch_size=32, cache="memory", seed=1337,
+    epochs=15, fine_tune_epochs=5, blocks="default", lr=1e-3, fine_tune_lr=1e-5,
+    batch_size=32, cache_images="memory", seed=1337,
 )
 
 
