@@ -16,11 +16,17 @@ machine with Python: no Docker, no ``tensorflow_model_server`` binary.
 Binary values are ``{"b64": "..."}`` objects. Errors are ``{"error": "..."}``:
 400 for bad JSON, bad base64, bytes that are not an image, unknown or missing
 inputs; 404 for an unknown model, version or path; 413 past
-``max_request_bytes``. Every image is decoded (with the export's own
-:func:`tfx_transfer.data.decode_image`) before it joins a batch, so a bad
-request fails alone.
+``max_request_bytes``.
 
-How it runs, like TF Serving's defaults:
+How it runs (versions as TF Serving's defaults):
+
+* **Images.** For an export of ours, each request's images are decoded and
+  resized in the request's thread with the function the export's graph uses
+  (:func:`tfx_transfer.data.decode_and_resize`) and batched as pixels into the
+  export's ``predict_pixels_uint8`` signature: the same network, the same
+  outputs (tested within 1e-5 of calling ``serving_default`` in process), a bad
+  image fails its own request before batching, and decoding runs in parallel
+  (see :class:`Servable`).
 
 * **Versions.** The highest numbered folder under the base directory is served;
   the folder is polled every ``poll_interval`` seconds and a new version
@@ -79,7 +85,12 @@ _ROUTE = re.compile(
 
 
 class RequestError(Exception):
-    """A request the server refuses: ``status`` (HTTP) and a message for ``{"error": ...}``."""
+    """A request the server refuses: ``status`` (HTTP) and a message for ``{"error": ...}``.
+
+    Example:
+        >>> RequestError(404, "Servable not found for request: Latest(tulips)").status
+        404
+    """
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -132,22 +143,43 @@ def _signature_defs(path: Path) -> dict:
 class Servable:
     """One version of the model, loaded: its signatures and their input/output specs.
 
+    For an export of :func:`tfx_transfer.export_saved_model` (it has
+    ``assets.extra/metadata.json``), a ``serving_default`` request is
+    :meth:`prepare`-d in the request's thread: each image is decoded and
+    resized with :func:`tfx_transfer.data.decode_and_resize` -- the very
+    function the export's graph runs, at the export's ``input_size`` and
+    ``crop_to_aspect_ratio`` -- and the ``uint8`` pixels go to the export's
+    ``predict_pixels_uint8`` signature, which passes pixels at the model size
+    unchanged to the same network and returns the same outputs. So a bad image
+    fails its own request before batching, decoding runs in parallel across
+    requests, and the batching thread only runs the network. Any other
+    SavedModel's signatures are called as they are.
+
     Attributes:
         version: the folder's number.
         path: the version folder.
         signatures: name -> concrete function (``tf.saved_model.load(...).signatures``).
         inputs: signature name -> {input name: ``tf.TensorSpec``}.
         signature_defs: signature name -> SignatureDef as TF Serving's metadata JSON.
-        image_inputs: signature name -> the ``tf.string`` inputs validated as encoded images.
+        image_size: ``(height, width)`` of an export whose images are decoded per request, else None.
 
     Example:
-        >>> servable = Servable(Path("exports/flowers/1"), 1)
-        >>> sorted(servable.inputs["serving_default"])
-        ['images']
+        >>> import tempfile, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+        >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
+        >>> servable = Servable(path, 1)
+        >>> sorted(servable.inputs["serving_default"]), servable.image_size
+        (['images'], (32, 32))
+        >>> signature, inputs = servable.prepare("serving_default", {"images": np.array([_tiny_png()])})
+        >>> signature, inputs["pixels"].shape
+        ('predict_pixels_uint8', (1, 32, 32, 3))
     """
 
     def __init__(self, path: Path, version: int) -> None:
         import tensorflow as tf
+
+        from tfx_transfer.data import decode_and_resize
+        from tfx_transfer.export import METADATA_FILE, SIGNATURE_IMAGES, SIGNATURE_PIXELS_UINT8
 
         self.path, self.version = Path(path), int(version)
         self._model = tf.saved_model.load(str(self.path))
@@ -157,19 +189,52 @@ class Servable:
         self.inputs = {name: dict(fn.structured_input_signature[1])
                        for name, fn in self.signatures.items()}
         self.signature_defs = _signature_defs(self.path)
-        # A tf.string input of serving_default is encoded images in our exports (and in
-        # any image model served this way): decode each before batching.
-        default = self.inputs.get(SIGNATURE_DEFAULT, {})
-        self.image_inputs = {SIGNATURE_DEFAULT: [n for n, s in default.items() if s.dtype == tf.string]}
+        self.image_size: tuple[int, int] | None = None
+        meta_file = self.path / "assets.extra" / METADATA_FILE
+        images = self.inputs.get(SIGNATURE_IMAGES, {})
+        if (meta_file.is_file() and SIGNATURE_PIXELS_UINT8 in self.signatures
+                and list(images) == ["images"] and images["images"].dtype == tf.string):
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
+            crop = bool(meta.get("crop_to_aspect_ratio", False))
+            self.image_size = size
+            self._decode = tf.function(lambda data: decode_and_resize(data, size, crop),
+                                       input_signature=[tf.TensorSpec([], tf.string)])
+
+    def prepare(self, signature: str, inputs: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+        """The call to batch for a request: decoded pixels for an export's images, else as given.
+
+        Raises:
+            RequestError: 400 naming the first image that cannot be decoded.
+        """
+        import tensorflow as tf
+
+        from tfx_transfer.export import SERVING_FORMATS, SIGNATURE_IMAGES, SIGNATURE_PIXELS_UINT8
+
+        if self.image_size is None or signature != SIGNATURE_IMAGES:
+            return signature, inputs
+        pixels = []
+        for i, data in enumerate(inputs["images"].reshape(-1)):
+            try:
+                pixels.append(self._decode(tf.constant(data)).numpy())
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
+                raise RequestError(400, f"images[{i}] ({len(data)} bytes): "
+                                        f"{_decode_reason(err.message)}; send the file's bytes "
+                                        f"of a {SERVING_FORMATS} image.") from None
+        return SIGNATURE_PIXELS_UINT8, {"pixels": np.stack(pixels)}
 
     def warm_up(self) -> None:
-        """Call ``serving_default`` once (a tiny PNG), so a broken version is never switched to."""
+        """Run a tiny PNG through ``serving_default`` and the per-request route, so a broken
+        version is never switched to and the first request is not slow."""
         import tensorflow as tf
 
         specs = self.inputs.get(SIGNATURE_DEFAULT)
         if not specs or not all(s.dtype == tf.string and s.shape.rank == 1 for s in specs.values()):
             return
         self.signatures[SIGNATURE_DEFAULT](**{n: tf.constant([_tiny_png()]) for n in specs})
+        if self.image_size is not None:
+            signature, inputs = self.prepare(SIGNATURE_DEFAULT, {"images": np.array([_tiny_png()])})
+            self.signatures[signature](**{n: tf.constant(a) for n, a in inputs.items()})
 
     def __repr__(self) -> str:
         return f"Servable(version={self.version}, path={str(self.path)!r})"
@@ -199,9 +264,15 @@ class VersionPoller:
     serving.
 
     Example:
-        >>> poller = VersionPoller("exports/flowers")
+        >>> import tempfile, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+        >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
+        >>> poller = VersionPoller(path.parent)
         >>> poller.poll().version
         1
+        >>> _ = tt.export_saved_model(model, path.parent, ["daisy", "rose"])  # version 2
+        >>> poller.poll().version
+        2
     """
 
     def __init__(self, base_dir: str | os.PathLike, interval: float = DEFAULT_POLL_INTERVAL) -> None:
@@ -303,13 +374,16 @@ class MicroBatcher:
     back per job. If a batched call fails, its jobs are rerun one by one so only
     the faulty one gets the error. :meth:`close` runs everything queued first.
 
-    Example:
-        >>> batcher = MicroBatcher(max_batch_size=16, batch_timeout_ms=2)
+    Example (any object with a ``signatures`` dict of callables stands in for a Servable):
+        >>> import types
+        >>> doubler = types.SimpleNamespace(signatures={"double": lambda x: {"y": x * 2}})
+        >>> batcher = MicroBatcher(max_batch_size=8, batch_timeout_ms=5)
+        >>> futures = [batcher.submit(doubler, "double", {"x": np.array([[i]], np.float32)})
+        ...            for i in range(3)]
         >>> batcher.start()
-        >>> future = batcher.submit(servable, "serving_default", {"images": np.array([png], object)})
-        >>> sorted(future.result())
-        ['class_ids', 'class_names', 'probabilities', 'scores']
-        >>> batcher.close()
+        >>> batcher.close()  # runs what is queued first
+        >>> [f.result()["y"].tolist() for f in futures], batcher.batches
+        ([[[0.0]], [[2.0]], [[4.0]]], 1)
     """
 
     def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
@@ -550,23 +624,6 @@ def _parse_predict(body: dict, servable: Servable) -> tuple[str, dict[str, np.nd
     return signature, arrays, False
 
 
-def _check_images(servable: Servable, signature: str, inputs: dict[str, np.ndarray]) -> None:
-    """Decode every image of the request now, so a bad one fails here, not in a shared batch."""
-    import tensorflow as tf
-
-    from tfx_transfer.data import decode_image
-    from tfx_transfer.export import SERVING_FORMATS
-
-    for name in servable.image_inputs.get(signature, []):
-        for i, data in enumerate(inputs[name].reshape(-1)):
-            try:
-                decode_image(tf.constant(data))
-            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
-                raise RequestError(400, f"{name}[{i}] ({len(data)} bytes): "
-                                        f"{_decode_reason(err.message)}; send the file's bytes "
-                                        f"of a {SERVING_FORMATS} image.") from None
-
-
 def _decode_reason(message: str) -> str:
     """TensorFlow's decode error, without the op and device noise."""
     from tfx_transfer.export import SERVING_FORMATS
@@ -628,8 +685,13 @@ class ModelServer:
         max_request_bytes: larger request bodies get 413.
 
     Example:
-        >>> server = ModelServer("exports/flowers", "flowers")
-        >>> app = server.app  # run it with uvicorn.run(app) or serve(...)
+        >>> import tempfile, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+        >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
+        >>> from starlette.testclient import TestClient
+        >>> with TestClient(ModelServer(path.parent, "flowers").app) as client:
+        ...     client.get("/v1/models/flowers").json()["model_version_status"][0]["state"]
+        'AVAILABLE'
     """
 
     def __init__(self, base_dir: str | os.PathLike, model_name: str, *,
@@ -738,8 +800,7 @@ class ModelServer:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise RequestError(400, f"JSON Parse error: {err}") from None
             signature, inputs, row_form = _parse_predict(data, servable)
-            _check_images(servable, signature, inputs)
-            return signature, inputs, row_form
+            return (*servable.prepare(signature, inputs), row_form)
 
         signature, inputs, row_form = await run_in_threadpool(parse)
         try:
@@ -820,8 +881,12 @@ def create_app(base_dir: str | os.PathLike, model_name: str, **options: Any) -> 
     Run it with any ASGI server; its lifespan loads the model and starts the batcher.
 
     Example:
+        >>> import tempfile, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
+        >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
+        >>> app = create_app(path.parent, "flowers", max_batch_size=16)
         >>> import uvicorn
-        >>> uvicorn.run(create_app("exports/flowers", "flowers"), port=8501)  # doctest: +SKIP
+        >>> uvicorn.run(app, port=8501)  # doctest: +SKIP
     """
     return ModelServer(base_dir, model_name, **options).app
 
@@ -834,7 +899,7 @@ def serve(base_dir: str | os.PathLike, model_name: str, host: str = "127.0.0.1",
     ``batch_timeout_ms``, ``poll_interval``, ``max_request_bytes``).
 
     Example:
-        >>> serve("exports/flowers", "flowers", port=8501)  # doctest: +SKIP
+        >>> serve("runs/photos/export", "photos", port=8501)  # doctest: +SKIP
     """
     _require_stack()
     import uvicorn
