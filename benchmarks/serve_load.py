@@ -30,6 +30,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,11 +129,12 @@ def main(argv=None) -> int:
                                     weights=None, head="avg")
     tt.export_saved_model(model, work / "bench", ["a", "b"])
     port = free_port()
+    server_log = open(work / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "tfx_transfer.cli", "serve", str(work / "bench"), "--model-name",
          "bench", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
          "--batch-timeout-ms", str(args.batch_timeout_ms), "--poll-interval", "0"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=server_log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
     try:
         signature = tf.saved_model.load(str(work / "bench" / "1")).signatures["serving_default"]
@@ -188,6 +190,11 @@ def main(argv=None) -> int:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+        server_log.close()
+    log = (work / "server.log").read_text()
+    calls = [line.split("INFO:", 1)[-1].strip() for line in log.splitlines() if "model call(s)" in line]
+    print(f"server (all levels and warm-up): {calls[0] if calls else 'no batching figure logged'}")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

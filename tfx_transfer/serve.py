@@ -739,6 +739,9 @@ class ModelServer:
         """Stop polling, finish every queued call (in-flight requests get their answers)."""
         self.poller.stop()
         self.batcher.close()
+        if self.batcher.batches:
+            log.info("served %d row(s) in %d model call(s), %.1f per call", self.batcher.rows,
+                     self.batcher.batches, self.batcher.rows / self.batcher.batches)
 
     # routing helpers
 
