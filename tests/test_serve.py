@@ -380,6 +380,7 @@ def test_cli_serve_answers_then_finishes_in_flight_requests_on_sigterm(base):
             sent = pool.submit(httpx.post, f"{url}/v1/models/flowers:predict", timeout=60,
                                json={"instances": [{"b64": b64(images(1)[0])}]})
             time.sleep(0.7)
+            assert not sent.done(), "the request should still be waiting for its batch"
             proc.send_signal(signal.SIGTERM)
             response = sent.result()
         assert response.status_code == 200 and len(response.json()["predictions"]) == 1

@@ -170,7 +170,12 @@ class Servable:
         >>> servable = Servable(path, 1)
         >>> sorted(servable.inputs["serving_default"]), servable.image_size
         (['images'], (32, 32))
-        >>> signature, inputs = servable.prepare("serving_default", {"images": np.array([_tiny_png()])})
+        >>> import io
+        >>> from PIL import Image
+        >>> png = io.BytesIO()
+        >>> Image.new("RGB", (48, 40)).save(png, "PNG")
+        >>> signature, inputs = servable.prepare("serving_default",
+        ...                                      {"images": np.array([png.getvalue()], object)})
         >>> signature, inputs["pixels"].shape
         ('predict_pixels_uint8', (1, 32, 32, 3))
     """
@@ -688,10 +693,13 @@ class ModelServer:
         >>> import tempfile, tfx_transfer as tt
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
         >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
-        >>> from starlette.testclient import TestClient
-        >>> with TestClient(ModelServer(path.parent, "flowers").app) as client:
-        ...     client.get("/v1/models/flowers").json()["model_version_status"][0]["state"]
-        'AVAILABLE'
+        >>> server = ModelServer(path.parent, "flowers", max_batch_size=16)
+        >>> server.start()  # what the app's lifespan does before the first request
+        >>> server.poller.current.version
+        1
+        >>> server.stop()  # and after the last: finishes queued calls
+        >>> type(server.app).__name__  # run it with uvicorn.run(server.app) or serve(...)
+        'Starlette'
     """
 
     def __init__(self, base_dir: str | os.PathLike, model_name: str, *,
