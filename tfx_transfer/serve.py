@@ -588,8 +588,8 @@ def _parse_predict(body: dict, servable: Servable) -> tuple[str, dict[str, np.nd
                                 "\"signature_name\".")
     signature = body.get("signature_name") or SIGNATURE_DEFAULT
     if not isinstance(signature, str) or signature not in servable.signatures:
-        raise RequestError(400, f"Serving signature name: {signature!r} not found in signature def; "
-                                f"this model has {sorted(servable.signatures)}.")
+        raise RequestError(400, f"Serving signature name: {json.dumps(signature)} not found in "
+                                f"signature def; this model has {sorted(servable.signatures)}.")
     specs = servable.inputs[signature]
     if ("instances" in body) == ("inputs" in body):
         raise RequestError(400, "Missing 'inputs' or 'instances' key: a predict request needs "
