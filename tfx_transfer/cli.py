@@ -405,7 +405,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     try:
-        from tfx_transfer.serve import serve
+        from tfx_transfer.serving import serve
         serve(args.model_base_dir, args.model_name, host=args.host, port=args.port,
               max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
               poll_interval=args.poll_interval, max_request_bytes=args.max_request_bytes)
