@@ -196,7 +196,8 @@ def test_evaluate_model_on_a_folder_matches_classes_by_name(tmp_path):
 
 def test_evaluate_model_through_an_export_equals_keras(tmp_path):
     pytest.importorskip("tensorflow")
-    from tfx_transfer.export import export_saved_model, load_exported
+    from tfx_transfer.export import export_saved_model
+    from tfx_transfer.exported import load_exported
 
     model = tiny_classifier()
     y = np.array([0, 1, 2, 2, 1, 0])

@@ -13,8 +13,6 @@
 
 Example:
     >>> import numpy as np
-
-from tfx_transfer.saving import load_model
     >>> m = classification_metrics([0, 1, 1], np.array([[.9, .1], [.2, .8], [.6, .4]]),
     ...                            ["cat", "dog"], top_k=1)
     >>> round(m["accuracy"], 3), m["confusion_matrix"]
@@ -30,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from tfx_transfer.saving import load_model
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
@@ -426,7 +426,7 @@ def _is_exported(obj: Any) -> bool:
 def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
     """A model (Keras or exported) and its class names from an object or a path.
 
-    ``source``: a Keras model, an :class:`~tfx_transfer.export.ExportedModel`, or a
+    ``source``: a Keras model, an :class:`~tfx_transfer.ExportedModel`, or a
     path: a run folder of ``tfx-transfer train`` (``model.keras`` +
     ``config.json``), an export folder or version folder (loaded with
     :func:`tfx_transfer.load_exported`, no Keras model needed), or a ``.keras``
@@ -447,7 +447,7 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
         model = load_model(path, compile=False)
         return model, (getattr(model, "transfer_config", None) or {}).get("class_names")
     if path.is_dir():
-        from tfx_transfer.export import load_exported
+        from tfx_transfer.exported import load_exported
 
         exported = load_exported(path)
         return exported, exported.class_names
@@ -568,7 +568,7 @@ def evaluate_model(
     """Evaluate a Keras model or an exported SavedModel; optionally write the report files.
 
     Args:
-        model_or_export: a Keras model, an :class:`~tfx_transfer.export.ExportedModel`
+        model_or_export: a Keras model, an :class:`~tfx_transfer.ExportedModel`
             (evaluated through its SavedModel signatures: no Keras model needed), or
             a path (see :func:`load_for_evaluation`).
         data: a ``tf.data`` dataset (or any iterable) of ``(images, labels)``

@@ -350,7 +350,8 @@ def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]], verbose: Any)
 def _fit(model: keras.Model, folder: Any, config: dict[str, Any], run: Path, resume: bool,
          callbacks: Sequence[keras.callbacks.Callback], verbose: Any) -> BestModelCheckpoint:
     from tfx_transfer.data import class_weights
-    from tfx_transfer.finetune import backup_epoch, fine_tune
+    from tfx_transfer.callbacks import backup_epoch
+    from tfx_transfer.finetune import fine_tune
 
     backup = run / BACKUP_DIR
     done = backup_epoch(backup) if resume else None
