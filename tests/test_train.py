@@ -21,7 +21,7 @@ from tfx_transfer.job import train  # noqa: E402
 CLASSES = ("cats", "dogs", "foxes")
 TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--head", "avg",
         "--augmentation", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
-RUN_FILES = {"config.json", "history.csv", "best.keras", "best.json", "model.keras",
+RUN_FILES = {".lock", "config.json", "history.csv", "best.keras", "best.json", "model.keras",
              "metrics.json", "report.txt", "history.png", "confusion_matrix.png",
              "predictions.png", "skipped_files.txt", "export"}
 

@@ -23,6 +23,7 @@ and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
     RUN/skipped_files.txt       files left out of the data and why (empty when none)
     RUN/test/                   metrics and plots on DATA/test/, when the folder has one
     RUN/backup/                 only while training: what ``resume=True`` continues from
+    RUN/.lock                   one process per run folder (an OS lock, released on any exit)
 
 Example:
     >>> import tfx_transfer as tt
