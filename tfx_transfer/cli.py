@@ -357,7 +357,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tfx_transfer.evaluate import evaluate_model, format_report
+    from tfx_transfer.evaluate import evaluate_model
+    from tfx_transfer.metrics import format_report
 
     source, test_dir = Path(args.source), Path(args.test_dir)
     if not source.exists():

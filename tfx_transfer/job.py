@@ -50,7 +50,9 @@ import keras
 import numpy as np
 
 from tfx_transfer.backbones import get_backbone
-from tfx_transfer.evaluate import HISTORY_PNG, evaluate_model, format_report, plot_history
+from tfx_transfer.evaluate import evaluate_model
+from tfx_transfer.metrics import format_report
+from tfx_transfer.plots import HISTORY_PNG, plot_history
 from tfx_transfer.runlock import lock_run_folder
 from tfx_transfer.saving import load_model
 
