@@ -55,7 +55,7 @@ _EXPORTS = {
     # augmentation
     "Augmentation": "augment",
     "preview_augmentation": "augment",
-    "RandomAffine": "augment",
+    "RandomAffine": "augment_layers",
     # fine-tuning
     "freeze": "freezing",
     "freeze_to": "freezing",
