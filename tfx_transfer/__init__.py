@@ -75,6 +75,8 @@ _EXPORTS = {
     "build_joint_model": "joint",
     "fit_joint": "joint",
     "ensemble": "ensemble",
+    # explanations and debugging aids
+    "explain": "gradcam",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
