@@ -11,30 +11,11 @@ import pytest
 import tfx_transfer as tt
 from tfx_transfer.gradcam import gradcam
 from tests.helpers import tiny_pixels
+from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
 
 PATCH = 10
 SIZE = 48
 COLOURS = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255]], np.float32)
-
-
-def _tiny_cnn(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)):
-    """Three convolutions, a 12x12 output map at 48 px: small enough to train in seconds."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="b1_conv")(inputs)
-    x = keras.layers.Conv2D(24, 3, strides=2, padding="same", activation="relu", name="b2_conv")(x)
-    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="b3_conv")(x)
-    return keras.Model(inputs, x, name="tinycam")
-
-
-@pytest.fixture
-def tinycam():
-    from tfx_transfer import backbones
-
-    tt.register_backbone(tt.BackboneSpec("tinycam", _tiny_cnn, "tf", SIZE, 16,
-                                         blocks=(("b1", "^b1_"), ("b2", "^b2_"), ("b3", "^b3_"))),
-                         overwrite=True)
-    yield "tinycam"
-    backbones._REGISTRY.pop("tinycam")
 
 
 def _patch_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

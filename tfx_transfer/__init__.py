@@ -77,6 +77,7 @@ _EXPORTS = {
     "ensemble": "ensemble",
     # explanations and debugging aids
     "explain": "gradcam",
+    "top_losses": "mislabeled",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
