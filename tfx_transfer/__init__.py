@@ -78,6 +78,7 @@ _EXPORTS = {
     # explanations and debugging aids
     "explain": "gradcam",
     "top_losses": "mislabeled",
+    "find_lr": "lr_finder",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
