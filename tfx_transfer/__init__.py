@@ -79,6 +79,7 @@ _EXPORTS = {
     "explain": "gradcam",
     "top_losses": "mislabeled",
     "find_lr": "lr_finder",
+    "predict_tta": "tta",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

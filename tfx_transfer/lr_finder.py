@@ -105,8 +105,9 @@ def valley(lrs: Any, losses: Any) -> float:
     """fastai's "valley" rule: 2/3 down the longest decreasing run of the (smoothed) loss.
 
     Example:
-        >>> valley([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1], [3.0, 2.9, 2.0, 1.0, 0.9, 5.0])
-        0.001
+        >>> valley([1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1],
+        ...        [2.0, 1.9, 1.7, 1.2, 0.8, 0.7, 0.75, 3.0])
+        1e-05
     """
     lrs, losses = list(lrs), list(losses)
     n = len(losses)

@@ -201,8 +201,10 @@ def write_top_losses_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike
     """The rows as CSV (``rank,index,path,true_class,predicted_class,probability,p_true,loss``).
 
     Example:
-        >>> write_top_losses_csv(rows, "/tmp/top_losses.csv").name
-        'top_losses.csv'
+        >>> x, y = np.zeros((3, 8, 8, 3), "uint8"), np.array([0, 1, 1])
+        >>> rows = top_losses(lambda images: np.full((len(images), 2), .5), (x, y), k=2)
+        >>> write_top_losses_csv(rows, "/tmp/top_losses.csv").read_text().splitlines()[1]
+        '1,0,,0,0,0.500000,0.500000,0.693147'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +240,9 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
     at when it went wrong. Returns the ``matplotlib.figure.Figure``.
 
     Example:
-        >>> fig = plot_top_losses(rows, model, "/tmp/top_losses.png")
+        >>> x, y = np.zeros((3, 8, 8, 3), "uint8"), np.array([0, 1, 1])
+        >>> rows = top_losses(lambda images: np.full((len(images), 2), .5), (x, y), k=2)
+        >>> fig = plot_top_losses(rows, None, "/tmp/top_losses.png")
     """
     from matplotlib.figure import Figure
 
