@@ -19,6 +19,10 @@ and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
     RUN/history.png             loss and accuracy across both phases, phase boundary marked
     RUN/confusion_matrix.png    validation confusion matrix
     RUN/predictions.png         validation images, predicted vs true, misclassified first
+    RUN/top_losses.png          the validation images with the highest loss, with Grad-CAM
+    RUN/top_losses.csv          every validation image, worst loss first (path, true, predicted)
+    RUN/lr_finder.png           with lr="auto": the learning-rate finder's curve
+    RUN/tensorboard/            with tensorboard=True: event files (`tensorboard --logdir RUN`)
     RUN/export/1/               SavedModel (TF Serving layout), metrics in its metadata
     RUN/skipped_files.txt       files left out of the data and why (empty when none)
     RUN/test/                   metrics and plots on DATA/test/, when the folder has one
@@ -58,6 +62,8 @@ MODEL_FILE = "model.keras"
 SKIPPED_FILE = "skipped_files.txt"
 BACKUP_DIR = "backup"
 EXPORT_DIR = "export"
+TENSORBOARD_DIR = "tensorboard"
+LR_FINDER_PNG = "lr_finder.png"
 AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
 # Arguments that define a run; on resume they come from config.json.
 _RUN_ARGS = ("backbone", "weights", "image_size", "epochs", "fine_tune_epochs", "unfreeze",
@@ -150,6 +156,11 @@ def _normalise(name: str, value: Any) -> Any:
         if key not in AUGMENT_PRESETS:
             raise ValueError(f"augment={value!r}: choose one of {AUGMENT_PRESETS}.")
         return key
+    if name == "lr" and isinstance(value, str):
+        if value.lower() != "auto":
+            raise ValueError(f"lr={value!r}: pass a learning rate (e.g. 1e-3) or 'auto' (the "
+                             "learning-rate finder picks it).")
+        return "auto"
     if name == "weights":
         return "none" if value is None else os.fspath(value) if isinstance(value, os.PathLike) else value
     return _as_jsonable(value)
@@ -168,7 +179,8 @@ def _resume_config(run: Path, given: dict[str, Any]) -> dict[str, Any]:
     clashes = []
     for name in _RUN_ARGS:
         value = _normalise(name, given[name])
-        saved = config.get(f"{name}_requested", config.get(name)) if name == "weights" else config.get(name)
+        saved = config.get(f"{name}_requested", config.get(name)) if name in ("weights", "lr") \
+            else config.get(name)
         if value != _normalise(name, defaults[name]) and value != saved:
             clashes.append(f"{name}={value!r} (the run has {saved!r})")
     if clashes:
@@ -312,6 +324,23 @@ def _build(config: dict[str, Any], num_classes: int, verbose: Any) -> keras.Mode
     return model
 
 
+def _find_lr(model: keras.Model, folder: Any, config: dict[str, Any], run: Path,
+             verbose: Any) -> None:
+    """lr="auto": the learning-rate finder's suggestion becomes the head-phase rate."""
+    from tfx_transfer.lr_finder import find_head_lr
+
+    _say(verbose, "lr: auto -- running the learning-rate finder on the head (backbone features "
+                  "of up to 2048 training images, 100 steps)")
+    result = find_head_lr(model, folder.train, batch_size=config["batch_size"], seed=config["seed"])
+    result.plot(run / LR_FINDER_PNG, title=f"learning-rate finder: suggestion {result.suggestion:.2g}")
+    config["lr_requested"] = "auto"
+    config["lr"] = float(f"{result.suggestion:.3g}")
+    config["lr_finder"] = {"suggestion": result.suggestion, "lr_min": result.lr_min,
+                           "steps": len(result.lrs), "stopped": result.stopped}
+    _say(verbose, f"lr: the finder suggests {config['lr']:g} ({result.stopped} after "
+                  f"{len(result.lrs)} steps; curve in {run / LR_FINDER_PNG})")
+
+
 def _prune_history(path: Path, keep_epochs: int) -> None:
     """Keep the rows of epochs ``< keep_epochs`` (a resumed run rewrites the rest)."""
     if not path.exists():
@@ -393,9 +422,14 @@ def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any]
     """Metrics, report and plots of the final model, then its SavedModel export."""
     from tfx_transfer.export import export_saved_model
 
+    from tfx_transfer.mislabeled import write_top_losses
+
     metrics = evaluate_model(final, folder.validation, folder.class_names, top_k=config["top_k"],
                              out_dir=run, batch_size=config["batch_size"], verbose=False)
     files = metrics.pop("files")
+    files.update(write_top_losses(final, folder.validation, run, class_names=folder.class_names,
+                                  paths=[path for path, _ in folder.files["validation"]],
+                                  batch_size=config["batch_size"]))
     plot_history(run / HISTORY_FILE, run / HISTORY_PNG,
                  title=f"{config['backbone']}, weights: {config['weights']}")
     test_metrics = None
@@ -417,6 +451,7 @@ def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any]
              "history_png": str(run / HISTORY_PNG), "best": str(run / BEST_FILE),
              "model": str(run / MODEL_FILE), "metrics": files["metrics"], "report": files["report"],
              "confusion_matrix": files["confusion_matrix"], "predictions": files["predictions"],
+             "top_losses": files["top_losses_png"], "top_losses_csv": files["top_losses_csv"],
              "export": str(export_path), "skipped": str(run / SKIPPED_FILE)}
     _say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
          *(f"  {name:<17}{path}" for name, path in paths.items()))
@@ -445,7 +480,7 @@ def train(
     head: str = "flatten",
     units: int = 256,
     dropout: float | None = None,
-    lr: float = 1e-3,
+    lr: float | str = 1e-3,
     fine_tune_lr: float = 1e-5,
     validation_split: float | None = 0.2,
     seed: int = 1337,
@@ -456,6 +491,7 @@ def train(
     top_k: int | None = None,
     train_bn: bool = False,
     resume: bool = False,
+    tensorboard: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: Any = "auto",
 ) -> dict[str, Any]:
@@ -484,7 +520,10 @@ def train(
             the model, identity at inference) or ``"heavy"`` (RandAugment + MixUp
             on the training dataset, one-hot labels).
         batch_size, head, units, dropout: see :func:`tfx_transfer.build_transfer_model`.
-        lr, fine_tune_lr: Adam learning rates of the two phases.
+        lr, fine_tune_lr: Adam learning rates of the two phases. ``lr="auto"``: the
+            learning-rate finder (:func:`tfx_transfer.lr_finder.find_head_lr`) picks the
+            head-phase rate first; it is recorded in ``config.json`` (``"lr"``, with
+            ``"lr_requested": "auto"``) and its curve in ``lr_finder.png``.
         validation_split: fraction of each class held out when the folder has no
             ``val/`` (ignored, with a note, when it has).
         seed: seeds the split, shuffling, augmentation and initialisation.
@@ -500,6 +539,9 @@ def train(
             completed epoch, with the configuration saved in its ``config.json``
             (arguments left at their defaults are taken from there; others must
             agree). A finished run is re-evaluated and re-exported.
+        tensorboard: write TensorBoard event files to ``RUN/tensorboard/`` (both
+            phases on one epoch axis; loss, accuracy, learning rate and stage per
+            epoch): ``tensorboard --logdir RUN``.
         callbacks: extra Keras callbacks for both phases (e.g. ``EarlyStopping``).
         verbose: ``"auto"``/1 progress bars and messages, 2 one line per epoch, 0 quiet.
 
@@ -534,6 +576,8 @@ def train(
     config["counts"] = folder.counts
     _write_skipped(run / SKIPPED_FILE, folder.skipped, verbose)
     model = _build(config, folder.num_classes, verbose)
+    if config["lr"] == "auto":
+        _find_lr(model, folder, config, run, verbose)
 
     import tensorflow as tf
 
@@ -560,6 +604,9 @@ def train(
         _say(verbose, f"resume: training of {run} had finished; evaluating and exporting again")
     else:
         (run / MODEL_FILE).unlink(missing_ok=True)
+        if tensorboard:
+            callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run / TENSORBOARD_DIR),
+                                                                 write_graph=False)]
         _fit(model, folder, config, run, resume, callbacks, verbose)
         state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "finished": True},
                                          indent=2))

@@ -269,3 +269,52 @@ def find_lr(
         print(f"find_lr: {n} steps ({stopped}); suggested learning rate {suggestion:.3g} "
               f"(minimum/10: {lr_min:.3g})", flush=True)
     return LRFinderResult(lrs, losses, smoothed, suggestion, lr_min, stopped)
+
+
+def find_head_lr(model: keras.Model, train: Any, *, max_images: int | None = 2048,
+                 **kwargs: Any) -> LRFinderResult:
+    """The head-phase rate of a transfer model, fast: backbone features once, the ramp on the head.
+
+    The frozen backbone gives the same features at every step, so they are computed
+    in one pass over ``train`` (at most ``max_images`` images, without the model's
+    augmentation layer) and :func:`find_lr` ramps the nested head alone on them. The
+    head's weights are restored afterwards, as with :func:`find_lr`.
+
+    Args:
+        model: a :func:`tfx_transfer.build_transfer_model` model.
+        train: ``(images, labels)`` batches or an ``(x, y)`` tuple of arrays.
+        max_images: images whose features are computed (``None``: all).
+        **kwargs: :func:`find_lr`'s options (``num_steps``, ``start_lr``, ...).
+
+    Example:
+        >>> import numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3),
+        ...                                 weights=None, head="avg")
+        >>> x = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype="uint8")
+        >>> find_head_lr(model, (x, np.arange(16) % 2), num_steps=20, batch_size=8).stopped
+        'end'
+    """
+    from tfx_transfer.model import PREPROCESS_NAME, get_backbone_model, get_head
+
+    backbone, preprocess = get_backbone_model(model), model.get_layer(PREPROCESS_NAME)
+    features, labels, seen = [], [], 0
+    batch_size = int(kwargs.get("batch_size", 32))
+    if isinstance(train, tuple) and len(train) >= 2 and not hasattr(train, "element_spec"):
+        x, y = np.asarray(train[0]), np.asarray(train[1])
+        batches: Any = ((x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(x), batch_size))
+    else:
+        batches = train
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("find_head_lr needs labelled batches (images, labels) or an (x, y) tuple.")
+        images = np.asarray(batch[0])
+        out = backbone(preprocess(images), training=False)
+        features.append(np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))))
+        labels.append(np.asarray(batch[1]))
+        seen += len(images)
+        if max_images is not None and seen >= max_images:
+            break
+    if not features:
+        raise ValueError("The training data yielded no batches.")
+    kwargs.setdefault("batch_size", batch_size)
+    return find_lr(get_head(model), (np.concatenate(features), np.concatenate(labels)), **kwargs)
