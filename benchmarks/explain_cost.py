@@ -7,7 +7,8 @@ The same batch of random uint8 images goes through the same model three ways:
   with respect to the feature map, the weighted sum, the resize to the input);
 * TTA: ``tt.predict_tta`` (6 views: as is, mirrored, 4 shifts).
 
-Each is run once to warm up, then ``--repeats`` times; the best time counts. Figure:
+Each is run once to warm up, then ``--repeats`` rounds alternate the three (so a
+load change on shared cores hits all three alike); the best time of each counts. Figure:
 explain / predict and TTA / predict (how many predictions one explanation costs).
 Weights are random (``weights=None``): the cost does not depend on their values.
 
@@ -36,18 +37,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head", default="avg", choices=("flatten", "avg", "max"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     return parser.parse_args(argv)
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (tracing, first allocation)
-    times = []
+def best_times(fns: dict, repeats: int) -> dict[str, float]:
+    for fn in fns.values():
+        fn()  # warm-up (tracing, first allocation)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def main(argv=None) -> None:
@@ -61,9 +64,10 @@ def main(argv=None) -> None:
                                     head=args.head)
     images = np.random.default_rng(0).integers(
         0, 256, (args.batch_size, args.image_size, args.image_size, 3), dtype=np.uint8)
-    predict = best_time(lambda: model.predict_on_batch(images), args.repeats)
-    explain = best_time(lambda: tt.explain(model, images), args.repeats)
-    tta = best_time(lambda: tt.predict_tta(model, images), args.repeats)
+    best = best_times({"predict": lambda: model.predict_on_batch(images),
+                       "explain": lambda: tt.explain(model, images),
+                       "tta": lambda: tt.predict_tta(model, images)}, args.repeats)
+    predict, explain, tta = best["predict"], best["explain"], best["tta"]
     print(f"backend {keras.backend.backend()}, {args.backbone}, {args.image_size} px, batch "
           f"{args.batch_size}, best of {args.repeats}")
     print(f"predict  {predict * 1000:8.1f} ms  ({args.batch_size / predict:6.1f} img/s)")

@@ -96,7 +96,9 @@ def format_tta(plain: Mapping[str, Any], tta: Mapping[str, Any]) -> str:
     views = tta.get("views")
     lines = [f"{'':<18}{'plain':>10}{'TTA':>10}{'change':>11}" +
              (f"   (TTA: mean of {views} views)" if views else "")]
-    for label, key in (("accuracy", "accuracy"), (f"top-{plain['top_k']} accuracy", "top_k_accuracy"),
-                       ("loss", "loss")):
+    rows = [("accuracy", "accuracy"), ("loss", "loss")]
+    if plain["top_k"] > 1:  # top-1 accuracy is the accuracy
+        rows.insert(1, (f"top-{plain['top_k']} accuracy", "top_k_accuracy"))
+    for label, key in rows:
         lines.append(f"{label:<18}{plain[key]:>10.4f}{tta[key]:>10.4f}{tta[key] - plain[key]:>+11.4f}")
     return "\n".join(lines)
