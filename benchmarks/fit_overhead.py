@@ -7,7 +7,7 @@ Both do the same work on the same model, data and seed, without feature caching:
   excluded), the rest not; ``compile(Adam(fine_tune_lr))``;
   ``fit(initial_epoch=E, epochs=2E)``;
 * kit: ``fine_tune(model, (x, y), head_epochs=E, fine_tune_epochs=E,
-  unfreeze=block, cache_features=False)``: one ``fit`` whose ``StagedUnfreeze``
+  blocks=block, cache_features=False)``: one ``fit`` whose ``StagedUnfreeze``
   callback swaps the optimizer and rebuilds the train function at epoch E.
 
 Figure: wall time recipe / kit (1.0 = no overhead; target >= 0.97, i.e. at most
@@ -92,7 +92,7 @@ def kit(args, block: str) -> float:
     model, x, y = _setup(args)
     start = time.perf_counter()
     tt.fine_tune(model, (x, y), head_epochs=args.epochs, fine_tune_epochs=args.epochs,
-                 unfreeze=block, head_lr=HEAD_LR, fine_tune_lr=FINE_TUNE_LR,
+                 blocks=block, head_lr=HEAD_LR, fine_tune_lr=FINE_TUNE_LR,
                  cache_features=False, batch_size=args.batch_size, verbose=0)
     return time.perf_counter() - start
 

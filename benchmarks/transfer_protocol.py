@@ -2,7 +2,7 @@
 
 Protocol (settings chosen for the time budget before the full run; every number below is a flag):
 
-1. Pretraining (once, cached): ``tfx_transfer.pretrain`` trains the backbone from
+1. Pretraining (once, cached): ``tfx_transfer.pretraining`` trains the backbone from
    random init on the source folder (default ``../shared/datasets/caltech101``,
    101 classes) with the kit's from-scratch recipe (AdamW 1e-3, weight decay
    0.05, 5% warmup + cosine, label smoothing 0.1, "standard" augmentation, 10%
@@ -145,7 +145,7 @@ def source_folder(args, tmp: Path) -> Path:
 
 def pretrained_backbone(args, source: Path) -> tuple[Path, dict, bool]:
     """Path of the pretrained backbone, its description, and whether it came from the cache."""
-    from tfx_transfer.pretrain import pretrain, read_pretrain_info
+    from tfx_transfer.pretraining import pretrain, read_pretrain_info
 
     key = json.dumps([PROTOCOL, str(args.source.resolve()), args.source_classes,
                       args.source_per_class, args.backbone, args.image_size, args.pretrain_epochs,
@@ -159,7 +159,7 @@ def pretrained_backbone(args, source: Path) -> tuple[Path, dict, bool]:
         f"{args.pretrain_epochs} epoch(s) -> {path}")
     path = pretrain(source, args.backbone, path, image_size=args.image_size,
                     epochs=args.pretrain_epochs, batch_size=args.batch_size,
-                    cache=args.cache_dir / "images", seed=0, verbose=2)
+                    cache_images=args.cache_dir / "images", seed=0, verbose=2)
     return path, read_pretrain_info(path), False
 
 
@@ -190,11 +190,11 @@ def run_setting(args, view: Path, seed: int, weights: Path, info: dict, source_t
 
     import tfx_transfer as tt
     from tfx_transfer.joint import fit_joint
-    from tfx_transfer.pretrain import build_scratch_model, recalibrate_batchnorm, scratch_optimizer
+    from tfx_transfer.pretraining import build_scratch_model, recalibrate_batchnorm, scratch_optimizer
 
     def load(augment):
         return tt.load_image_folder(view, image_size=args.image_size, batch_size=args.batch_size,
-                                    seed=seed, label_mode="categorical", cache="memory",
+                                    seed=seed, label_mode="categorical", cache_images="memory",
                                     augmentation=augment, verify=False)
 
     plain, augmented = load(None), load("standard")
@@ -238,7 +238,7 @@ def run_setting(args, view: Path, seed: int, weights: Path, info: dict, source_t
     tuned = transfer_model()
     tuned.set_weights(frozen.get_weights())
     timed("c", lambda: tt.fine_tune(tuned, augmented.train, head_epochs=0,
-                                    fine_tune_epochs=epochs["finetune"], unfreeze="default",
+                                    fine_tune_epochs=epochs["finetune"], blocks="default",
                                     fine_tune_lr=args.finetune_lr, verbose=0), tuned)
 
     joint = transfer_model()
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
             f"val accuracy {source_accuracy(info):.3f} ({pretrain_note})")
         source_train = load_image_folder(
             source, image_size=args.image_size, batch_size=args.batch_size, validation_split=0.1,
-            seed=0, label_mode="categorical", cache=args.cache_dir / "images",
+            seed=0, label_mode="categorical", cache_images=args.cache_dir / "images",
             augmentation="standard").train  # same split and image cache files as pretraining
         for _ in source_train:  # completes the cache if pretraining came from an older run
             pass

@@ -29,9 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Small enough for 2 CPU cores offline; big enough to show both phases.
 SETTINGS = dict(
-    backbone="vgg16", weights="auto", image_size=64, head="flatten", augment="none",
-    epochs=15, fine_tune_epochs=5, unfreeze="default", lr=1e-3, fine_tune_lr=1e-5,
-    batch_size=32, cache="memory", seed=1337,
+    backbone="vgg16", weights="auto", image_size=64, head="flatten", augmentation="none",
+    head_epochs=15, fine_tune_epochs=5, blocks="default", head_lr=1e-3, fine_tune_lr=1e-5,
+    batch_size=32, cache_images="memory", seed=1337,
 )
 
 
@@ -54,7 +54,7 @@ def main() -> int:
     shown = " ".join(f"{k}={v}" for k, v in SETTINGS.items())
     print(f"demo: tfx_transfer.train({str(data)!r}, {str(out)!r}, {shown})\n"
           "demo: (the same as: tfx-transfer train data_samples --backbone vgg16 --weights auto "
-          "--image-size 64 --augment none --epochs 15 --fine-tune-epochs 5 --cache memory "
+          "--image-size 64 --augmentation none --head-epochs 15 --fine-tune-epochs 5 --cache-images memory "
           f"--out {out})\n", flush=True)
     result = train(data, out, **SETTINGS)
     trained = time.perf_counter()

@@ -243,7 +243,7 @@ def test_shuffle_reshuffles_each_epoch_and_cache_modes(tmp_path):
     assert sorted(e1.tolist()) == sorted(e2.tolist()) and e1.tolist() != e2.tolist()
     plain = load_image_folder(root, image_size=8, batch_size=8, shuffle=False)
     for cache in ("memory", tmp_path / "tfcache"):
-        cached = load_image_folder(root, image_size=8, batch_size=8, shuffle=False, cache=cache)
+        cached = load_image_folder(root, image_size=8, batch_size=8, shuffle=False, cache_images=cache)
         for _ in range(2):  # fill the cache, then replay it
             np.testing.assert_array_equal(all_batches(cached.train)[0], all_batches(plain.train)[0])
     assert any(name.startswith("train-") for name in os.listdir(tmp_path / "tfcache"))

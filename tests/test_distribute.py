@@ -79,7 +79,7 @@ def test_mixed_precision_float32_outputs_and_trains(policy, float32_after):
     assert all(w.dtype == "float32" for w in model.weights)  # variables stay float32
     x, y = _learnable()
     before = {w.path: w.numpy().copy() for w in model.weights}
-    history = tt.fine_tune(model, (x, y), head_epochs=3, fine_tune_epochs=1, unfreeze="block5",
+    history = tt.fine_tune(model, (x, y), head_epochs=3, fine_tune_epochs=1, blocks="block5",
                            optimizer="adam", head_lr=1e-2, fine_tune_lr=1e-4, batch_size=8,
                            cache_features=False, verbose=0)
     loss = history.history["loss"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import tiny_pixels
-from tfx_transfer.ensemble import FuseProbabilities, ensemble
+from tfx_transfer.ensembles import FuseProbabilities, ensemble
 from tfx_transfer.model import build_transfer_model
 
 
@@ -25,7 +25,7 @@ def test_mean_and_weighted_mean_of_member_probabilities():
     fused = ensemble([a, b])
     assert a.name != b.name  # same default name: renamed so the ensemble's layers are unique
     np.testing.assert_allclose(fused.predict(x, verbose=0), (pa + pb) / 2, rtol=1e-5, atol=1e-6)
-    weighted = ensemble([a, b], weights=[3, 1], name="weighted")
+    weighted = ensemble([a, b], member_weights=[3, 1], name="weighted")
     np.testing.assert_allclose(weighted.predict(x, verbose=0), (3 * pa + pb) / 4,
                                rtol=1e-5, atol=1e-6)
 
@@ -53,14 +53,14 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="method"):
         ensemble([a, b], method="median")
     with pytest.raises(ValueError, match="3 entries for 2"):
-        ensemble([a, b], weights=[1, 1, 1])
+        ensemble([a, b], member_weights=[1, 1, 1])
     other = build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None, head="avg")
     with pytest.raises(ValueError, match="share the input shape and number of classes"):
         ensemble([a, other])
 
 
 def test_keras_file_round_trip(tmp_path):
-    fused = ensemble(_members(), method="vote", weights=[2, 1])
+    fused = ensemble(_members(), method="vote", member_weights=[2, 1])
     x = tiny_pixels(3, 32)
     fused.save(tmp_path / "fused.keras")
     loaded = keras.saving.load_model(tmp_path / "fused.keras")

@@ -168,7 +168,7 @@ def test_evaluate_model_on_arrays_writes_the_report(tmp_path):
     y = np.array([0, 1, 2, 0, 1, 2, 0])
     x = colour_images(y)
     x[0, ..., 0], x[0, ..., 1] = 0, 220  # one "cat" that looks like a dog
-    metrics = evaluate_model(model, (x, y), NAMES, top_k=1, out_dir=tmp_path, batch_size=3)
+    metrics = evaluate_model(model, (x, y), NAMES, top_k=1, out=tmp_path, batch_size=3)
     expected = classification_metrics(y, model.predict(x, verbose=0), NAMES, top_k=1)
     files = metrics.pop("files")
     assert_close(metrics, expected)

@@ -37,12 +37,12 @@ def data(tmp_path_factory):
 @pytest.mark.slow  # one tiny end-to-end run with export: ~25 s of CPU
 def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_path, capsys):
     run = tmp_path / "run"
-    result = train(data, run, backbone=tinycam, weights="none", image_size=32, epochs=2,
-                   fine_tune_epochs=1, augment="none", batch_size=4, lr="auto",
+    result = train(data, run, backbone=tinycam, weights="none", image_size=32, head_epochs=2,
+                   fine_tune_epochs=1, augmentation="none", batch_size=4, head_lr="auto",
                    tensorboard=True, verbose=0)
     config = json.loads((run / "config.json").read_text())
-    assert config["lr_requested"] == "auto" and isinstance(config["lr"], float)
-    assert 1e-7 <= config["lr"] <= 10 and config["lr_finder"]["steps"] >= 2
+    assert config["head_lr_requested"] == "auto" and isinstance(config["head_lr"], float)
+    assert 1e-7 <= config["head_lr"] <= 10 and config["lr_finder"]["steps"] >= 2
     assert (run / "lr_finder.png").stat().st_size > 5000
 
     with open(run / "top_losses.csv", newline="") as f:
@@ -57,7 +57,7 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
     train_scalars = _scalars(run / "tensorboard" / "train")
     assert train_scalars["epoch_stage"] == {0: 0.0, 1: 0.0, 2: 1.0}  # both phases, one timeline
     rates = train_scalars["epoch_learning_rate"]
-    assert rates[0] == pytest.approx(config["lr"]) and rates[2] == pytest.approx(1e-5)
+    assert rates[0] == pytest.approx(config["head_lr"]) and rates[2] == pytest.approx(1e-5)
     assert set(_scalars(run / "tensorboard" / "validation")["epoch_loss"]) == {0, 1, 2}
 
     # evaluate --tta writes the same top-losses files for the folder it scores
@@ -94,6 +94,6 @@ def test_find_lr_cli_and_errors(tinycam, data, tmp_path, capsys):
     assert main(["explain", str(tmp_path / "nothing"), str(data), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", str(data), "--out", str(tmp_path / "r"), "--lr", "fast"])
-    with pytest.raises(ValueError, match="lr='fast'"):
-        train(data, tmp_path / "r2", backbone=tinycam, weights="none", lr="fast", verbose=0)
+        main(["train", str(data), "--out", str(tmp_path / "r"), "--head-lr", "fast"])
+    with pytest.raises(ValueError, match="head_lr='fast'"):
+        train(data, tmp_path / "r2", backbone=tinycam, weights="none", head_lr="fast", verbose=0)

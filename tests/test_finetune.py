@@ -327,7 +327,7 @@ def test_fine_tune_two_phases_one_history():
     start = weights_by_name(model)
     probe = Probe()
     history = tt.fine_tune(model, (x, y), (x, y), head_epochs=2, fine_tune_epochs=2,
-                           unfreeze="block5", batch_size=BATCH, cache_features=False, verbose=0,
+                           blocks="block5", batch_size=BATCH, cache_features=False, verbose=0,
                            callbacks=[probe])
     assert history.epoch == [0, 1, 2, 3] and history.history["stage"] == [0, 0, 1, 1]
     np.testing.assert_allclose(history.history["learning_rate"], [1e-3, 1e-3, 1e-5, 1e-5], rtol=1e-6)
@@ -353,7 +353,7 @@ def test_cached_features_match_plain_training():
     for cache in (False, True):
         model = _vgg(seed=3)
         history = tt.fine_tune(model, (x, y), (x, y), head_epochs=2, fine_tune_epochs=1,
-                               unfreeze="block5", batch_size=BATCH, cache_features=cache,
+                               blocks="block5", batch_size=BATCH, cache_features=cache,
                                shuffle=False, verbose=0)
         results.append((weights_by_name(model), history))
     (plain, h_plain), (cached, h_cached) = results
@@ -384,7 +384,7 @@ def test_cache_auto_resolution_and_explicit_errors(tmp_path):
     with pytest.raises(ValueError, match="pass backup_dir="):
         tt.fine_tune(plain, (x, y), callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path))])
     with pytest.raises(ValueError, match="Unknown block"):
-        tt.fine_tune(plain, (x, y), unfreeze="conv5", verbose=0)
+        tt.fine_tune(plain, (x, y), blocks="conv5", verbose=0)
 
 
 def test_fine_tune_with_checkpoint_early_stopping_reduce_lr(tmp_path):
@@ -398,7 +398,7 @@ def test_fine_tune_with_checkpoint_early_stopping_reduce_lr(tmp_path):
         keras.callbacks.EarlyStopping(patience=1, start_from_epoch=2, **never_better),
     ]
     history = tt.fine_tune(model, (x, y), (x, y), head_epochs=2, fine_tune_epochs=3,
-                           unfreeze="block5", batch_size=BATCH, verbose=0, callbacks=callbacks)
+                           blocks="block5", batch_size=BATCH, verbose=0, callbacks=callbacks)
     # EarlyStopping watched phase 2 only: epoch 2 sets its baseline, epoch 3 stops the run.
     assert history.epoch == [0, 1, 2, 3] and history.history["stage"] == [0, 0, 1, 1]
     # ReduceLROnPlateau halves after every epoch but the first (it logs the rate before
@@ -452,7 +452,7 @@ class Kill(keras.callbacks.Callback):
 def test_resume_after_kill_in_phase_two_lands_in_phase_two(tmp_path, cache):
     x, y = _data()
     backup = tmp_path / "backup"
-    args = dict(head_epochs=2, fine_tune_epochs=2, unfreeze="block5", fine_tune_lr=2e-5,
+    args = dict(head_epochs=2, fine_tune_epochs=2, blocks="block5", fine_tune_lr=2e-5,
                 batch_size=BATCH, backup_dir=backup, cache_features=cache, verbose=0)
     kill = Kill(at_epoch=3)  # the backup holds epochs 0-2 (one phase-2 epoch)
     with pytest.raises(Killed):

@@ -64,7 +64,7 @@ def test_fine_tune_on_a_python_generator_switches_phase():
 
     top, below = base.get_layer("block5_conv3").kernel, base.get_layer("block4_conv3").kernel
     top0, below0 = np.array(top.numpy()), np.array(below.numpy())
-    history = tt.fine_tune(model, batches(), head_epochs=1, fine_tune_epochs=1, unfreeze="block5",
+    history = tt.fine_tune(model, batches(), head_epochs=1, fine_tune_epochs=1, blocks="block5",
                            steps_per_epoch=2, shuffle=False, optimizer="sgd", head_lr=0.1,
                            fine_tune_lr=0.05, verbose=0)
     assert history.history["stage"] == [0, 1]
@@ -95,3 +95,15 @@ def test_data_parallel_two_devices_matches_one_device_through_phase_switch(tmp_p
     info = assert_distributed_equals_single(out)
     assert info["kernel_devices"] == 2  # the head's kernel is replicated on both devices
     assert info["tensorflow_loaded"] is False
+
+
+def test_train_without_tensorflow_says_so_before_training(tmp_path):
+    with pytest.raises(ValueError, match="needs TensorFlow installed"):
+        tt.train(tmp_path / "data", tmp_path / "run", weights="none")
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_a_saved_model_loads_on_jax(tmp_path):
+    model = _vgg(class_names=["a", "b"])
+    model.save(tmp_path / "m.keras")
+    assert tt.transfer_config(tt.load_model(tmp_path / "m.keras"))["class_names"] == ["a", "b"]

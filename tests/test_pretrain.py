@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import tiny_pixels, write_class_folders
 from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head
-from tfx_transfer.pretrain import (build_scratch_model, output_paths, pretrain,
+from tfx_transfer.pretraining import (build_scratch_model, output_paths, pretrain,
                                    read_pretrain_info, recalibrate_batchnorm, scratch_optimizer)
 
 
@@ -26,7 +26,7 @@ def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path):
     source = write_class_folders(tmp_path / "src", classes=("a", "b", "c"), per_class=4, size=36)
     keep = KeepModel()
     path = pretrain(source, "mobilenetv2", tmp_path / "out", image_size=32, epochs=1,
-                    batch_size=4, validation_split=0.25, augment="light", callbacks=[keep],
+                    batch_size=4, validation_split=0.25, augmentation="light", callbacks=[keep],
                     verbose=0)
     assert path == tmp_path / "out" / "mobilenetv2.weights.h5" and path.is_file()
 
@@ -98,7 +98,7 @@ def test_recalibrate_batchnorm_sets_the_average_batch_statistics():
 
 
 def test_scratch_optimizer_warms_up_then_decays():
-    opt = scratch_optimizer(100, learning_rate=1e-3, warmup=0.1)
+    opt = scratch_optimizer(100, lr=1e-3, warmup=0.1)
     values = []
     for step in (0, 5, 10, 55, 100):
         opt.iterations.assign(step)
@@ -145,7 +145,7 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
 def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(tmp_path):
     source = write_class_folders(tmp_path / "src", classes=("a", "b"), per_class=4, size=36)
     out, backup = tmp_path / "out", tmp_path / "out" / ".backup"
-    kwargs = dict(image_size=32, epochs=2, batch_size=4, validation_split=None, augment=None,
+    kwargs = dict(image_size=32, epochs=2, batch_size=4, validation_split=None, augmentation=None,
                   backup_dir=backup, verbose=0)
     with pytest.raises(RuntimeError, match="simulated"):
         pretrain(source, "mobilenetv2", out, callbacks=[StopAfterFirstEpoch()], **kwargs)
@@ -160,7 +160,7 @@ def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(tmp_path):
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
-    from tfx_transfer.pretrain import _write_atomic
+    from tfx_transfer.pretraining import _write_atomic
 
     target = tmp_path / "x.weights.h5"
     target.write_text("previous")

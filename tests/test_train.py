@@ -20,7 +20,7 @@ from tfx_transfer.job import train  # noqa: E402
 
 CLASSES = ("cats", "dogs", "foxes")
 TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--head", "avg",
-        "--augment", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
+        "--augmentation", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
 RUN_FILES = {"config.json", "history.csv", "best.keras", "best.json", "model.keras",
              "metrics.json", "report.txt", "history.png", "confusion_matrix.png",
              "predictions.png", "top_losses.png", "top_losses.csv", "skipped_files.txt", "export"}
@@ -52,20 +52,20 @@ def test_cli_defaults_are_the_python_defaults():
     shared = sorted(set(vars(args)) & set(defaults) - {"verbose"})
     assert len(shared) >= 20
     assert {n: getattr(args, n) for n in shared} == {n: defaults[n] for n in shared}
-    assert build_parser().parse_args(["train", "d", "--out", "r", "--unfreeze", "3"]).unfreeze == 3
+    assert build_parser().parse_args(["train", "d", "--out", "r", "--blocks", "3"]).blocks == 3
     assert build_parser().parse_args(
-        ["train", "d", "--out", "r", "--unfreeze", "block4,block5"]).unfreeze == ["block4", "block5"]
+        ["train", "d", "--out", "r", "--blocks", "block4,block5"]).blocks == ["block4", "block5"]
 
 
 def test_resume_refuses_other_settings_and_a_missing_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="Nothing to resume"):
         train(None, tmp_path / "none", resume=True)
     (tmp_path / "config.json").write_text(json.dumps({"backbone": "vgg16", "image_size": [32, 32],
-                                                      "weights": "none", "epochs": 1}))
+                                                      "weights": "none", "head_epochs": 1}))
     with pytest.raises(ValueError, match=r"backbone='vgg19' \(the run has 'vgg16'\)"):
         train(None, tmp_path, resume=True, backbone="vgg19")
     with pytest.raises(ValueError, match="already holds a run"):
-        train(tmp_path, tmp_path, epochs=1)
+        train(tmp_path, tmp_path, head_epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = make_data(root / "data")
     run = root / "run"
-    status = main(["train", str(data), "--out", str(run), "--epochs", "1",
+    status = main(["train", str(data), "--out", str(run), "--head-epochs", "1",
                    "--fine-tune-epochs", "1", *TINY])
     assert status == 0
     return data, run
@@ -199,8 +199,8 @@ class Record(keras.callbacks.Callback):
 def test_resume_after_a_kill_continues_from_the_saved_epoch(tmp_path, capsys):
     data = make_data(tmp_path / "data")
     run = tmp_path / "run"
-    kwargs = dict(backbone="vgg16", weights="auto", image_size=32, head="avg", augment="none",
-                  batch_size=8, epochs=1, fine_tune_epochs=2, verbose=0)
+    kwargs = dict(backbone="vgg16", weights="auto", image_size=32, head="avg", augmentation="none",
+                  batch_size=8, head_epochs=1, fine_tune_epochs=2, verbose=0)
     with pytest.raises(KeyboardInterrupt):  # dies at the start of the 2nd fine-tuning epoch
         train(data, run, callbacks=[Kill(epoch=2)], **kwargs)
     # offline (conftest), 'auto' falls back to random init: said even with verbose=0, and recorded

@@ -7,8 +7,9 @@ head (:func:`build_transfer_model`), image folders to ``tf.data``
 (:class:`StagedUnfreeze`, :func:`fine_tune`) and SavedModel export
 (:func:`export_saved_model`).
 
-Importing the package is cheap: nothing below is imported (and no TensorFlow or
-Keras work is done) until a name is first used.
+Importing the package imports Keras and registers every custom object of the
+kit (so ``keras.saving.load_model`` reads every ``.keras`` file it writes); the
+TensorFlow-only parts (data, export, the end-to-end job) are imported on first use.
 
 Example:
     >>> import tfx_transfer as tt
@@ -33,10 +34,16 @@ _EXPORTS = {
     "backbone_blocks": "backbones",
     # layers
     "Preprocess": "layers",
+    "Backbone": "layers",
     # model
     "build_transfer_model": "model",
+    "build_head": "model",
     "get_backbone_model": "model",
+    "get_backbone_layer": "model",
     "get_head": "model",
+    "TransferModel": "model",
+    "transfer_config": "model",
+    "load_model": "saving",
     # weights
     "WeightsUnavailableError": "weights",
     "fetch_weights": "weights",
@@ -71,10 +78,10 @@ _EXPORTS = {
     "scaled_batch_size": "distribute",
     "strategy_scope": "distribute",
     # transfer without ImageNet
-    "pretrain": "pretrain",
+    "pretrain": "pretraining",
     "build_joint_model": "joint",
     "fit_joint": "joint",
-    "ensemble": "ensemble",
+    "ensemble": "ensembles",
     # explanations and debugging aids
     "explain": "gradcam",
     "top_losses": "mislabeled",
@@ -83,6 +90,10 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+# Registers the kit's serializable objects (layers, TransferModel, FuseProbabilities,
+# DiscriminativeOptimizer, augmentation layers) for keras.saving.load_model.
+from tfx_transfer import saving as _saving  # noqa: E402,F401
 
 
 def __getattr__(name: str) -> Any:

@@ -62,7 +62,8 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras.src.layers.preprocessing.data_layer import DataLayer
+
+from tfx_transfer._compat import DataLayer, seed_generator
 
 _IDG_DEFAULTS: dict[str, Any] = {
     "rotation_range": 0,
@@ -274,7 +275,7 @@ class RandomAffine(DataLayer):
         shape = bk.shape(images)
         batched = images if len(shape) == 4 else bk.numpy.expand_dims(images, 0)
         batch, height, width = bk.shape(batched)[0], bk.shape(batched)[1], bk.shape(batched)[2]
-        seed = self._get_seed_generator(bk._backend)
+        seed = seed_generator(self)
 
         def uniform(low, high):
             return bk.random.uniform((batch,), low, high, seed=seed)
@@ -331,7 +332,7 @@ class RandomBrightnessScale(DataLayer):
         shape = self.backend.shape(images)
         batch = 1 if len(shape) == 3 else shape[0]
         factor = self.backend.random.uniform(
-            (batch, 1, 1, 1), *self.factor_range, seed=self._get_seed_generator(self.backend._backend)
+            (batch, 1, 1, 1), *self.factor_range, seed=seed_generator(self)
         )
         factor = self.backend.numpy.reshape(factor, (1, 1, 1)) if len(shape) == 3 else factor
         return self.backend.numpy.clip(images * factor, 0.0, 255.0)
@@ -367,7 +368,7 @@ class RandomChannelShift(DataLayer):
         batched = images if len(shape) == 4 else bk.numpy.expand_dims(images, 0)
         shift = bk.random.uniform(
             (bk.shape(batched)[0], 1, 1, 1), -self.intensity, self.intensity,
-            seed=self._get_seed_generator(bk._backend),
+            seed=seed_generator(self),
         )
         low = bk.numpy.min(batched, axis=(1, 2, 3), keepdims=True)
         high = bk.numpy.max(batched, axis=(1, 2, 3), keepdims=True)

@@ -15,7 +15,8 @@ import argparse
 import os
 import shutil
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:
@@ -66,12 +67,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
-    p.add_argument("--augment", default="standard",
+    p.add_argument("--augmentation", default="standard",
                    help="augmentation preset: none, light, standard (default), heavy")
     p.add_argument("--head", default="avg", choices=("avg", "max", "flatten"))
     p.add_argument("--validation-split", type=float, default=0.1,
                    help="fraction held out per class (default 0.1; 0 for none or when SOURCE has val/)")
-    p.add_argument("--cache", default=None,
+    p.add_argument("--cache-images", default=None,
                    help="'memory' or a folder for decoded-image cache files (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
@@ -81,7 +82,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from tfx_transfer.pretrain import output_paths, pretrain, read_pretrain_info
+    from tfx_transfer.pretraining import output_paths, pretrain, read_pretrain_info
 
     weights = output_paths(args.out, args.backbone)["weights"]
     backup = weights.with_name(f".{weights.name[: -len('.weights.h5')]}.pretrain-backup")
@@ -92,10 +93,11 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         print(f"--resume: no backup at {backup}; starting from the first epoch")
     path = pretrain(
         args.source, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
-        augment=None if args.augment.lower() == "none" else args.augment, head=args.head,
-        validation_split=args.validation_split or None, cache=args.cache, seed=args.seed,
+        augmentation=None if args.augmentation.lower() == "none" else args.augmentation,
+        head=args.head, validation_split=args.validation_split or None,
+        cache_images=args.cache_images, seed=args.seed,
         backup_dir=backup,
     )
     metrics = read_pretrain_info(path)["metrics"]
@@ -114,7 +116,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("export_dir", help="export folder (TF Serving layout) or one version folder")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="classes shown per image (default: 3, or the number of classes if fewer)")
     p.add_argument("--batch-size", type=int, default=32, help="images per call (default 32)")
     p.add_argument("--json", action="store_true",
                    help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]}')
@@ -126,19 +129,25 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from tfx_transfer.export import predict_files
 
+    skipped: list = []
     rows = predict_files(args.export_dir, args.images, top_k=args.top_k,
-                         batch_size=args.batch_size, progress=not args.json and sys.stdout.isatty())
-    if not rows:
-        raise ValueError(f"no image could be predicted in {args.images} (see the warnings above).")
+                         batch_size=args.batch_size, skipped=skipped,
+                         progress=not args.json and sys.stdout.isatty())
     if args.json:
         for row in rows:
             top = [{"class": name, "score": round(score, 6)} for name, score in row["top"]]
             print(json.dumps({"path": row["path"], "top": top}))
-        return 0
-    width = max(len(row["path"]) for row in rows)
-    for row in rows:
-        top = "  ".join(f"{name} {score:.4f}" for name, score in row["top"])
-        print(f"{row['path']:<{width}}  {top}")
+    elif rows:
+        width = max(len(row["path"]) for row in rows)
+        for row in rows:
+            top = "  ".join(f"{name} {score:.4f}" for name, score in row["top"])
+            print(f"{row['path']:<{width}}  {top}")
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if skipped or not rows:
+        print(f"tfx-transfer predict: {len(skipped)} of {len(rows) + len(skipped)} input(s) "
+              "could not be predicted", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -180,13 +189,10 @@ def _run_export(args: argparse.Namespace) -> int:
     else:
         class_names = [name.strip() for name in args.class_names.split(",")]
 
-    import keras
-
-    import tfx_transfer.augment  # noqa: F401  (registers the kit's layers for loading)
-    import tfx_transfer.layers  # noqa: F401
     from tfx_transfer.export import export_saved_model, export_tflite
+    from tfx_transfer.saving import load_model
 
-    model = keras.saving.load_model(args.model)
+    model = load_model(args.model, compile=False)
     path = export_saved_model(model, args.export_dir, class_names, version=args.version,
                               top_k=args.top_k, overwrite=args.overwrite,
                               crop_to_aspect_ratio=args.crop_to_aspect_ratio)
@@ -201,7 +207,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _lr_arg(value: str):
-    """``--lr``: a float or ``auto``."""
+    """``--head-lr``: a float or ``auto``."""
     if value.lower() == "auto":
         return "auto"
     try:
@@ -210,93 +216,126 @@ def _lr_arg(value: str):
         raise argparse.ArgumentTypeError(f"{value!r} is not a learning rate; pass e.g. 1e-3 or auto")
 
 
-def _unfreeze_arg(value: str):
-    """``--unfreeze``: a block name, ``a,b`` (a list), ``all``, ``default`` or an int N."""
+def _blocks_arg(value: str):
+    """``--blocks``: a block name, ``a,b`` (a list), ``all``, ``default`` or an int N."""
     if value.isdigit():
         return int(value)
     return [v.strip() for v in value.split(",") if v.strip()] if "," in value else value
 
 
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag type that also takes ``none`` (for settings whose default is None)."""
+    def parse(value: str) -> Any:
+        return None if value.lower() == "none" else kind(value)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# Every setting of tfx_transfer.train, with its flag's type and help. Defaults come from
+# train()'s signature (shown by --help), so the API, the CLI and config.json agree.
+TRAIN_FLAGS: dict[str, dict[str, Any]] = {
+    "backbone": dict(help="registry name: vgg16, resnet50, mobilenetv2, efficientnetb0, ... "
+                     "(tfx_transfer.list_backbones())"),
+    "weights": dict(metavar="imagenet|none|auto|PATH",
+                    help="backbone weights: ImageNet (Keras cache; fails fast offline), none "
+                    "(random init), auto (ImageNet when cached or downloadable, else random init, "
+                    "stated in the output and config.json) or a weights file"),
+    "image_size": dict(type=_optional(int), help="square input side in pixels (none: the "
+                       "backbone's default)"),
+    "head_epochs": dict(type=int, help="phase 1: head-only epochs"),
+    "fine_tune_epochs": dict(type=int, help="phase 2: fine-tuning epochs"),
+    "blocks": dict(type=_blocks_arg, help="blocks unfrozen in phase 2: default (the backbone's "
+                   "top block(s)), a block name, a comma list, all, or N (top N layers with weights)"),
+    "augmentation": dict(choices=("none", "light", "standard", "heavy"),
+                         help="augmentation preset (heavy adds RandAugment and MixUp)"),
+    "batch_size": dict(type=int, help="images per batch"),
+    "head": dict(choices=("flatten", "avg", "max"),
+                 help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-Dense"),
+    "units": dict(type=int, help="hidden units of the flatten head"),
+    "dropout": dict(type=_optional(float), help="dropout before the classifier (none: 0.5 "
+                    "flatten, 0.2 pooled heads)"),
+    "head_lr": dict(type=_lr_arg, help="phase 1 (head) Adam learning rate, or auto: the "
+                    "learning-rate finder picks it (recorded in config.json, curve in "
+                    "lr_finder.png)"),
+    "fine_tune_lr": dict(type=float, help="phase 2 (fine-tuning) Adam learning rate"),
+    "validation_split": dict(type=_optional(float), help="fraction of each class held out for "
+                             "validation when DATA_DIR has no val/"),
+    "seed": dict(type=int, help="seed of split, shuffling, augmentation, initialisation"),
+    "cache_features": dict(action=argparse.BooleanOptionalAction, help="train phase 1 on backbone "
+                           "features computed once (only without augmentation)"),
+    "cache_images": dict(type=_optional(str), metavar="none|memory|DIR",
+                         help="cache decoded images in memory or in files under DIR"),
+    "class_weight": dict(type=_optional(str), choices=(None, "balanced"), metavar="none|balanced",
+                         help="weight classes by inverse frequency (imbalanced data)"),
+    "monitor": dict(choices=("val_loss", "val_accuracy"), help="what the best checkpoint is "
+                    "chosen by"),
+    "top_k": dict(type=_optional(int), help="k of the reported top-k accuracy (none: "
+                  "min(5, classes - 1))"),
+    "train_bn": dict(action=argparse.BooleanOptionalAction, help="also train BatchNorm in phase 2, "
+                     "running the backbone in training mode"),
+    "deterministic": dict(action=argparse.BooleanOptionalAction, help="deterministic TensorFlow "
+                          "ops: two runs with the same seed write identical history.csv"),
+    "verbose": dict(type=int, choices=(0, 1, 2), help="0 quiet, 1 progress bars, 2 one line per "
+                    "epoch"),
+    "tensorboard": dict(action=argparse.BooleanOptionalAction, help="write TensorBoard event "
+                        "files to RUN_DIR/tensorboard/ (view: tensorboard --logdir RUN_DIR)"),
+}
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from tfx_transfer.job import RUN_SETTINGS, train_defaults
+
+    missing = sorted(set(RUN_SETTINGS) - set(TRAIN_FLAGS))
+    assert not missing, f"train() settings without a CLI flag: {missing}"
     p = sub.add_parser(
         "train",
         help="fine-tune a pretrained backbone on an image folder: train, evaluate, export",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train the new head on the frozen backbone (phase 1, --epochs), then unfreeze "
-        "the top block(s) and fine-tune at a low learning rate (phase 2, --fine-tune-epochs). The "
-        "best checkpoint (lowest val_loss) is evaluated on the validation images and exported. "
-        "The run folder (--out) gets config.json, history.csv, best.keras, model.keras, "
-        "metrics.json, report.txt, history.png, confusion_matrix.png, predictions.png, "
-        "skipped_files.txt and export/1/ (a SavedModel taking image bytes).",
+        description="Train the new head on the frozen backbone (phase 1, --head-epochs), then "
+        "unfreeze the top block(s) and fine-tune at a low learning rate (phase 2, "
+        "--fine-tune-epochs). The best checkpoint (lowest val_loss) is evaluated on the "
+        "validation images and exported. The run folder (--out) gets config.json, history.csv, "
+        "best.keras, model.keras, metrics.json, report.txt, history.png, confusion_matrix.png, "
+        "predictions.png, skipped_files.txt and export/1/ (a SavedModel taking image bytes). "
+        "Flags are the settings of tfx_transfer.train() and the keys of config.json.",
         epilog="Example: tfx-transfer train photos/ --backbone resnet50 --weights imagenet "
-        "--image-size 224 --epochs 5 --fine-tune-epochs 10 --unfreeze conv5 --out runs/photos. "
-        "An interrupted run continues with: tfx-transfer train --resume --out runs/photos",
+        "--image-size 224 --head-epochs 5 --fine-tune-epochs 10 --blocks conv5 --out runs/photos. "
+        "An interrupted run continues with: tfx-transfer train --resume --out runs/photos. "
+        "The same settings again: tfx-transfer train --config runs/photos/config.json --out runs/again",
     )
     p.add_argument("data_dir", nargs="?", default=None, metavar="DATA_DIR",
                    help="folder of class folders, or with train/ and val/ (and test/) folders of "
-                   "them (optional with --resume)")
+                   "them (optional with --resume or --config)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
-    p.add_argument("--backbone", default="resnet50",
-                   help="registry name: vgg16, resnet50, mobilenetv2, efficientnetb0, ... "
-                   "(python -c 'import tfx_transfer as t; print(t.list_backbones())')")
-    p.add_argument("--weights", default="imagenet", metavar="imagenet|none|auto|PATH",
-                   help="backbone weights: ImageNet (Keras cache; fails fast offline), none "
-                   "(random init), auto (ImageNet when cached or downloadable, else random init, "
-                   "stated in the output and config.json) or a weights file")
-    p.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
-    p.add_argument("--epochs", type=int, default=5, help="phase 1: head-only epochs")
-    p.add_argument("--fine-tune-epochs", type=int, default=10, help="phase 2: fine-tuning epochs")
-    p.add_argument("--unfreeze", type=_unfreeze_arg, default="default",
-                   help="blocks unfrozen in phase 2: default (the backbone's top block, e.g. conv5 "
-                   "for ResNet, block5 for VGG), a block name, a comma list, all, or N (top N "
-                   "layers with weights)")
-    p.add_argument("--augment", default="standard", choices=("none", "light", "standard", "heavy"),
-                   help="augmentation preset (heavy adds RandAugment and MixUp)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=_lr_arg, default=1e-3,
-                   help="phase 1 (head) Adam learning rate, or auto: the learning-rate finder "
-                   "picks it (recorded in config.json, curve in lr_finder.png)")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-5,
-                   help="phase 2 (fine-tuning) Adam learning rate")
-    p.add_argument("--head", default="flatten", choices=("flatten", "avg", "max"),
-                   help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-Dense")
-    p.add_argument("--units", type=int, default=256, help="hidden units of the flatten head")
-    p.add_argument("--dropout", type=float, default=None,
-                   help="dropout before the classifier (None: 0.5 flatten, 0.2 pooled heads)")
-    p.add_argument("--validation-split", type=float, default=0.2,
-                   help="fraction of each class held out for validation when DATA_DIR has no val/")
-    p.add_argument("--seed", type=int, default=1337, help="seed of split, shuffling, init")
-    p.add_argument("--no-cache-features", dest="cache_features", action="store_false",
-                   help="never train phase 1 on cached backbone features (they are used only "
-                   "with --augment none)")
-    p.add_argument("--cache", default=None, metavar="memory|DIR",
-                   help="cache decoded images in memory or in files under DIR")
-    p.add_argument("--class-weight", default=None, choices=("balanced",),
-                   help="weight classes by inverse frequency (imbalanced data)")
-    p.add_argument("--monitor", default="val_loss", choices=("val_loss", "val_accuracy"),
-                   help="what the best checkpoint is chosen by")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="k of the reported top-k accuracy (None: min(5, classes - 1))")
-    p.add_argument("--train-bn", action="store_true",
-                   help="also train BatchNorm scale/offset in phase 2 (statistics stay frozen)")
+    p.add_argument("--config", metavar="CONFIG_JSON", default=None,
+                   help="a run's config.json: train with its settings (and its DATA_DIR unless "
+                   "given); flags given beside it override it")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in RUN_DIR with its saved config.json")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="write TensorBoard event files to RUN_DIR/tensorboard/ "
-                   "(view: tensorboard --logdir RUN_DIR)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                   help="0 quiet, 1 progress bars, 2 one line per epoch")
+    defaults = train_defaults()
+    for name, spec in TRAIN_FLAGS.items():
+        shown = defaults[name]
+        shown = "none" if shown is None else shown
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                       **{**spec, "help": f"{spec['help']} (default: {shown})"})
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from tfx_transfer.job import train
+    import json
 
-    names = ("backbone", "weights", "image_size", "epochs", "fine_tune_epochs", "unfreeze",
-             "augment", "batch_size", "head", "units", "dropout", "lr", "fine_tune_lr",
-             "validation_split", "seed", "cache_features", "cache", "class_weight", "monitor",
-             "top_k", "train_bn", "resume", "tensorboard", "verbose")
-    train(args.data_dir, args.out, **{name: getattr(args, name) for name in names})
+    from tfx_transfer.job import RUN_SETTINGS, train
+
+    settings: dict[str, Any] = {}
+    data_dir = args.data_dir
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {args.config!r} does not exist (a run's config.json).")
+        saved = json.loads(path.read_text())
+        settings = {name: saved[name] for name in RUN_SETTINGS if name in saved}
+        data_dir = data_dir or saved.get("data_dir")
+    settings.update({name: getattr(args, name) for name in TRAIN_FLAGS if hasattr(args, name)})
+    train(data_dir, args.out, resume=args.resume, **settings)
     return 0
 
 
@@ -322,6 +361,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "for a run, ./evaluate-<TEST_DIR name> otherwise)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-images", type=int, default=16, help="images in predictions.png")
+    p.add_argument("--split", choices=("test", "val", "train", "all"), default=None,
+                   help="which images of TEST_DIR (default: test/, else val/, else its class "
+                   "folders; training images only when asked)")
     p.add_argument("--tta", action="store_true",
                    help="also score test-time augmentation (mirror + 4 shifts, probabilities "
                    "averaged; 6x the inference cost), reported next to the plain metrics")
@@ -346,11 +388,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from tfx_transfer.mislabeled import write_top_losses
     from tfx_transfer.tta import format_tta
 
-    model, class_names = load_for_evaluation(source)
-    metrics = evaluate_model(model, test_dir, class_names, top_k=args.top_k, out_dir=out,
-                             batch_size=args.batch_size, max_images=args.max_images, tta=args.tta)
+    metrics = evaluate_model(source, test_dir, top_k=args.top_k, out=out,
+                             batch_size=args.batch_size, max_images=args.max_images,
+                             split=args.split, tta=args.tta)
+    model, class_names = load_for_evaluation(source)  # the same images, ranked by their loss
     metrics["files"].update(write_top_losses(model, test_dir, out, class_names=class_names,
-                                             batch_size=args.batch_size))
+                                             batch_size=args.batch_size, split=args.split))
     print(format_report(metrics))
     if args.tta:
         print()
@@ -508,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tfx-transfer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if type(exc).__name__ != "WeightsUnavailableError":
+        if type(exc).__name__ not in ("WeightsUnavailableError", "RunFolderLockedError"):
             raise
         print(f"tfx-transfer {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -176,17 +176,34 @@ class ImageFolder:
 # -- scanning ------------------------------------------------------------------
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden or OS junk (``.x``, ``Thumbs.db``, ``__MACOSX``).
+
+    Example:
+        >>> is_hidden(".DS_Store"), is_hidden("__MACOSX"), is_hidden("cat.jpg")
+        (True, True, False)
+    """
     low = name.lower()
     return name.startswith(".") or low in _JUNK_FILES or low in _JUNK_DIRS
 
 
 def _visible_dirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    return sorted(p for p in path.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
-def _split_dirs(root: Path) -> dict[str, Path]:
-    """``{"train": root}`` for a folder of classes, else the train/val/test folders."""
+def split_folders(root: str | os.PathLike) -> dict[str, Path]:
+    """``{"train": root}`` for a folder of classes, else its train/val/test folders.
+
+    Keys are ``"train"``, ``"validation"`` (``val/`` or ``validation/``) and ``"test"``.
+
+    Example:
+        >>> import tempfile; from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for d in ("train/cat", "val/cat"): (root / d).mkdir(parents=True)
+        >>> sorted(split_folders(root))
+        ['train', 'validation']
+    """
+    root = Path(root)
     subdirs = {p.name.lower(): p for p in _visible_dirs(root)}
     if "train" not in subdirs or not set(subdirs) <= set(_SPLIT_DIRS):
         return {"train": root}
@@ -200,17 +217,17 @@ def _split_dirs(root: Path) -> dict[str, Path]:
 def _scan_split(split_dir: Path, skipped: list) -> dict[str, list[str]]:
     """Class name -> candidate image paths (sorted); non-images go to ``skipped``."""
     for entry in sorted(split_dir.iterdir()):
-        if entry.is_file() and not _is_hidden(entry.name):
+        if entry.is_file() and not is_hidden(entry.name):
             skipped.append((str(entry), "not inside a class folder"))
     classes = {}
     for class_dir in _visible_dirs(split_dir):
         paths = []
         for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 ext = os.path.splitext(name)[1].lower()
-                if _is_hidden(name):
+                if is_hidden(name):
                     continue
                 if ext not in IMAGE_EXTENSIONS:
                     skipped.append((path, f"not an image file (extension {ext or 'none'!r})"))
@@ -397,7 +414,7 @@ def load_image_folder(
     seed: int = 1337,
     label_mode: str = "int",
     shuffle: bool = True,
-    cache: str | os.PathLike | None = None,
+    cache_images: str | os.PathLike | None = None,
     crop_to_aspect_ratio: bool = False,
     augmentation: Any = None,
     verify: bool = True,
@@ -415,7 +432,7 @@ def load_image_folder(
         label_mode: ``"int"`` (``int32`` labels) or ``"categorical"`` (one-hot
             ``float32``, needed by MixUp/CutMix and ``categorical_crossentropy``).
         shuffle: reshuffle ``train`` every epoch (``validation``/``test`` are never shuffled).
-        cache: ``None`` (stream from disk every epoch), ``"memory"``, or a folder
+        cache_images: ``None`` (stream from disk every epoch), ``"memory"``, or a folder
             for on-disk cache files of the decoded, resized images (file names
             depend on the file list, so a changed folder never replays a stale cache).
         crop_to_aspect_ratio: center-crop to the target aspect ratio before
@@ -454,9 +471,9 @@ def load_image_folder(
         raise ValueError(f"label_mode={label_mode!r}: use 'int' or 'categorical'.")
     if validation_split is not None and not 0 < validation_split < 1:
         raise ValueError(f"validation_split={validation_split!r} must be in (0, 1), or None for no split.")
-    cache = None if cache is None else ("memory" if cache == "memory" else os.fspath(cache))
+    cache = None if cache_images is None else ("memory" if cache_images == "memory" else os.fspath(cache_images))
 
-    split_dirs = _split_dirs(root)
+    split_dirs = split_folders(root)
     if "validation" in split_dirs and validation_split is not None:
         raise ValueError(
             f"{root} already has {split_dirs['validation'].name}/; drop validation_split={validation_split}."
@@ -547,7 +564,7 @@ def class_weights(folder_or_labels: ImageFolder | str | os.PathLike | Sequence[i
         root = Path(folder_or_labels)
         if not root.is_dir():
             raise FileNotFoundError(f"Image folder {str(root)!r} does not exist or is not a folder.")
-        classes = _scan_split(_split_dirs(root)["train"], [])
+        classes = _scan_split(split_folders(root)["train"], [])
         labels = np.concatenate([np.full(len(paths), i) for i, (_, paths) in enumerate(sorted(classes.items()))])
     else:
         labels = np.asarray(folder_or_labels)

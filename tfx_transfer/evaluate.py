@@ -13,6 +13,8 @@
 
 Example:
     >>> import numpy as np
+
+from tfx_transfer.saving import load_model
     >>> m = classification_metrics([0, 1, 1], np.array([[.9, .1], [.2, .8], [.6, .4]]),
     ...                            ["cat", "dog"], top_k=1)
     >>> round(m["accuracy"], 3), m["confusion_matrix"]
@@ -435,14 +437,15 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
     """
     if not isinstance(source, (str, os.PathLike)):
         names = source.class_names if _is_exported(source) else \
-            (getattr(source, "_tfx_config", None) or {}).get("class_names")
+            (getattr(source, "transfer_config", None) or {}).get("class_names")
         return source, names
     path = Path(source)
     if path.is_dir() and (path / "config.json").is_file() and (path / "model.keras").is_file():
         config = json.loads((path / "config.json").read_text())
-        return _load_keras(path / "model.keras"), config.get("class_names")
+        return load_model(path / "model.keras", compile=False), config.get("class_names")
     if path.is_file() and path.suffix == ".keras":
-        return _load_keras(path), None
+        model = load_model(path, compile=False)
+        return model, (getattr(model, "transfer_config", None) or {}).get("class_names")
     if path.is_dir():
         from tfx_transfer.export import load_exported
 
@@ -452,15 +455,6 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
         f"{str(path)!r} is not a run folder (config.json + model.keras), an export folder or a "
         ".keras file."
     )
-
-
-def _load_keras(path: Path) -> Any:
-    import keras
-
-    import tfx_transfer.augment  # noqa: F401  (registers the kit's layers for loading)
-    import tfx_transfer.layers  # noqa: F401
-
-    return keras.saving.load_model(path, compile=False)
 
 
 def _predictor(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
@@ -500,19 +494,56 @@ def _batches(data: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarra
         yield np.asarray(batch[0]), np.asarray(batch[1])
 
 
+def _choose_split(folder: Path, split: str | None, trained_on: str | None) -> str:
+    """Which images of ``folder`` to score; never training images unless ``split`` says so."""
+    from tfx_transfer.data import split_folders
+
+    found = split_folders(folder)
+    plain = found.get("train") == folder  # class folders, no train/val/test layout
+    if split is not None:
+        wanted = {"val": "validation", "all": "train" if plain else "all"}.get(split, split)
+        if wanted not in (*found, "all"):
+            have = "no split folders (use split='all')" if plain else \
+                f"the splits {sorted(found)} (use one of them or 'all')"
+            raise ValueError(f"split={split!r}: {folder} has {have}.")
+        return wanted
+    for name in ("test", "validation"):
+        if name in found:
+            return name
+    if not plain:
+        raise ValueError(f"{folder} has only a train/ split: those are training images. Pass "
+                         "split='train' (--split train) to score them anyway.")
+    if trained_on is not None and Path(trained_on).resolve() == folder.resolve():
+        raise ValueError(f"{folder} is the folder the run trained on: its images include the "
+                         "training images. Evaluate on held-out images, or pass split='all' "
+                         "(--split all) to score every image anyway.")
+    return "train"
+
+
 def _folder_batches(folder: str | os.PathLike, image_size: tuple[int, int], class_names: Sequence[str],
-                    batch_size: int, verbose: bool) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """Batches of a class folder (or its test/ or val/ split), labels in the model's class order."""
+                    batch_size: int, verbose: bool, split: str | None = None,
+                    trained_on: str | None = None) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """Batches of a folder's chosen split, labels in the model's class order."""
     from tfx_transfer.data import load_image_folder
 
+    chosen = _choose_split(Path(folder), split, trained_on)
     loaded = load_image_folder(folder, image_size=image_size, batch_size=batch_size,
-                               shuffle=False)
-    split = "test" if loaded.test is not None else "validation" if loaded.validation is not None \
-        else "train"
-    dataset = {"test": loaded.test, "validation": loaded.validation, "train": loaded.train}[split]
+                               shuffle=False, validation_split=None)
+    if chosen == "all":
+        parts = [s for s in ("train", "validation", "test") if getattr(loaded, s) is not None]
+        dataset = getattr(loaded, parts[0])
+        for part in parts[1:]:
+            dataset = dataset.concatenate(getattr(loaded, part))
+        count = sum(sum(loaded.counts[p].values()) for p in parts)
+    else:
+        dataset = getattr(loaded, chosen)
+        count = sum(loaded.counts[chosen].values())
     if verbose:
-        where = "" if split == "train" else f" (its {split} split)"
-        print(f"evaluating {sum(loaded.counts[split].values())} images of {folder}{where}")
+        what = {"train": "every image (class folders, no split)" if loaded.validation is None
+                and loaded.test is None else "the train/ split (training images)",
+                "validation": "the val/ split", "test": "the test/ split",
+                "all": "every split, training images included"}[chosen]
+        print(f"evaluating {count} images of {folder}: {what}")
     unknown = [n for n in loaded.class_names if n not in class_names]
     if unknown:
         raise ValueError(f"{folder} has class folder(s) {unknown} that the model does not know; "
@@ -528,10 +559,11 @@ def evaluate_model(
     class_names: Sequence[str] | None = None,
     *,
     top_k: int | None = None,
-    out_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
     max_images: int = 16,
     batch_size: int = 32,
     verbose: bool = True,
+    split: str | None = None,
     tta: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a Keras model or an exported SavedModel; optionally write the report files.
@@ -545,9 +577,12 @@ def evaluate_model(
             folders, or a folder with ``test/`` or ``val/``: that split is used;
             labels are matched to the model's classes by name). Images are RGB
             pixels in 0..255 at the model's input size.
+        split: for a folder: ``None`` (its ``test/``, else ``val/``, else all its
+            class folders -- refused when it has only ``train/`` or is the folder
+            the run trained on), or ``"test"``, ``"val"``, ``"train"``, ``"all"``.
         class_names: class names in label order (default: the model's, when known).
         top_k: k of the top-k accuracy (default :func:`default_top_k`).
-        out_dir: when given, write ``metrics.json``, ``report.txt``,
+        out: a folder; when given, write ``metrics.json``, ``report.txt``,
             ``confusion_matrix.png`` and ``predictions.png`` there.
         max_images: images in the predictions grid (misclassified first).
         tta: also score test-time augmentation (:func:`tfx_transfer.tta.predict_tta`:
@@ -556,11 +591,11 @@ def evaluate_model(
 
     Returns:
         :func:`classification_metrics`' dict (plus ``"tta"``: the same for TTA),
-        plus ``"files"`` (paths written) when ``out_dir`` is given.
+        plus ``"files"`` (paths written) when ``out`` is given.
 
     Example:
         >>> metrics = evaluate_model(model, folder.validation, folder.class_names,
-        ...                          out_dir="runs/demo")  # doctest: +SKIP
+        ...                          out="runs/demo")  # doctest: +SKIP
         >>> metrics["accuracy"], metrics["per_class"]["circle"]["f1"]  # doctest: +SKIP
         (0.93, 0.95)
     """
@@ -571,7 +606,10 @@ def evaluate_model(
         if not names:
             raise ValueError("Pass class_names= to evaluate a folder with a model that does not "
                              "record its classes.")
-        batches = _folder_batches(data, image_size, names, batch_size, verbose)
+        trained_on = None
+        if isinstance(model_or_export, (str, os.PathLike)) and (Path(model_or_export) / "config.json").is_file():
+            trained_on = json.loads((Path(model_or_export) / "config.json").read_text()).get("data_dir")
+        batches = _folder_batches(data, image_size, names, batch_size, verbose, split, trained_on)
     else:
         batches = _batches(data, batch_size)
     labels, probs, shown_images, shown_labels, shown_probs, tta_probs = [], [], [], [], [], []
@@ -606,8 +644,8 @@ def evaluate_model(
         metrics["tta"] = {**classification_metrics(np.concatenate(labels), np.concatenate(tta_probs),
                                                     names, top_k), "views": views}
         report += "\n\ntest-time augmentation\n" + format_tta(metrics, metrics["tta"])
-    if out_dir is not None:
-        out = Path(out_dir)
+    if out is not None:
+        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         files = {"metrics": out / METRICS_FILE, "report": out / REPORT_FILE,
                  "confusion_matrix": out / CONFUSION_PNG, "predictions": out / PREDICTIONS_PNG}

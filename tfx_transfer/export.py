@@ -31,8 +31,8 @@ A bad image in a batch fails the call with ``tf.errors.InvalidArgumentError``
 naming every bad index and why, e.g. ``Could not decode 1 of 3 image(s) of the
 batch (index 1: not a JPEG, PNG, GIF, BMP or WebP image)``.
 
-The class list is an asset (``assets/labels.txt``, one name a line, read by the
-graph's lookup table) and ``assets.extra/metadata.json`` records the backbone,
+The class names are a constant of the graph, also listed in ``assets/labels.txt``
+(one name a line), and ``assets.extra/metadata.json`` records the backbone,
 input size, class names, versions and any training metrics.
 
 Example:
@@ -60,7 +60,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfx_transfer.data import IMAGE_EXTENSIONS, _is_hidden, decode_and_resize, resize_image
+from tfx_transfer._compat import write_archive
+from tfx_transfer.data import IMAGE_EXTENSIONS, is_hidden, decode_and_resize, resize_image
 
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"  # under <version>/assets.extra/
@@ -75,14 +76,35 @@ TFLITE_TOLERANCE: dict[str | None, float] = {None: 1e-4, "float16": 1e-2, "dynam
 # -- checks ---------------------------------------------------------------------------
 
 
-def _check_backend() -> None:
+def _tensorflow_backend() -> bool:
     import keras
 
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            f"Exporting needs the TensorFlow Keras backend; this process uses "
-            f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
-        )
+    return keras.backend.backend() == "tensorflow"
+
+
+def _export_through_tensorflow(model: Any, out: str | os.PathLike, kwargs: dict) -> Path:
+    """Export from another Keras backend: the same ``.keras`` file, exported by a TensorFlow process.
+
+    The graph of the export (image decoding, class names) is TensorFlow's, so a JAX
+    or PyTorch process saves the model and a ``KERAS_BACKEND=tensorflow`` child
+    process loads and exports it: same weights, same signatures.
+    """
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="tfx_transfer_export_") as tmp:
+        model_path, args_path = Path(tmp) / "model.keras", Path(tmp) / "args.json"
+        model.save(model_path)
+        args_path.write_text(json.dumps({"out": os.fspath(out), **kwargs}, default=_json_default))
+        code = ("import json, sys; from tfx_transfer.export import export_saved_model; "
+                "from tfx_transfer.saving import load_model; a = json.load(open(sys.argv[2])); "
+                "print(export_saved_model(load_model(sys.argv[1], compile=False), a.pop('out'), **a))")
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        done = subprocess.run([sys.executable, "-c", code, str(model_path), str(args_path)],
+                              env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError("Exporting through a TensorFlow process failed:\n" + done.stderr[-3000:])
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def _image_size(model: Any) -> tuple[int, int]:
@@ -183,9 +205,9 @@ def _fit_pixels(pixels: tf.Tensor, image_size: tuple[int, int], crop: bool) -> t
 
 
 class _Serving:
-    """The signature functions of one export (closes over the model and the labels table)."""
+    """The signature functions of one export (closes over the model and the class names)."""
 
-    def __init__(self, model: Any, labels: tf.lookup.StaticHashTable, image_size: tuple[int, int],
+    def __init__(self, model: Any, labels: tf.Tensor, image_size: tuple[int, int],
                  top_k: int, crop: bool) -> None:
         self.model, self.labels, self.image_size = model, labels, image_size
         self.top_k, self.crop = top_k, crop
@@ -196,7 +218,7 @@ class _Serving:
         return {
             "probabilities": probabilities,
             "class_ids": class_ids,
-            "class_names": self.labels.lookup(tf.cast(class_ids, tf.int64)),
+            "class_names": tf.gather(self.labels, class_ids),
             "scores": scores,
         }
 
@@ -229,7 +251,7 @@ def _metadata(model: Any, class_names: list[str], image_size: tuple[int, int], t
     from tfx_transfer import __version__
     from tfx_transfer.model import backbone_name
 
-    config = dict(getattr(model, "_tfx_config", None) or {})
+    config = dict(getattr(model, "transfer_config", None) or {})
     try:
         backbone = backbone_name(model)
     except ValueError:
@@ -295,8 +317,8 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
 
 def export_saved_model(
     model: Any,
-    export_dir: str | os.PathLike,
-    class_names: Sequence[str],
+    out: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
     *,
     version: int | None = None,
     top_k: int | None = None,
@@ -308,15 +330,16 @@ def export_saved_model(
 
     See the module docstring for the signatures. The version folder is written
     into a hidden temporary folder next to it and renamed into place, so a server
-    watching ``export_dir`` never sees a half-written version and a failure
+    watching ``out`` never sees a half-written version and a failure
     leaves nothing behind.
 
     Args:
         model: a Keras model with a fixed ``(None, H, W, 3)`` pixel input (e.g.
             from :func:`tfx_transfer.build_transfer_model`, also after reloading
             a ``.keras`` file); TensorFlow backend.
-        export_dir: the model's folder; versions are its numbered sub-folders.
-        class_names: one name per output unit, in label order.
+        out: the model's export folder; versions are its numbered sub-folders.
+        class_names: one name per output unit, in label order; default: the
+            names the model carries (:func:`tfx_transfer.transfer_config`).
         version: the version number; default: the next integer (1 for a new folder).
         top_k: how many ``class_ids``/``class_names``/``scores`` per image;
             default ``min(5, num_classes)``.
@@ -341,13 +364,21 @@ def export_saved_model(
     """
     import keras
 
-    _check_backend()
+    if class_names is None:
+        class_names = (getattr(model, "transfer_config", None) or {}).get("class_names")
+        if not class_names:
+            raise ValueError(f"Model {model.name!r} carries no class names: pass class_names=[...] "
+                             "(one per output unit, in label order).")
+    if not _tensorflow_backend():
+        return _export_through_tensorflow(model, out, dict(
+            class_names=list(class_names), version=version, top_k=top_k, overwrite=overwrite,
+            metadata=metadata, crop_to_aspect_ratio=crop_to_aspect_ratio))
     image_size = _image_size(model)
     names = _check_class_names(class_names, model)
     top_k = min(5, len(names)) if top_k is None else int(top_k)
     if not 1 <= top_k <= len(names):
         raise ValueError(f"top_k={top_k} must be between 1 and the number of classes, {len(names)}.")
-    export_dir = Path(export_dir)
+    export_dir = Path(out)
     _check_export_dir(export_dir)
     existing = _versions(export_dir)
     version = (existing[-1] + 1 if existing else 1) if version is None else version
@@ -364,38 +395,28 @@ def export_saved_model(
 
     export_dir.mkdir(parents=True, exist_ok=True)
     tmp = export_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-    staging = Path(tempfile.mkdtemp(prefix="tfx_transfer_labels_"))
     try:
-        labels_path = staging / LABELS_FILE
-        labels_path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-        labels = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(
-                tf.saved_model.Asset(str(labels_path)), tf.int64,
-                tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
-                tf.lookup.TextFileIndex.WHOLE_LINE, vocab_size=len(names),
-            ),
-            default_value="",
-        )
-        serving = _Serving(model, labels, image_size, top_k, crop_to_aspect_ratio)
+        # Class names are a constant of the graph (no lookup-table resource, which older Keras
+        # export archives do not save); assets/labels.txt lists them for people and tools.
+        serving = _Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio)
         archive = keras.export.ExportArchive()
         # No archive.track(model): with it every weight is stored twice (keras-team/keras#23553);
         # the endpoints' captured variables are tracked by the archive anyway.
-        archive.track(labels)
         archive.add_endpoint(SIGNATURE_IMAGES, serving.images,
                              [tf.TensorSpec([None], tf.string, name="images")])
         archive.add_endpoint(SIGNATURE_PIXELS, serving.pixels,
                              [tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
         archive.add_endpoint(SIGNATURE_PIXELS_UINT8, serving.pixels,
                              [tf.TensorSpec([None, None, None, 3], tf.uint8, name="pixels")])
-        archive.write_out(str(tmp), verbose=False)
+        write_archive(archive, str(tmp))
+        (tmp / "assets").mkdir(exist_ok=True)
+        (tmp / "assets" / LABELS_FILE).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
         (tmp / "assets.extra").mkdir(exist_ok=True)
         (tmp / "assets.extra" / METADATA_FILE).write_text(meta_text, encoding="utf-8")
         _move_into_place(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return final
 
 
@@ -540,10 +561,10 @@ def _collect_files(paths_or_folder: Any) -> tuple[list[Path], list[tuple[str, st
             files.append(entry)
         elif entry.is_dir():
             for dirpath, dirnames, filenames in os.walk(entry):
-                dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
                 for name in sorted(filenames):
                     ext = os.path.splitext(name)[1].lower()
-                    if _is_hidden(name):
+                    if is_hidden(name):
                         continue
                     path = Path(dirpath) / name
                     if ext in (".tif", ".tiff"):
@@ -565,14 +586,16 @@ def _decode_failure(err: tf.errors.InvalidArgumentError) -> str:
 def predict_files(
     export: str | os.PathLike | ExportedModel,
     paths_or_folder: str | os.PathLike | Iterable[str | os.PathLike],
-    top_k: int = 3,
+    top_k: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    skipped: list | None = None,
 ) -> list[dict]:
     """Predict image files (or every image under folders) with an export, in batches.
 
-    Files that cannot be read or decoded are skipped with one ``UserWarning``
-    naming each; they never stop the run. Folders are walked recursively
+    Files that cannot be read or decoded are skipped, never stopping the run: they
+    are appended as ``(path, reason)`` to ``skipped`` when a list is given, else
+    named in one ``UserWarning``. Folders are walked recursively
     (hidden files ignored); a progress bar (``keras.utils.Progbar``) counts images.
 
     Returns:
@@ -584,8 +607,10 @@ def predict_files(
         new_photos/1.jpg ('rose', 0.97...)
     """
     exported = export if isinstance(export, ExportedModel) else load_exported(export)
+    top_k = min(3, len(exported.class_names)) if top_k is None else top_k
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
+    report = skipped
     files, skipped = _collect_files(paths_or_folder)
     bar = None
     if progress and files:
@@ -614,7 +639,9 @@ def predict_files(
         results += [{"path": str(path), "top": row["top"]} for path, row in zip(batch, rows)]
         if bar is not None:
             bar.update(min(start + batch_size, len(files)))
-    if skipped:
+    if report is not None:
+        report.extend(skipped)
+    elif skipped:
         lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
         warnings.warn(f"Skipped {len(skipped)} file(s):\n{lines}", UserWarning, stacklevel=2)
     return results
@@ -681,7 +708,13 @@ def export_tflite(
         >>> report["max_abs_diff"] <= 1e-2, report["top1_agreement"]
         (True, 1.0)
     """
-    _check_backend()
+    if not _tensorflow_backend():
+        import keras
+
+        raise ValueError(f"export_tflite converts a TensorFlow graph; this process uses the Keras "
+                         f"backend {keras.backend.backend()!r}. Save the model (model.save) and "
+                         "run export_tflite with KERAS_BACKEND=tensorflow (or `tfx-transfer "
+                         "export MODEL.keras OUT --tflite FILE`).")
     if quantization not in TFLITE_TOLERANCE:
         raise ValueError(f"quantization={quantization!r}: use 'float16', 'dynamic' or None.")
     import keras

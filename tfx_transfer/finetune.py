@@ -27,7 +27,7 @@ Example:
     >>> import tfx_transfer as tt
     >>> model = tt.build_transfer_model("vgg16", 5, weights="imagenet")  # doctest: +SKIP
     >>> history = tt.fine_tune(model, train_ds, val_ds, head_epochs=5,
-    ...                        fine_tune_epochs=10, unfreeze="block5")  # doctest: +SKIP
+    ...                        fine_tune_epochs=10, blocks="block5")  # doctest: +SKIP
     >>> history.history["stage"]  # doctest: +SKIP
     [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
 """
@@ -43,10 +43,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
+from tfx_transfer._compat import (clear_initial_epoch, distribute_strategy, has_seed_generators,
+                                  raw_learning_rate, record_optimizer)
 from tfx_transfer.backbones import backbone_blocks, get_backbone
-from tfx_transfer.model import backbone_name, get_backbone_model, get_head
+from tfx_transfer.model import backbone_name, get_backbone_layer, get_backbone_model, get_head
 
 Blocks = Any  # str | Sequence[str] | int : see unfreeze()
+DEFAULT_HEAD_LR = 1e-3
 
 # ---------------------------------------------------------------------------
 # unfreeze
@@ -106,7 +109,10 @@ def unfreeze(model: keras.Model, blocks: Blocks = "default", train_bn: bool = Fa
     blocks, see :class:`tfx_transfer.BackboneSpec`) or an int N: the top N layers
     of the backbone that have weights. BatchNormalization layers stay frozen, and
     so in inference mode, unless ``train_bn=True``. The head is not touched.
-    Takes effect at the next ``compile`` or, inside ``fit``, through
+    The backbone keeps running in inference mode (Dropout, drop-connect and
+    BatchNorm as at prediction time) unless ``train_bn=True``, which trains the
+    BatchNormalization layers of the chosen blocks and runs the whole backbone in
+    training mode. Takes effect at the next ``compile`` or, inside ``fit``, through
     :class:`StagedUnfreeze`.
 
     Returns:
@@ -122,7 +128,8 @@ def unfreeze(model: keras.Model, blocks: Blocks = "default", train_bn: bool = Fa
         >>> tt.unfreeze(model, "block5")
         ['block5_conv1', 'block5_conv2', 'block5_conv3', 'block5_pool']
     """
-    base = get_backbone_model(model)
+    wrapper = get_backbone_layer(model)
+    base = wrapper.model
     chosen = {id(layer) for layer in resolve_blocks(model, blocks)}
     was = {id(layer) for layer in base.layers if base.trainable and layer.trainable}
     # The container's setter recurses; then every sub-layer is set explicitly.
@@ -135,6 +142,8 @@ def unfreeze(model: keras.Model, blocks: Blocks = "default", train_bn: bool = Fa
                  if layer.trainable and type(layer).__name__ != "InputLayer"]
     if not trainable:
         base.trainable = False
+    if train_bn:
+        wrapper.inference_mode = False
     return trainable
 
 
@@ -175,6 +184,21 @@ def copy_optimizer(optimizer: Any, learning_rate: float | None = None) -> keras.
     return keras.optimizers.deserialize(config)
 
 
+def optimizer_learning_rate(optimizer: Any) -> float | None:
+    """The constant learning rate of an optimizer instance (``None`` for a schedule).
+
+    Example:
+        >>> optimizer_learning_rate(keras.optimizers.SGD(0.01))
+        0.01
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    value = keras.optimizers.serialize(optimizer)["config"].get("learning_rate")
+    if not isinstance(value, (int, float)):
+        return None
+    return float(np.format_float_positional(np.float32(value)))  # 0.01, not 0.0099999998
+
+
 @keras.saving.register_keras_serializable(package="tfx_transfer")
 class DiscriminativeOptimizer(keras.optimizers.Optimizer):
     """Per-layer learning rates: one copy of ``optimizer`` per learning-rate group.
@@ -203,7 +227,7 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
                 template, (DiscriminativeOptimizer, keras.optimizers.LossScaleOptimizer)):
             raise ValueError(f"optimizer={optimizer!r}: wrap a plain Keras optimizer (the "
                              "LossScaleOptimizer goes outside: LossScaleOptimizer(DiscriminativeOptimizer(...))).")
-        learning_rate = template._learning_rate  # float variable, schedule or callable
+        learning_rate = raw_learning_rate(template)  # float variable, schedule or callable
         if isinstance(learning_rate, keras.Variable):
             learning_rate = float(keras.ops.convert_to_numpy(learning_rate))
         super().__init__(learning_rate=learning_rate, name=name or "discriminative",
@@ -270,8 +294,9 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict:
         config = json.loads(json.dumps(self.optimizer_config))
-        if isinstance(self._learning_rate, keras.Variable):  # the current value, e.g. after ReduceLROnPlateau
-            config["config"]["learning_rate"] = float(keras.ops.convert_to_numpy(self._learning_rate))
+        current = raw_learning_rate(self)
+        if isinstance(current, keras.Variable):  # the current value, e.g. after ReduceLROnPlateau
+            config["config"]["learning_rate"] = float(keras.ops.convert_to_numpy(current))
         return {"name": self.name, "optimizer": config, "multipliers": dict(self.multipliers)}
 
     @classmethod
@@ -426,7 +451,11 @@ class StagedUnfreeze(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if not self._is_transfer_model():
-            return  # e.g. fine_tune's head-only phase on cached features
+            raise ValueError(
+                f"StagedUnfreeze cannot find the backbone of model {self.model.name!r}: it needs "
+                "a model made by build_transfer_model() (or loaded with tfx_transfer.load_model), "
+                "with its Backbone layer."
+            )
         if self._gradual is not None:
             _, named = _blocks_of(self.model)
             self._resolve_gradual(list(reversed(list(named))))
@@ -446,7 +475,7 @@ class StagedUnfreeze(keras.callbacks.Callback):
             True
         """
         due = [e for e in self.schedule if e <= epoch and e not in self.applied]
-        if not due or not self._is_transfer_model():
+        if not due:
             return False
         model = self.model
         if getattr(model, "jax_state_sync", None) is not None:
@@ -501,9 +530,7 @@ def _replace_optimizer(model: keras.Model, learning_rate: float | None,
     else:
         new.build(model.trainable_variables)
     model.optimizer = new
-    compile_config = getattr(model, "_compile_config", None)
-    if compile_config is not None:  # so model.save records the optimizer in use
-        compile_config.config["optimizer"] = new
+    record_optimizer(model, new)  # so model.save records the optimizer in use
     model.make_train_function(force=True)
 
 
@@ -571,8 +598,7 @@ _SAVING_CALLBACKS = (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndR
 
 def _random_layers(model: keras.Model) -> list[str]:
     """Names of active random layers in front of the backbone (they make features differ)."""
-    base = get_backbone_model(model)
-    front = model.layers[: model.layers.index(base)]
+    front = model.layers[: model.layers.index(get_backbone_layer(model))]
 
     def walk(layer: keras.layers.Layer) -> Iterable[keras.layers.Layer]:
         yield layer
@@ -584,7 +610,7 @@ def _random_layers(model: keras.Model) -> list[str]:
         for layer in walk(top):
             is_random = getattr(layer, "is_random", None)
             if is_random is None:
-                is_random = bool(getattr(layer, "_seed_generators", None))
+                is_random = has_seed_generators(layer)
             if is_random:
                 found.append(layer.name)
                 break
@@ -606,7 +632,7 @@ def _resolve_cache(cache: Any, model: keras.Model, train: Any, callbacks: Sequen
         reasons.append("the training data is a Python generator (it can be read only once)")
     if fit_kwargs.get("steps_per_epoch"):
         reasons.append("steps_per_epoch is set (repeating data cannot be cached)")
-    strategy = getattr(model, "_distribute_strategy", None)  # set under a tf.distribute scope
+    strategy = distribute_strategy(model)  # set under a tf.distribute scope
     if strategy is not None:
         reasons.append(f"the model is distributed ({type(strategy).__name__}): predict() "
                        "gives per-replica, sharded features")
@@ -672,11 +698,7 @@ def infer_loss(labels: Any, num_classes: int) -> str:
 
 def _feature_extractor(model: keras.Model) -> keras.Model:
     """``pixels -> [augmentation] -> preprocess -> backbone``: the head's input, as a model."""
-    nodes = get_head(model)._inbound_nodes
-    if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
-        raise ValueError(f"Cannot find the features that model {model.name!r} feeds its head; "
-                         "use cache_features=False.")
-    return keras.Model(model.inputs, nodes[0].input_tensors[0], name="feature_extractor")
+    return keras.Model(model.inputs, get_backbone_layer(model).output, name="feature_extractor")
 
 
 def _extract(extractor: keras.Model, data: Any, batch_size: int | None, verbose: int):
@@ -692,16 +714,18 @@ def _extract(extractor: keras.Model, data: Any, batch_size: int | None, verbose:
     if hasattr(data, "__getitem__") and not hasattr(data, "element_spec"):
         size = getattr(data, "num_batches", None) or len(data)
         batches = (data[i] for i in range(size))
+    elif hasattr(data, "as_numpy_iterator"):  # tf.data: numpy batches feed any backend
+        batches = data.as_numpy_iterator()
     else:
         batches = iter(data)
     feats, ys, sws, first = [], [], [], None
     for batch in batches:
         x, y, sw = _unpack(batch)
         first = first or len(x)
-        feats.append(keras.ops.convert_to_numpy(extractor.predict_on_batch(x)))
-        ys.append(keras.ops.convert_to_numpy(y))
+        feats.append(keras.ops.convert_to_numpy(extractor.predict_on_batch(np.asarray(x))))
+        ys.append(np.asarray(y))
         if sw is not None:
-            sws.append(keras.ops.convert_to_numpy(sw))
+            sws.append(np.asarray(sw))
     if not feats:
         raise ValueError("The data yielded no batches; nothing to train on.")
     return (np.concatenate(feats), np.concatenate(ys),
@@ -735,8 +759,8 @@ def fine_tune(
     *,
     head_epochs: int = 5,
     fine_tune_epochs: int = 5,
-    unfreeze: Blocks = "default",
-    head_lr: float | None = 1e-3,
+    blocks: Blocks = "default",
+    head_lr: float | None = None,
     fine_tune_lr: float | None = 1e-5,
     optimizer: Any = "adam",
     loss: Any = None,
@@ -755,7 +779,7 @@ def fine_tune(
     """Train the head on the frozen backbone, then fine-tune the top blocks: one call.
 
     Phase 1 (``head_epochs``) trains the head at ``head_lr``; phase 2
-    (``fine_tune_epochs``) unfreezes ``unfreeze`` (any :func:`unfreeze` form) and
+    (``fine_tune_epochs``) unfreezes ``blocks`` (any :func:`unfreeze` form) and
     continues at ``fine_tune_lr`` with a fresh optimizer, BatchNorm frozen. Both
     phases are one ``model.fit`` with :class:`StagedUnfreeze`, so
     ``EarlyStopping``, ``ModelCheckpoint`` and ``ReduceLROnPlateau`` in
@@ -778,7 +802,10 @@ def fine_tune(
         train, validation: what ``model.fit`` takes: a ``tf.data`` dataset of
             ``(images, labels)``, a ``keras.utils.PyDataset``, a generator, or an
             ``(x, y)`` / ``(x, y, sample_weight)`` tuple of arrays.
-        head_lr, fine_tune_lr: learning rates of the two phases.
+        head_lr: learning rate of phase 1; default: the rate of ``optimizer`` when it
+            is an instance, else 1e-3. Giving both an optimizer instance and a
+            different ``head_lr`` is an error (which one did you mean?).
+        fine_tune_lr: learning rate of phase 2 (``None``: keep phase 1's last rate).
         optimizer: name or instance; copied for each phase.
         loss: default: sparse categorical cross-entropy for integer labels,
             categorical for one-hot labels (read from the first batch).
@@ -786,7 +813,7 @@ def fine_tune(
             re-running the same call continues in the right phase, layers, learning
             rate and optimizer state. Do not also pass a ``BackupAndRestore``.
         gradual: unfreeze one more block every ``gradual`` epochs (top down through
-            ``unfreeze`` when it is a list of blocks, else through all blocks).
+            ``blocks`` when it is a list of blocks, else through all blocks).
         discriminative: per-block learning-rate factor for phase 2 (e.g. 2.6).
         batch_size: for array data.
         **fit_kwargs: passed to every ``fit`` (e.g. ``shuffle``, ``steps_per_epoch``).
@@ -801,7 +828,7 @@ def fine_tune(
         ...                                 weights=None, head="avg")
         >>> x = np.random.randint(0, 255, (8, 32, 32, 3), "uint8"); y = np.arange(8) % 2
         >>> h = tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=1,
-        ...                  unfreeze="block5", verbose=0)
+        ...                  blocks="block5", verbose=0)
         >>> h.history["stage"]
         [0, 1]
     """
@@ -828,19 +855,20 @@ def fine_tune(
                              "pass loss='sparse_categorical_crossentropy' (integer labels) or "
                              "'categorical_crossentropy' (one-hot).")
         loss = infer_loss(labels, int(model.output.shape[-1]))
+    head_lr = _head_lr(optimizer, head_lr)
     model.compile(optimizer=copy_optimizer(optimizer, head_lr), loss=loss, metrics=list(metrics))
 
     if gradual:
-        order = list(unfreeze) if isinstance(unfreeze, (list, tuple)) else None
+        order = list(blocks) if isinstance(blocks, (list, tuple)) else None
         stage = StagedUnfreeze.gradual(head_epochs, every=gradual, blocks=order,
                                        learning_rate=fine_tune_lr, train_bn=train_bn,
                                        discriminative=discriminative, verbose=int(verbose != 0))
     else:
-        stage = StagedUnfreeze({head_epochs: unfreeze},
+        stage = StagedUnfreeze({head_epochs: blocks},
                                None if fine_tune_lr is None else {head_epochs: fine_tune_lr},
                                train_bn=train_bn, discriminative=discriminative,
                                verbose=int(verbose != 0))
-    resolve_blocks(model, unfreeze)  # a bad block name fails now, not after phase 1
+    resolve_blocks(model, blocks)  # a bad block name fails now, not after phase 1
     backup = [] if backup_dir is None else [StagedBackupAndRestore(backup_dir, stage)]
     fit = dict(validation_data=validation, class_weight=class_weight, verbose=verbose,
                batch_size=batch_size, **fit_kwargs)
@@ -852,7 +880,23 @@ def fine_tune(
         return _fine_tune_cached(model, train, validation, stage, callbacks, backup, head_epochs,
                                  total, loss, metrics, fit)
     finally:
-        model._initial_epoch = None  # set by BackupAndRestore; would leak into a later fit
+        clear_initial_epoch(model)  # set by BackupAndRestore; would leak into a later fit
+
+
+def _head_lr(optimizer: Any, head_lr: float | None) -> float | None:
+    """Phase 1's rate: ``head_lr``, or the given optimizer instance's own (never both)."""
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        return DEFAULT_HEAD_LR if head_lr is None else float(head_lr)
+    own = optimizer_learning_rate(optimizer)
+    if head_lr is None or own is None:
+        return head_lr  # None: copy_optimizer keeps the instance's rate or schedule
+    if not np.isclose(own, float(head_lr)):
+        raise ValueError(
+            f"optimizer={type(optimizer).__name__}(learning_rate={own:g}) and head_lr={head_lr:g} "
+            "disagree: leave head_lr=None to use the optimizer's rate, or pass the optimizer by "
+            "name (e.g. 'adam') with head_lr."
+        )
+    return float(head_lr)
 
 
 def _fine_tune_cached(model, train, validation, stage, callbacks, backup, head_epochs, total,
@@ -866,7 +910,7 @@ def _fine_tune_cached(model, train, validation, stage, callbacks, backup, head_e
         optimizer = model.optimizer
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             optimizer = optimizer.inner_optimizer
-        if isinstance(optimizer._learning_rate, keras.Variable):  # not a schedule
+        if isinstance(raw_learning_rate(optimizer), keras.Variable):  # not a schedule
             # as in the plain run, phase 2 starts from phase 1's last rate (e.g. ReduceLROnPlateau)
             model.optimizer.learning_rate = _current_lr(first.model)
     if total == head_epochs or first.model.stop_training:  # e.g. EarlyStopping fired in phase 1
@@ -899,4 +943,13 @@ def _train_head_on_features(model, train, validation, stage, callbacks, head_epo
         vf, vy, vw, _ = _extract(extractor, validation, batch_size, verbose)
         kwargs["validation_data"] = (vf, vy) if vw is None else (vf, vy, vw)
     return head_model.fit(features, labels, sample_weight=weights, batch_size=batch_size,
-                          epochs=head_epochs, callbacks=[stage, *callbacks], **kwargs)
+                          epochs=head_epochs, callbacks=[_HeadPhaseLog(), *callbacks], **kwargs)
+
+
+class _HeadPhaseLog(keras.callbacks.Callback):
+    """The epoch logs of the cached head phase get ``stage`` 0 and ``learning_rate``, as in phase 2."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["stage"] = 0
+            logs["learning_rate"] = _current_lr(self.model)

@@ -21,7 +21,7 @@ and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
     RUN/predictions.png         validation images, predicted vs true, misclassified first
     RUN/top_losses.png          the validation images with the highest loss, with Grad-CAM
     RUN/top_losses.csv          every validation image, worst loss first (path, true, predicted)
-    RUN/lr_finder.png           with lr="auto": the learning-rate finder's curve
+    RUN/lr_finder.png           with head_lr="auto": the learning-rate finder's curve
     RUN/tensorboard/            with tensorboard=True: event files (`tensorboard --logdir RUN`)
     RUN/export/1/               SavedModel (TF Serving layout), metrics in its metadata
     RUN/skipped_files.txt       files left out of the data and why (empty when none)
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import importlib.util
 import inspect
 import json
 import os
@@ -53,6 +54,8 @@ import numpy as np
 
 from tfx_transfer.backbones import get_backbone
 from tfx_transfer.evaluate import HISTORY_PNG, evaluate_model, format_report, plot_history
+from tfx_transfer.runlock import lock_run_folder
+from tfx_transfer.saving import load_model
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -65,11 +68,11 @@ EXPORT_DIR = "export"
 TENSORBOARD_DIR = "tensorboard"
 LR_FINDER_PNG = "lr_finder.png"
 AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
-# Arguments that define a run; on resume they come from config.json.
-_RUN_ARGS = ("backbone", "weights", "image_size", "epochs", "fine_tune_epochs", "unfreeze",
-             "augment", "batch_size", "head", "units", "dropout", "lr", "fine_tune_lr",
-             "validation_split", "seed", "cache_features", "cache", "class_weight", "monitor",
-             "top_k", "train_bn")
+# The settings that define a run: train()'s arguments, the CLI's flags and config.json's keys.
+RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
+             "augmentation", "batch_size", "head", "units", "dropout", "head_lr", "fine_tune_lr",
+             "validation_split", "seed", "cache_features", "cache_images", "class_weight",
+             "monitor", "top_k", "train_bn", "deterministic")
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -132,7 +135,13 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 # ---------------------------------------------------------------------------
 
 
-def _defaults() -> dict[str, Any]:
+def train_defaults() -> dict[str, Any]:
+    """The default of every keyword argument of :func:`train` (run settings and ``verbose``).
+
+    Example:
+        >>> train_defaults()["fine_tune_lr"]
+        1e-05
+    """
     return {name: p.default for name, p in inspect.signature(train).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
@@ -151,14 +160,14 @@ def _normalise(name: str, value: Any) -> Any:
         if len(size) != 2:
             raise ValueError(f"image_size={value!r}: pass an int or (height, width).")
         return size
-    if name == "augment":
+    if name == "augmentation":
         key = "none" if value is None else str(value).lower()
         if key not in AUGMENT_PRESETS:
-            raise ValueError(f"augment={value!r}: choose one of {AUGMENT_PRESETS}.")
+            raise ValueError(f"augmentation={value!r}: choose one of {AUGMENT_PRESETS}.")
         return key
-    if name == "lr" and isinstance(value, str):
+    if name == "head_lr" and isinstance(value, str):
         if value.lower() != "auto":
-            raise ValueError(f"lr={value!r}: pass a learning rate (e.g. 1e-3) or 'auto' (the "
+            raise ValueError(f"head_lr={value!r}: pass a learning rate (e.g. 1e-3) or 'auto' (the "
                              "learning-rate finder picks it).")
         return "auto"
     if name == "weights":
@@ -175,11 +184,11 @@ def _resume_config(run: Path, given: dict[str, Any]) -> dict[str, Any]:
             "resume (--resume) first."
         )
     config = json.loads(path.read_text())
-    defaults = _defaults()
+    defaults = train_defaults()
     clashes = []
-    for name in _RUN_ARGS:
+    for name in RUN_SETTINGS:
         value = _normalise(name, given[name])
-        saved = config.get(f"{name}_requested", config.get(name)) if name in ("weights", "lr") \
+        saved = config.get(f"{name}_requested", config.get(name)) if name in ("weights", "head_lr") \
             else config.get(name)
         if value != _normalise(name, defaults[name]) and value != saved:
             clashes.append(f"{name}={value!r} (the run has {saved!r})")
@@ -192,7 +201,7 @@ def _resume_config(run: Path, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _new_config(data_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
-    config = {name: _normalise(name, given[name]) for name in _RUN_ARGS}
+    config = {name: _normalise(name, given[name]) for name in RUN_SETTINGS}
     spec = get_backbone(config["backbone"])
     config["backbone"] = spec.name
     if config["image_size"] is None:
@@ -201,11 +210,11 @@ def _new_config(data_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"monitor={config['monitor']!r}: use 'val_loss' or 'val_accuracy'.")
     if config["class_weight"] not in (None, "balanced"):
         raise ValueError(f"class_weight={config['class_weight']!r}: use None or 'balanced'.")
-    for name in ("epochs", "fine_tune_epochs"):
+    for name in ("head_epochs", "fine_tune_epochs"):
         if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] < 0:
             raise ValueError(f"{name}={config[name]!r} must be an int >= 0.")
-    if config["epochs"] + config["fine_tune_epochs"] == 0:
-        raise ValueError("epochs=0 and fine_tune_epochs=0: nothing to train.")
+    if config["head_epochs"] + config["fine_tune_epochs"] == 0:
+        raise ValueError("head_epochs=0 and fine_tune_epochs=0: nothing to train.")
     config["data_dir"] = str(data_dir.resolve())
     return config
 
@@ -222,14 +231,14 @@ def _run_config(data_dir: Any, run: Path, resume: bool, given: dict[str, Any]) -
         raise ValueError("data_dir is required (None is only for resume=True).")
     if (run / CONFIG_FILE).exists():
         raise ValueError(f"{str(run)!r} already holds a run; pass resume=True (--resume) to "
-                         "continue it, or choose another out_dir (--out).")
+                         "continue it, or choose another run folder (--out).")
     return _new_config(Path(data_dir), given)
 
 
 def _has_split_folders(root: Path) -> dict[str, Path]:
-    from tfx_transfer.data import _split_dirs  # the loader's own rule for train/val/test layouts
+    from tfx_transfer.data import split_folders  # the loader's own rule for train/val/test layouts
 
-    return _split_dirs(root)
+    return split_folders(root)
 
 
 # ---------------------------------------------------------------------------
@@ -267,12 +276,12 @@ def _load_data(config: dict[str, Any], verbose: Any):
             f"{root}/val/<class>/ folders."
         )
     config["validation_split_used"] = split
-    heavy = config["augment"] == "heavy"  # MixUp mixes labels: dataset side, one-hot labels
+    heavy = config["augmentation"] == "heavy"  # MixUp mixes labels: dataset side, one-hot labels
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Skipped \d+ file")  # train lists them itself
         return load_image_folder(
             root, image_size=config["image_size"], batch_size=config["batch_size"],
-            validation_split=split, seed=config["seed"], cache=config["cache"],
+            validation_split=split, seed=config["seed"], cache_images=config["cache_images"],
             label_mode="categorical" if heavy else "int",
             augmentation=Augmentation(preset="heavy", seed=config["seed"]) if heavy else None,
         )
@@ -283,13 +292,14 @@ def _build(config: dict[str, Any], num_classes: int, verbose: Any) -> keras.Mode
     from tfx_transfer.model import build_transfer_model
     from tfx_transfer.weights import WeightsUnavailableError
 
-    in_model = config["augment"] in ("light", "standard")
+    in_model = config["augmentation"] in ("light", "standard")
     kwargs = dict(num_classes=num_classes, input_shape=tuple(config["image_size"]) + (3,),
-                  head=config["head"], units=config["units"], dropout=config["dropout"])
+                  head=config["head"], units=config["units"], dropout=config["dropout"],
+                  class_names=config["class_names"])
 
     def build(weights: Any) -> keras.Model:
         keras.utils.set_random_seed(config["seed"])
-        augmentation = Augmentation(preset=config["augment"], seed=config["seed"]) if in_model else None
+        augmentation = Augmentation(preset=config["augmentation"], seed=config["seed"]) if in_model else None
         return build_transfer_model(config["backbone"], weights=weights, augmentation=augmentation,
                                     **kwargs)
 
@@ -326,18 +336,18 @@ def _build(config: dict[str, Any], num_classes: int, verbose: Any) -> keras.Mode
 
 def _find_lr(model: keras.Model, folder: Any, config: dict[str, Any], run: Path,
              verbose: Any) -> None:
-    """lr="auto": the learning-rate finder's suggestion becomes the head-phase rate."""
+    """head_lr="auto": the learning-rate finder's suggestion becomes the head-phase rate."""
     from tfx_transfer.lr_finder import find_head_lr
 
-    _say(verbose, "lr: auto -- running the learning-rate finder on the head (backbone features "
+    _say(verbose, "head_lr: auto -- running the learning-rate finder on the head (backbone features "
                   "of up to 2048 training images, 100 steps)")
     result = find_head_lr(model, folder.train, batch_size=config["batch_size"], seed=config["seed"])
     result.plot(run / LR_FINDER_PNG, title=f"learning-rate finder: suggestion {result.suggestion:.2g}")
-    config["lr_requested"] = "auto"
-    config["lr"] = float(f"{result.suggestion:.3g}")
+    config["head_lr_requested"] = "auto"
+    config["head_lr"] = float(f"{result.suggestion:.3g}")
     config["lr_finder"] = {"suggestion": result.suggestion, "lr_min": result.lr_min,
                            "steps": len(result.lrs), "stopped": result.stopped}
-    _say(verbose, f"lr: the finder suggests {config['lr']:g} ({result.stopped} after "
+    _say(verbose, f"head_lr: the finder suggests {config['head_lr']:g} ({result.stopped} after "
                   f"{len(result.lrs)} steps; curve in {run / LR_FINDER_PNG})")
 
 
@@ -378,7 +388,7 @@ def _fit(model: keras.Model, folder: Any, config: dict[str, Any], run: Path, res
         if not done:  # nothing saved to continue from: the run starts over
             for name in (BEST_FILE, BEST_STATE_FILE):
                 (run / name).unlink(missing_ok=True)
-        total = config["epochs"] + config["fine_tune_epochs"]
+        total = config["head_epochs"] + config["fine_tune_epochs"]
         _say(verbose, f"resume: continuing {run} from epoch {(done or 0) + 1} of {total}"
                       + ("" if done else " (no backup yet: starting over)"))
     elif backup.exists():
@@ -386,7 +396,7 @@ def _fit(model: keras.Model, folder: Any, config: dict[str, Any], run: Path, res
     best = BestModelCheckpoint(model, run / BEST_FILE, monitor=config["monitor"],
                                resume=bool(done), verbose=int(verbose != 0))
     logger = keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=bool(done))
-    cache = "auto" if config["cache_features"] and config["augment"] != "heavy" else False
+    cache = "auto" if config["cache_features"] and config["augmentation"] != "heavy" else False
     weights = class_weights(folder) if config["class_weight"] == "balanced" else None
     with warnings.catch_warnings():
         # Keras 3.15 warns on every fit(tf.data.Dataset) that its default shuffle=True is
@@ -394,8 +404,8 @@ def _fit(model: keras.Model, folder: Any, config: dict[str, Any], run: Path, res
         warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
         fine_tune(
             model, folder.train, folder.validation,
-            head_epochs=config["epochs"], fine_tune_epochs=config["fine_tune_epochs"],
-            unfreeze=config["unfreeze"], head_lr=config["lr"], fine_tune_lr=config["fine_tune_lr"],
+            head_epochs=config["head_epochs"], fine_tune_epochs=config["fine_tune_epochs"],
+            blocks=config["blocks"], head_lr=config["head_lr"], fine_tune_lr=config["fine_tune_lr"],
             callbacks=[logger, best, *callbacks], cache_features=cache, backup_dir=backup,
             class_weight=weights, train_bn=config["train_bn"], verbose=verbose,
         )
@@ -404,10 +414,8 @@ def _fit(model: keras.Model, folder: Any, config: dict[str, Any], run: Path, res
 
 def _final_model(run: Path, model: keras.Model) -> keras.Model:
     """The best checkpoint, loaded, saved again as model.keras without optimizer state."""
-    from tfx_transfer.evaluate import _load_keras
-
-    best = _load_keras(run / BEST_FILE)  # compile=False: weights only, no optimizer
-    best._tfx_config = dict(getattr(model, "_tfx_config", {}) or {})
+    best = load_model(run / BEST_FILE, compile=False)  # weights only, no optimizer
+    best.transfer_config = dict(model.transfer_config)  # class names may have been added since
     best.save(run / MODEL_FILE)
     return best
 
@@ -421,11 +429,10 @@ def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any]
                          best_state: dict[str, Any], verbose: Any) -> tuple[dict, dict | None, dict]:
     """Metrics, report and plots of the final model, then its SavedModel export."""
     from tfx_transfer.export import export_saved_model
-
     from tfx_transfer.mislabeled import write_top_losses
 
     metrics = evaluate_model(final, folder.validation, folder.class_names, top_k=config["top_k"],
-                             out_dir=run, batch_size=config["batch_size"], verbose=False)
+                             out=run, batch_size=config["batch_size"], verbose=False)
     files = metrics.pop("files")
     files.update(write_top_losses(final, folder.validation, run, class_names=folder.class_names,
                                   paths=[path for path, _ in folder.files["validation"]],
@@ -435,15 +442,15 @@ def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any]
     test_metrics = None
     if folder.test is not None:
         test_metrics = evaluate_model(final, folder.test, folder.class_names, top_k=config["top_k"],
-                                      out_dir=run / "test", batch_size=config["batch_size"],
+                                      out=run / "test", batch_size=config["batch_size"],
                                       verbose=False)
         test_metrics.pop("files")
 
     info = {"metrics": {"validation": _summary(metrics),
                         **({"test": _summary(test_metrics)} if test_metrics else {})},
             "training": {k: config[k] for k in ("weights", "weights_requested", "image_size",
-                                                "epochs", "fine_tune_epochs", "unfreeze",
-                                                "augment", "lr", "fine_tune_lr", "seed")},
+                                                "head_epochs", "fine_tune_epochs", "blocks",
+                                                "augmentation", "head_lr", "fine_tune_lr", "seed")},
             "checkpoint": best_state}
     export_path = export_saved_model(final, run / EXPORT_DIR, folder.class_names, version=1,
                                      overwrite=True, metadata=info)
@@ -467,29 +474,30 @@ def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any]
 
 def train(
     data_dir: str | os.PathLike | None,
-    out_dir: str | os.PathLike,
+    out: str | os.PathLike,
     *,
     backbone: str = "resnet50",
     weights: str | os.PathLike | None = "imagenet",
     image_size: int | Sequence[int] | None = 224,
-    epochs: int = 5,
+    head_epochs: int = 5,
     fine_tune_epochs: int = 10,
-    unfreeze: Any = "default",
-    augment: str | None = "standard",
+    blocks: Any = "default",
+    augmentation: str | None = "standard",
     batch_size: int = 32,
     head: str = "flatten",
     units: int = 256,
     dropout: float | None = None,
-    lr: float | str = 1e-3,
+    head_lr: float | str = 1e-3,
     fine_tune_lr: float = 1e-5,
     validation_split: float | None = 0.2,
     seed: int = 1337,
     cache_features: bool = True,
-    cache: str | None = None,
+    cache_images: str | None = None,
     class_weight: str | None = None,
     monitor: str = "val_loss",
     top_k: int | None = None,
     train_bn: bool = False,
+    deterministic: bool = False,
     resume: bool = False,
     tensorboard: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -497,8 +505,8 @@ def train(
 ) -> dict[str, Any]:
     """Train, evaluate and export a transfer model from an image folder, into a run folder.
 
-    Phase 1 trains the new head on the frozen backbone for ``epochs`` at ``lr``;
-    phase 2 unfreezes ``unfreeze`` and fine-tunes for ``fine_tune_epochs`` at
+    Phase 1 trains the new head on the frozen backbone for ``head_epochs`` at
+    ``head_lr``; phase 2 unfreezes ``blocks`` and fine-tunes for ``fine_tune_epochs`` at
     ``fine_tune_lr`` (:func:`tfx_transfer.fine_tune`). The checkpoint with the best
     ``monitor`` value over both phases is the final model; it is evaluated on the
     validation split and exported. See the module docstring for the run folder.
@@ -506,36 +514,41 @@ def train(
     Args:
         data_dir: a folder of class folders, or with ``train/`` + ``val/`` (+
             ``test/``) folders of them. ``None`` with ``resume=True``: the saved one.
-        out_dir: the run folder (created).
+        out: the run folder (created; one process at a time: a second one on the
+            same folder fails, naming the first).
         backbone: registry name (:func:`tfx_transfer.list_backbones`).
         weights: ``"imagenet"``, ``"none"``/``None`` (random init), ``"auto"``
             (ImageNet when cached or downloadable, else random init -- said loudly
             and recorded in ``config.json``) or a backbone weights file.
         image_size: square side or ``(height, width)``; ``None``: the backbone's default.
-        epochs, fine_tune_epochs: epochs of phase 1 (head) and phase 2 (fine-tuning).
-        unfreeze: blocks unfrozen in phase 2: ``"default"`` (the backbone's top
+        head_epochs, fine_tune_epochs: epochs of phase 1 (head) and phase 2 (fine-tuning).
+        blocks: blocks unfrozen in phase 2: ``"default"`` (the backbone's top
             block(s)), a block name such as ``"conv5"``/``"block5"``, a list, ``"all"``,
             or an int N (top N layers with weights).
-        augment: ``"none"``, ``"light"``, ``"standard"`` (layers at the front of
+        augmentation: ``"none"``, ``"light"``, ``"standard"`` (layers at the front of
             the model, identity at inference) or ``"heavy"`` (RandAugment + MixUp
             on the training dataset, one-hot labels).
         batch_size, head, units, dropout: see :func:`tfx_transfer.build_transfer_model`.
-        lr, fine_tune_lr: Adam learning rates of the two phases. ``lr="auto"``: the
-            learning-rate finder (:func:`tfx_transfer.lr_finder.find_head_lr`) picks the
-            head-phase rate first; it is recorded in ``config.json`` (``"lr"``, with
-            ``"lr_requested": "auto"``) and its curve in ``lr_finder.png``.
+        head_lr, fine_tune_lr: Adam learning rates of the two phases. ``head_lr="auto"``:
+            the learning-rate finder (:func:`tfx_transfer.lr_finder.find_head_lr`) picks
+            the head-phase rate first; it is recorded in ``config.json`` (``"head_lr"``,
+            with ``"head_lr_requested": "auto"``) and its curve in ``lr_finder.png``.
         validation_split: fraction of each class held out when the folder has no
             ``val/`` (ignored, with a note, when it has).
         seed: seeds the split, shuffling, augmentation and initialisation.
+        deterministic: also make TensorFlow's ops deterministic
+            (``tf.config.experimental.enable_op_determinism``), so two runs with the
+            same seed on the same machine write identical ``history.csv`` (slower
+            on GPU; TensorFlow backend).
         cache_features: let phase 1 train the head on backbone features computed
             once (only without augmentation; see :func:`tfx_transfer.fine_tune`).
-        cache: ``None``, ``"memory"`` or a folder: cache decoded images
+        cache_images: ``None``, ``"memory"`` or a folder: cache decoded images
             (:func:`tfx_transfer.load_image_folder`).
         class_weight: ``"balanced"`` to weight classes by inverse frequency.
         monitor: ``"val_loss"`` (default) or ``"val_accuracy"`` for the best checkpoint.
         top_k: k of the reported top-k accuracy (default ``min(5, classes - 1)``).
         train_bn: also train BatchNormalization scale/offset in phase 2.
-        resume: continue the interrupted run in ``out_dir`` from its last
+        resume: continue the interrupted run in ``out`` from its last
             completed epoch, with the configuration saved in its ``config.json``
             (arguments left at their defaults are taken from there; others must
             agree). A finished run is re-evaluated and re-exported.
@@ -551,22 +564,47 @@ def train(
 
     Raises:
         ValueError: bad arguments, no validation images, resuming with other
-            settings, ``out_dir`` already holding a run (without ``resume``).
+            settings, ``out`` already holding a run (without ``resume``).
+        tfx_transfer.RunFolderLockedError: another process is using ``out``.
         FileNotFoundError: missing folders; nothing to resume.
         tfx_transfer.WeightsUnavailableError: ``weights="imagenet"`` offline and
             not cached (use ``"auto"`` to fall back to random init).
 
     Example:
         >>> result = train("data_samples", "runs/demo", backbone="vgg16", image_size=64,
-        ...                weights="auto", epochs=3, fine_tune_epochs=3)  # doctest: +SKIP
+        ...                weights="auto", head_epochs=3, fine_tune_epochs=3)  # doctest: +SKIP
         >>> print(result["paths"]["export"])  # doctest: +SKIP
         runs/demo/export/1
     """
-    given = {name: value for name, value in locals().items() if name in _RUN_ARGS}
-    run = Path(out_dir)
-    config = _run_config(data_dir, run, resume, given)
+    given = {name: value for name, value in locals().items() if name in RUN_SETTINGS}
+    run = Path(out)
+    _check_export_possible()  # before minutes of training, not after
     run.mkdir(parents=True, exist_ok=True)
+    with lock_run_folder(run, command="train"):
+        return _train_locked(data_dir, run, resume, given, callbacks, verbose)
+
+
+def _check_export_possible() -> None:
+    if keras.backend.backend() != "tensorflow" and importlib.util.find_spec("tensorflow") is None:
+        raise ValueError(
+            f"train writes a SavedModel export, which needs TensorFlow installed (Keras backend "
+            f"{keras.backend.backend()!r} trains; TensorFlow only writes the export): "
+            "pip install tensorflow, or train with KERAS_BACKEND=tensorflow."
+        )
+
+
+def _set_determinism(config: dict[str, Any]) -> None:
     keras.utils.set_random_seed(config["seed"])
+    if config["deterministic"] and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _train_locked(data_dir: Any, run: Path, resume: bool, given: dict[str, Any],
+                  callbacks: Sequence[keras.callbacks.Callback], verbose: Any) -> dict[str, Any]:
+    config = _run_config(data_dir, run, resume, given)
+    _set_determinism(config)
 
     folder = _load_data(config, verbose)
     if resume and config.get("class_names") not in (None, folder.class_names):
@@ -576,16 +614,18 @@ def train(
     config["counts"] = folder.counts
     _write_skipped(run / SKIPPED_FILE, folder.skipped, verbose)
     model = _build(config, folder.num_classes, verbose)
-    if config["lr"] == "auto":
+    if config["head_lr"] == "auto":
         _find_lr(model, folder, config, run, verbose)
-
-    import tensorflow as tf
 
     from tfx_transfer import __version__
 
     config.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    config["versions"] = {"tfx_transfer": __version__, "tensorflow": tf.__version__,
-                          "keras": keras.__version__}
+    config["versions"] = {"tfx_transfer": __version__, "keras": keras.__version__,
+                          "backend": keras.backend.backend()}
+    if importlib.util.find_spec("tensorflow") is not None:
+        import tensorflow as tf
+
+        config["versions"]["tensorflow"] = tf.__version__
     (run / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     counts = ", ".join(f"{split} {sum(c.values())}" for split, c in folder.counts.items())
     _say(verbose,
@@ -593,9 +633,9 @@ def train(
          f"{', '.join(folder.class_names)}; images: {counts})",
          f"settings: backbone={config['backbone']} weights={config['weights']} "
          f"image_size={config['image_size'][0]}x{config['image_size'][1]} head={config['head']} "
-         f"augment={config['augment']} batch_size={config['batch_size']}",
-         f"phases: {config['epochs']} head epoch(s) at lr {config['lr']:g}, then "
-         f"{config['fine_tune_epochs']} fine-tuning epoch(s) of {config['unfreeze']!r} at lr "
+         f"augment={config['augmentation']} batch_size={config['batch_size']}",
+         f"phases: {config['head_epochs']} head epoch(s) at lr {config['head_lr']:g}, then "
+         f"{config['fine_tune_epochs']} fine-tuning epoch(s) of {config['blocks']!r} at lr "
          f"{config['fine_tune_lr']:g}")
 
     state_path = run / BEST_STATE_FILE
@@ -605,6 +645,9 @@ def train(
     else:
         (run / MODEL_FILE).unlink(missing_ok=True)
         if tensorboard:
+            if importlib.util.find_spec("tensorflow") is None:
+                raise ValueError("tensorboard=True writes its event files with TensorFlow's "
+                                 "summary writer; install tensorflow or drop tensorboard.")
             callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run / TENSORBOARD_DIR),
                                                                  write_graph=False)]
         _fit(model, folder, config, run, resume, callbacks, verbose)

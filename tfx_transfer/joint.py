@@ -40,7 +40,8 @@ from typing import Any, Sequence
 
 import keras
 
-from tfx_transfer.model import PREPROCESS_NAME, _build_head, get_backbone_model
+from tfx_transfer.model import (PREPROCESS_NAME, build_head, get_backbone_layer,
+                                get_backbone_model, transfer_config)
 
 SOURCE_HEAD_NAME = "source_head"
 DEFAULT_LAMBDA = 0.5
@@ -77,8 +78,8 @@ def build_joint_model(
         )
     backbone = get_backbone_model(target_model)
     preprocess = target_model.get_layer(PREPROCESS_NAME)
-    config = getattr(target_model, "_tfx_config", None) or {}
-    source_head = _build_head(
+    config = transfer_config(target_model)
+    source_head = build_head(
         tuple(backbone.output.shape[1:]), num_source_classes, config.get("head", "avg"),
         config.get("units", 256), config.get("dropout", 0.2), name=SOURCE_HEAD_NAME,
     )
@@ -96,8 +97,14 @@ def build_joint_model(
     shape = tuple(target_model.input_shape[1:])
     inputs = {"target": keras.Input(shape=shape, name="target"),
               "source": keras.Input(shape=shape, name="source")}
-    features = backbone(preprocess(inputs["source"]), training=False)
-    outputs = {"target": target_model(inputs["target"]), "source": source_head(features)}
+    # The target model's own layers, called again (not the nested model): the joint model is
+    # then a plain functional graph of shared layers, which saves and loads as .keras.
+    target = inputs["target"]
+    for layer in target_model.layers:
+        if not isinstance(layer, keras.layers.InputLayer):
+            target = layer(target)
+    features = get_backbone_layer(target_model)(preprocess(inputs["source"]))
+    outputs = {"target": target, "source": source_head(features)}
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -153,7 +160,7 @@ def fit_joint(
     lam: float = DEFAULT_LAMBDA,
     epochs: int = 5,
     steps_per_epoch: int | None = None,
-    learning_rate: float = 1e-4,
+    lr: float = 1e-4,
     optimizer: keras.optimizers.Optimizer | None = None,
     source_head_weights: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
@@ -171,9 +178,9 @@ def fit_joint(
         lam: weight of the source loss (default 0.5; 0 is plain fine-tuning).
         epochs: epochs (default 5).
         steps_per_epoch: default: the larger dataset's number of batches.
-        learning_rate: Adam learning rate when ``optimizer`` is None (default 1e-4,
+        lr: Adam learning rate when ``optimizer`` is None (default 1e-4,
             a fine-tuning rate).
-        optimizer: a Keras optimizer instance instead of ``Adam(learning_rate)``.
+        optimizer: a Keras optimizer instance instead of ``Adam(lr)``.
         source_head_weights: the source head from :func:`~tfx_transfer.pretrain`.
         callbacks: Keras callbacks for ``fit``.
         verbose: passed to ``fit``.
@@ -209,7 +216,7 @@ def fit_joint(
     joint = build_joint_model(target_model, num_source_classes,
                               source_head_weights=source_head_weights)
     joint.compile(
-        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer or keras.optimizers.Adam(lr),
         loss={"target": _label_loss(target_data.element_spec[1], "target"),
               "source": _label_loss(source_labels, "source")},
         loss_weights={"target": 1.0, "source": float(lam)},

@@ -58,3 +58,52 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="tfx_transfer")
+class Backbone(keras.layers.Layer):
+    """A nested backbone model, called in inference mode unless told otherwise.
+
+    Keras 3's functional models pass the outer call's ``training`` down to every
+    nested layer, overriding an explicit ``training=False`` in the graph, so a
+    ``keras.applications`` model nested in a transfer model would run its Dropout,
+    drop-connect and (trainable) BatchNormalization layers in training mode during
+    ``fit``. This layer calls its model with ``training=False`` whenever
+    ``inference_mode`` is true (the default: frozen and fine-tuned backbones, as
+    the Keras transfer-learning guide intends), and with the caller's ``training``
+    otherwise (``unfreeze(..., train_bn=True)`` and training from scratch).
+
+    Args:
+        model: the backbone, a Keras model (``include_top=False``).
+        inference_mode: run ``model`` with ``training=False`` whatever the caller says.
+
+    Example:
+        >>> import numpy as np
+        >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5)])
+        >>> layer = Backbone(inner)
+        >>> x = np.ones((1, 4), "float32")
+        >>> bool((layer(x, training=True) == x).numpy().all())
+        True
+    """
+
+    def __init__(self, model: keras.Model, inference_mode: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.inference_mode = bool(inference_mode)
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=False if self.inference_mode else training)
+
+    def compute_output_shape(self, input_shape):
+        return self.model.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "inference_mode": self.inference_mode,
+                "model": keras.saving.serialize_keras_object(self.model)}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "Backbone":
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"),
+                                                      custom_objects=custom_objects)
+        return cls(model, **config)

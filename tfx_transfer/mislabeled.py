@@ -65,15 +65,27 @@ def _int_labels(labels: Any) -> np.ndarray:
 
 
 def _folder_batches(folder: str | os.PathLike, model: Any, class_names: Sequence[str] | None,
-                    batch_size: int) -> tuple[Iterable, list[str], list[str]]:
-    """Batches of a class folder (its test/, else val/ split, else all of it), model's label order."""
-    from tfx_transfer.data import load_image_folder
+                    batch_size: int, split: str | None) -> tuple[Iterable, list[str], list[str]]:
+    """Batches of a folder's split, labels in the model's order (the split rule of evaluate_model:
+    test/, else val/, else the class folders; or ``split`` = test, val, train or all)."""
+    from tfx_transfer.data import load_image_folder, split_folders
 
+    found = split_folders(folder)
+    if split is None:
+        parts = [next(name for name in ("test", "validation", "train") if name in found)]
+    elif split == "all":
+        parts = [name for name in ("train", "validation", "test") if name in found]
+    else:
+        wanted = {"val": "validation"}.get(split, split)
+        if wanted not in found:
+            raise ValueError(f"split={split!r}: {folder} has the splits {sorted(found)}; use one "
+                             "of them or 'all'.")
+        parts = [wanted]
     loaded = load_image_folder(folder, image_size=_model_image_size(model), batch_size=batch_size,
-                               shuffle=False)
-    split = "test" if loaded.test is not None else "validation" if loaded.validation is not None \
-        else "train"
-    dataset = {"test": loaded.test, "validation": loaded.validation, "train": loaded.train}[split]
+                               shuffle=False, validation_split=None)
+    dataset = getattr(loaded, parts[0])
+    for part in parts[1:]:
+        dataset = dataset.concatenate(getattr(loaded, part))
     names = list(class_names or loaded.class_names)
     unknown = [n for n in loaded.class_names if n not in names]
     if unknown:
@@ -81,7 +93,7 @@ def _folder_batches(folder: str | os.PathLike, model: Any, class_names: Sequence
                          f"its classes are {names}.")
     mapping = np.array([names.index(n) for n in loaded.class_names])
     batches = ((images, mapping[_int_labels(labels)]) for images, labels in dataset.as_numpy_iterator())
-    return batches, [path for path, _ in loaded.files[split]], names
+    return batches, [path for part in parts for path, _ in loaded.files[part]], names
 
 
 def _batches(data: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -106,6 +118,7 @@ def top_losses(
     class_names: Sequence[str] | None = None,
     paths: Sequence[str] | None = None,
     batch_size: int = 32,
+    split: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ``k`` images with the highest loss ``-log p(true class)``, worst first.
 
@@ -122,6 +135,9 @@ def top_losses(
             ones, else the folder's, else ``"0"``, ``"1"``, ...).
         paths: the file of each image, in data order (filled in for a folder).
         batch_size: for arrays and folders.
+        split: for a folder: ``None`` (its ``test/``, else ``val/``, else its class
+            folders, as :func:`tfx_transfer.evaluate_model`), ``"test"``, ``"val"``,
+            ``"train"`` or ``"all"``.
 
     Returns:
         Rows (dicts), worst first: ``rank``, ``index`` (position in ``data``),
@@ -137,11 +153,12 @@ def top_losses(
     """
     if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
         raise ValueError(f"k={k!r} must be an int >= 1 (or None for every image).")
-    return _ranked(model, data, class_names, paths, batch_size, keep_images=k)[:k]
+    return _ranked(model, data, class_names, paths, batch_size, keep_images=k, split=split)[:k]
 
 
 def _ranked(model: Any, data: Any, class_names: Sequence[str] | None, paths: Sequence[str] | None,
-            batch_size: int, keep_images: int | None) -> list[dict[str, Any]]:
+            batch_size: int, keep_images: int | None, split: str | None = None,
+            ) -> list[dict[str, Any]]:
     """Every image's row, worst first; ``image`` only in the first ``keep_images`` rows."""
     if class_names is None:
         class_names = (getattr(model, "_tfx_config", None) or {}).get("class_names") \
@@ -149,7 +166,7 @@ def _ranked(model: Any, data: Any, class_names: Sequence[str] | None, paths: Seq
     if isinstance(data, (str, os.PathLike)):
         if not Path(data).is_dir():
             raise FileNotFoundError(f"image folder {str(data)!r} does not exist.")
-        batches, paths, class_names = _folder_batches(data, model, class_names, batch_size)
+        batches, paths, class_names = _folder_batches(data, model, class_names, batch_size, split)
     else:
         batches = _batches(data, batch_size)
     losses, truths, probs_all, kept = [], [], [], {}
@@ -286,7 +303,7 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
 
 def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,
                      class_names: Sequence[str] | None = None, paths: Sequence[str] | None = None,
-                     batch_size: int = 32) -> dict[str, str]:
+                     batch_size: int = 32, split: str | None = None) -> dict[str, str]:
     """:func:`top_losses`, then ``top_losses.png`` (k worst) and ``top_losses.csv`` (every image).
 
     Returns ``{"top_losses_png": path, "top_losses_csv": path}``.
@@ -297,7 +314,7 @@ def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k={k!r} must be an int >= 1.")
-    rows = _ranked(model, data, class_names, paths, batch_size, keep_images=k)
+    rows = _ranked(model, data, class_names, paths, batch_size, keep_images=k, split=split)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_top_losses_csv(rows, out / TOP_LOSSES_CSV)

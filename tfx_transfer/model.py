@@ -16,13 +16,68 @@ from typing import Any, Sequence
 import keras
 
 from tfx_transfer.backbones import BackboneSpec, get_backbone
-from tfx_transfer.layers import Preprocess
+from tfx_transfer.layers import Backbone, Preprocess
 from tfx_transfer.weights import guard_downloads, load_weights_by_name
 
 HEADS = ("flatten", "avg", "max")
 HEAD_NAME = "head"
 PREPROCESS_NAME = "preprocess"
 AUGMENT_NAME = "augmentation"
+BACKBONE_NAME = "backbone"
+
+
+@keras.saving.register_keras_serializable(package="tfx_transfer")
+class TransferModel(keras.Model):
+    """A functional Keras model that carries the settings it was built with.
+
+    The settings (backbone, num_classes, input_shape, head, units, dropout,
+    weights, class_names when known) are part of the model's own ``get_config``,
+    as in keras-hub, so they survive ``model.save`` / ``keras.saving.load_model``.
+    Read them with :func:`transfer_config`. Otherwise an ordinary functional model.
+
+    Example:
+        >>> inputs = keras.Input((4,))
+        >>> m = TransferModel(inputs, keras.layers.Dense(2)(inputs),
+        ...                   transfer_config={"num_classes": 2})
+        >>> TransferModel.from_config(m.get_config()).transfer_config
+        {'num_classes': 2}
+    """
+
+    def __init__(self, *args: Any, transfer_config: dict | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.transfer_config = dict(transfer_config or {})
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "transfer_config": dict(self.transfer_config)}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: Any = None) -> "TransferModel":
+        config = dict(config)
+        settings = config.pop("transfer_config", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.transfer_config = dict(settings or {})
+        return model
+
+
+def transfer_config(model: keras.Model) -> dict:
+    """The build settings of a model the kit built or loaded (a copy).
+
+    Example:
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+        ...                                 head="avg", class_names=["cat", "dog"])
+        >>> cfg = tt.transfer_config(model)
+        >>> cfg["backbone"], cfg["class_names"], cfg["input_shape"]
+        ('vgg16', ['cat', 'dog'], [32, 32, 3])
+    """
+    settings = getattr(model, "transfer_config", None)
+    if not isinstance(model, TransferModel) or not settings:
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}) carries no "
+            "transfer settings: it was not made by build_transfer_model(), pretrain(), "
+            "ensemble() or loaded with tfx_transfer.load_model()."
+        )
+    return dict(settings)
 
 
 def _check_input_shape(spec: BackboneSpec, input_shape: Sequence[int] | int | None) -> tuple:
@@ -70,8 +125,20 @@ def _build_backbone(spec: BackboneSpec, input_shape: tuple, weights: Any) -> ker
     )
 
 
-def _build_head(feature_shape: tuple, num_classes: int, head: str, units: int,
-                dropout: float, name: str = HEAD_NAME) -> keras.Sequential:
+def build_head(feature_shape: tuple, num_classes: int, head: str = "avg", units: int = 256,
+               dropout: float = 0.2, name: str = HEAD_NAME) -> keras.Sequential:
+    """A classifier head (``keras.Sequential``) on a backbone's feature map.
+
+    ``head`` is ``"flatten"`` (Flatten -> Dense(units, relu) -> Dropout -> Dense),
+    ``"avg"`` or ``"max"`` (global pooling -> Dropout -> Dense); softmax output in
+    float32 under any precision policy.
+
+    Example:
+        >>> build_head((7, 7, 512), 5).output_shape
+        (None, 5)
+    """
+    if head not in HEADS:
+        raise ValueError(f"head={head!r} is not one of {HEADS}.")
     layers: list[keras.layers.Layer] = [keras.Input(shape=feature_shape)]
     if head == "flatten":
         layers += [keras.layers.Flatten(name="flatten"),
@@ -98,20 +165,18 @@ def build_transfer_model(
     dropout: float | None = None,
     augmentation: Any = None,
     name: str | None = None,
-) -> keras.Model:
+    class_names: Sequence[str] | None = None,
+) -> TransferModel:
     """A ready transfer model: raw RGB pixels in, class probabilities out.
 
     The model is ``pixels -> [augmentation] -> Preprocess -> backbone -> head``:
 
     * input: ``(H, W, 3)`` RGB pixels in 0..255, uint8 or float. The backbone's own
       preprocessing is a layer inside the model; never call ``preprocess_input``.
-    * backbone: ``keras.applications`` with ``include_top=False``, frozen. Its
-      BatchNormalization layers run in inference mode (moving statistics never
-      change) because they stay ``trainable=False`` when blocks are unfrozen by
-      :func:`tfx_transfer.unfreeze` / :class:`tfx_transfer.StagedUnfreeze` (unless
-      ``train_bn=True``). Note: Keras 3 passes ``fit``'s ``training=True`` down to
-      nested models, so the ``training=False`` in the call graph alone would not
-      be enough; the frozen flag is what keeps BatchNorm in inference mode.
+    * backbone: ``keras.applications`` with ``include_top=False``, frozen, inside a
+      :class:`tfx_transfer.Backbone` layer named ``"backbone"`` that runs it in
+      inference mode (BatchNorm, Dropout, drop-connect) during ``fit`` too, also
+      after :func:`tfx_transfer.unfreeze`, unless ``train_bn=True``.
     * head (a nested ``keras.Sequential`` named ``"head"``): ``"flatten"`` (Flatten ->
       Dense(units, relu) -> Dropout -> Dense softmax, the classic recipe), ``"avg"``
       or ``"max"`` (global pooling -> Dropout -> Dense softmax). The output layer is
@@ -130,6 +195,8 @@ def build_transfer_model(
         augmentation: optional layer (e.g. :class:`tfx_transfer.Augmentation`) run
             first; random layers are identity at inference and export.
         name: model name; default ``"<backbone>_transfer"``.
+        class_names: optional names of the classes in label order (stored in the
+            model's settings, used by export and reports).
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
@@ -145,12 +212,18 @@ def build_transfer_model(
             "classes; a yes/no problem is num_classes=2)."
         )
     if head not in HEADS:
-        raise ValueError(f"head={head!r} is not one of {HEADS}.")
+        raise ValueError(f"head={head!r} is not one of {HEADS}: 'avg' (global average "
+                         "pooling), 'max' or 'flatten' (Flatten + Dense(units)).")
     if dropout is None:
         dropout = 0.5 if head == "flatten" else 0.2
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout={dropout!r} must be in [0, 1).")
     input_shape = _check_input_shape(spec, input_shape)
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes="
+                             f"{num_classes}; give one name per class.")
 
     base = _build_backbone(spec, input_shape, weights)
     base.trainable = False
@@ -164,10 +237,9 @@ def build_transfer_model(
             augmentation = Augmentation(preset=augmentation, name=AUGMENT_NAME)
         x = augmentation(x)
     x = Preprocess(spec.preprocessing, name=PREPROCESS_NAME)(x)
-    x = base(x, training=False)
-    outputs = _build_head(tuple(base.output.shape[1:]), num_classes, head, units, dropout)(x)
-    model = keras.Model(inputs, outputs, name=name or f"{spec.name}_transfer")
-    model._tfx_config = {
+    x = Backbone(base, name=BACKBONE_NAME)(x)
+    outputs = build_head(tuple(base.output.shape[1:]), num_classes, head, units, dropout)(x)
+    settings = {
         "backbone": spec.name,
         "num_classes": num_classes,
         "input_shape": list(input_shape),
@@ -175,34 +247,49 @@ def build_transfer_model(
         "units": units,
         "dropout": dropout,
         "weights": weights if weights is None or isinstance(weights, str) else str(weights),
+        "class_names": class_names,
     }
-    return model
+    return TransferModel(inputs, outputs, name=name or f"{spec.name}_transfer",
+                         transfer_config=settings)
+
+
+def get_backbone_layer(model: keras.Model) -> Backbone:
+    """The :class:`tfx_transfer.Backbone` layer of a :func:`build_transfer_model` model.
+
+    Example:
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> get_backbone_layer(model).inference_mode
+        True
+    """
+    found = [layer for layer in model.layers if isinstance(layer, Backbone)]
+    if len(found) != 1:
+        raise ValueError(
+            f"Model {model.name!r} does not look like a build_transfer_model() model: "
+            f"expected one Backbone layer, found {[layer.name for layer in found]}."
+        )
+    return found[0]
 
 
 def get_backbone_model(model: keras.Model) -> keras.Model:
-    """The nested backbone of a model made by :func:`build_transfer_model`.
+    """The backbone (a ``keras.applications`` model) of a :func:`build_transfer_model` model.
 
     Example:
-        >>> base = get_backbone_model(model)  # doctest: +SKIP
-        >>> base.name
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> get_backbone_model(model).name
         'vgg16'
     """
-    skip = {HEAD_NAME, PREPROCESS_NAME, AUGMENT_NAME}
-    nested = [layer for layer in model.layers
-              if isinstance(layer, keras.Model) and layer.name not in skip]
-    if len(nested) != 1:
-        raise ValueError(
-            f"Model {model.name!r} does not look like a build_transfer_model() model: "
-            f"expected one nested backbone model, found {[m.name for m in nested]}."
-        )
-    return nested[0]
+    return get_backbone_layer(model).model
 
 
 def get_head(model: keras.Model) -> keras.Sequential:
     """The nested head (``keras.Sequential``) of a :func:`build_transfer_model` model.
 
     Example:
-        >>> get_head(model).layers[-1].name  # doctest: +SKIP
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> get_head(model).layers[-1].name
         'predictions'
     """
     try:
@@ -215,13 +302,14 @@ def get_head(model: keras.Model) -> keras.Sequential:
 
 
 def backbone_name(model: keras.Model) -> str:
-    """Registry name of the backbone inside ``model`` (from its config or layer name).
+    """Registry name of the backbone inside ``model`` (from its settings or layer name).
 
     Example:
-        >>> backbone_name(model)  # doctest: +SKIP
+        >>> import tfx_transfer as tt
+        >>> backbone_name(tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None))
         'vgg16'
     """
-    config = getattr(model, "_tfx_config", None)
-    if config:
-        return config["backbone"]
+    settings = getattr(model, "transfer_config", None) or {}
+    if settings.get("backbone") and "+" not in settings["backbone"]:
+        return settings["backbone"]
     return get_backbone(get_backbone_model(model).name).name

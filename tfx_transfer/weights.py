@@ -19,8 +19,11 @@ import os
 import socket
 import threading
 import urllib.parse
+import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from tfx_transfer._compat import keras_home, replaced_get_file
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -40,9 +43,7 @@ def keras_cache_dir() -> Path:
         >>> keras_cache_dir().name
         'models'
     """
-    from keras.src.backend import config
-
-    return Path(config.keras_home()) / "models"
+    return keras_home() / "models"
 
 
 def _offline_forced() -> bool:
@@ -53,6 +54,10 @@ def _reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     if _offline_forced():
         return False
     parts = urllib.parse.urlparse(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        # Downloads go through the proxy (HTTPS_PROXY / HTTP_PROXY): probe it instead.
+        parts = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     result: list[bool] = []
 
@@ -81,36 +86,34 @@ def guard_downloads(backbone: str) -> Iterator[None]:
         >>> with guard_downloads("vgg16"):  # doctest: +SKIP
         ...     keras.applications.VGG16(include_top=False)
     """
-    from keras.src.utils import file_utils
+    def guarded(original: Callable[..., Any]) -> Callable[..., Any]:
+        def get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None,
+                     **kwargs):
+            name = fname or os.path.basename(urllib.parse.urlparse(origin or "").path)
+            target = (Path(cache_dir) if cache_dir else keras_home()) / cache_subdir / name
+            if not target.exists() and not _reachable(origin or ""):
+                raise WeightsUnavailableError(_unavailable_message(backbone, target, origin, name))
+            return original(fname, origin, *args, cache_subdir=cache_subdir,
+                            cache_dir=cache_dir, **kwargs)
+        return get_file
 
-    original = file_utils.get_file
-
-    def get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None,
-                 **kwargs):
-        name = fname or os.path.basename(urllib.parse.urlparse(origin or "").path)
-        root = Path(cache_dir) if cache_dir else Path(file_utils.config.keras_home())
-        target = root / cache_subdir / name
-        if not target.exists() and not _reachable(origin or ""):
-            raise WeightsUnavailableError(
-                f"ImageNet weights for backbone {backbone!r} are not cached and cannot be "
-                f"downloaded (no network{' (TFX_TRANSFER_OFFLINE is set)' if _offline_forced() else ''}).\n"
-                f"  missing file: {target}\n"
-                f"  download URL: {origin}\n"
-                "Ways out:\n"
-                f"  * on a machine with network run `tfx-transfer weights fetch {backbone}` and "
-                f"copy {target.parent}/ to this machine (or set KERAS_HOME to a copy);\n"
-                f"  * download the URL above yourself and pass weights='/path/to/{name}';\n"
-                "  * pass weights=None to start from random initialisation "
-                "(or weights=PATH from tfx_transfer.pretrain)."
-            )
-        return original(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir,
-                        **kwargs)
-
-    file_utils.get_file = get_file
-    try:
+    with replaced_get_file(guarded):
         yield
-    finally:
-        file_utils.get_file = original
+
+
+def _unavailable_message(backbone: str, target: Path, origin: str | None, name: str) -> str:
+    return (
+        f"ImageNet weights for backbone {backbone!r} are not cached and cannot be "
+        f"downloaded (no network{' (TFX_TRANSFER_OFFLINE is set)' if _offline_forced() else ''}).\n"
+        f"  missing file: {target}\n"
+        f"  download URL: {origin}\n"
+        "Ways out:\n"
+        f"  * on a machine with network run `tfx-transfer weights fetch {backbone}` and "
+        f"copy {target.parent}/ to this machine (or set KERAS_HOME to a copy);\n"
+        f"  * download the URL above yourself and pass weights='/path/to/{name}';\n"
+        "  * pass weights=None to start from random initialisation "
+        "(or weights=PATH from tfx_transfer.pretrain)."
+    )
 
 
 def fetch_weights(names: Iterable[str], *, input_size: int | None = None) -> list[Path]:

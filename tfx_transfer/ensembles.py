@@ -26,6 +26,8 @@ from typing import Sequence
 import keras
 from keras import ops
 
+from tfx_transfer.model import TransferModel
+
 METHODS = ("mean", "vote")
 TIE_BONUS = 1e-3
 
@@ -36,7 +38,7 @@ class FuseProbabilities(keras.layers.Layer):
 
     Args:
         method: ``"mean"`` or ``"vote"`` (see the module docstring for ties).
-        weights: one non-negative weight per input (normalised to sum to 1);
+        member_weights: one non-negative weight per input (normalised to sum to 1);
             ``None`` for equal weights.
 
     Example:
@@ -44,34 +46,42 @@ class FuseProbabilities(keras.layers.Layer):
         >>> a = np.array([[0.9, 0.1]], "float32"); b = np.array([[0.3, 0.7]], "float32")
         >>> FuseProbabilities("mean")([a, b]).numpy().round(2)
         array([[0.6, 0.4]], dtype=float32)
-        >>> FuseProbabilities("vote", weights=[2, 1])([a, b]).numpy().argmax(-1)
+        >>> FuseProbabilities("vote", member_weights=[2, 1])([a, b]).numpy().argmax(-1)
         array([0])
     """
 
-    def __init__(self, method: str = "mean", weights: Sequence[float] | None = None, **kwargs):
+    def __init__(self, method: str = "mean", member_weights: Sequence[float] | None = None,
+                 **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if method not in METHODS:
             raise ValueError(f"method={method!r} is not one of {METHODS}.")
+        weights = member_weights
         if weights is not None:
             weights = [float(w) for w in weights]
             if any(w < 0 for w in weights) or sum(weights) <= 0:
                 raise ValueError(
-                    f"weights={weights!r}: need non-negative weights with a positive sum."
+                    f"member_weights={weights!r}: need non-negative weights with a positive sum."
                 )
         self.method = method
         self.weights_ = weights
 
-    def _normalised(self, n: int):
+    def normalised(self, n: int) -> list[float]:
+        """The member weights for ``n`` members, summing to 1.
+
+        Example:
+            >>> FuseProbabilities(member_weights=[3, 1]).normalised(2)
+            [0.75, 0.25]
+        """
         weights = self.weights_ or [1.0] * n
         if len(weights) != n:
-            raise ValueError(f"weights={self.weights_!r} has {len(weights)} entries for {n} models.")
+            raise ValueError(f"member_weights={self.weights_!r} has {len(weights)} entries for {n} models.")
         total = sum(weights)
         return [w / total for w in weights]
 
     def call(self, probabilities):
         probs = [ops.cast(p, "float32") for p in probabilities]
-        weights = self._normalised(len(probs))
+        weights = self.normalised(len(probs))
         mean = sum(w * p for w, p in zip(weights, probs))
         if self.method == "mean":
             return mean
@@ -86,12 +96,12 @@ class FuseProbabilities(keras.layers.Layer):
         return input_shape[0]
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "method": self.method, "weights": self.weights_}
+        return {**super().get_config(), "method": self.method, "member_weights": self.weights_}
 
 
 def ensemble(
     models: Sequence[keras.Model],
-    weights: Sequence[float] | None = None,
+    member_weights: Sequence[float] | None = None,
     method: str = "mean",
     name: str = "ensemble",
 ) -> keras.Model:
@@ -104,7 +114,7 @@ def ensemble(
 
     Args:
         models: two or more Keras models with one softmax output each.
-        weights: per-model weights (default equal).
+        member_weights: per-model weights (default equal).
         method: ``"mean"`` (default) or ``"vote"`` (see the module docstring).
         name: model name.
 
@@ -121,8 +131,8 @@ def ensemble(
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"ensemble needs at least 2 models, got {len(models)}.")
-    fuse = FuseProbabilities(method, weights, name="fuse")
-    fuse._normalised(len(models))  # fail now on a wrong number of weights
+    fuse = FuseProbabilities(method, member_weights, name="fuse")
+    fuse.normalised(len(models))  # fail now on a wrong number of weights
     shapes = {tuple(m.input_shape[1:]) for m in models}
     outputs = {tuple(m.output_shape[1:]) for m in models}
     if len(shapes) != 1 or len(outputs) != 1:
@@ -139,15 +149,16 @@ def ensemble(
 
     inputs = keras.Input(shape=shapes.pop(), dtype=models[0].inputs[0].dtype, name="pixels")
     probs = fuse([model(inputs) for model in models])
-    fused = keras.Model(inputs, probs, name=name)
-    configs = [getattr(m, "_tfx_config", None) or {} for m in models]
+    configs = [getattr(m, "transfer_config", None) or {} for m in models]
     backbones = sorted({c["backbone"] for c in configs if c.get("backbone")})
-    fused._tfx_config = {
+    names = {tuple(c["class_names"]) for c in configs if c.get("class_names")}
+    settings = {
         "backbone": "+".join(backbones) or None,  # what export metadata reports
         "num_classes": int(models[0].output_shape[-1]),
         "input_shape": list(models[0].input_shape[1:]),
         "head": None,
-        "ensemble": {"method": method, "weights": None if weights is None else list(weights),
+        "ensemble": {"method": method, "member_weights": None if member_weights is None else list(member_weights),
                      "members": [m.name for m in models]},
+        "class_names": list(names.pop()) if len(names) == 1 else None,
     }
-    return fused
+    return TransferModel(inputs, probs, name=name, transfer_config=settings)

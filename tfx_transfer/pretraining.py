@@ -55,7 +55,8 @@ from typing import Any, Sequence
 import keras
 
 from tfx_transfer.backbones import get_backbone
-from tfx_transfer.model import PREPROCESS_NAME, build_transfer_model, get_backbone_model, get_head
+from tfx_transfer.model import (PREPROCESS_NAME, build_transfer_model, get_backbone_layer,
+                                get_backbone_model, get_head, transfer_config)
 
 WEIGHTS_SUFFIX = ".weights.h5"
 HEAD_SUFFIX = ".head.weights.h5"
@@ -103,34 +104,29 @@ def build_scratch_model(
                                  head=head, units=units, dropout=dropout,
                                  augmentation=augmentation,
                                  name=name or f"{spec.name}_scratch")
-    # Everything trains, BatchNorm included: trainable BatchNorm layers follow fit's
-    # training=True (Keras 3 passes it into the nested backbone) and predict's False.
+    # Everything trains, BatchNorm included, in training mode during fit (batch
+    # statistics, Dropout active) and inference mode at prediction.
+    get_backbone_layer(model).inference_mode = False
     base = get_backbone_model(model)
     base.trainable = True
     if bn_momentum is not None:
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(bn_momentum)
-    input_shape = tuple(model.input.shape[1:])
-    dropout = model._tfx_config["dropout"]
-    model._tfx_config = {
-        "backbone": spec.name, "num_classes": num_classes, "input_shape": list(input_shape),
-        "head": head, "units": units, "dropout": dropout, "weights": None,
-        "bn_momentum": bn_momentum,
-    }
+    model.transfer_config["bn_momentum"] = bn_momentum
     return model
 
 
 def scratch_optimizer(
     total_steps: int,
-    learning_rate: float = 1e-3,
+    lr: float = 1e-3,
     weight_decay: float = 0.05,
     warmup: float = 0.05,
 ) -> keras.optimizers.AdamW:
     """AdamW with linear warmup then cosine decay to 0, for training from scratch.
 
     ``warmup`` is the fraction of ``total_steps`` spent rising linearly from 0 to
-    ``learning_rate`` (at least one step); the rest follows
+    ``lr`` (at least one step); the rest follows
     ``keras.optimizers.schedules.CosineDecay``. Weight decay is decoupled (AdamW)
     and skips variables named ``bias``, ``gamma`` or ``beta``.
 
@@ -146,9 +142,9 @@ def scratch_optimizer(
         raise ValueError(f"warmup={warmup!r} is a fraction of the steps in [0, 1).")
     warmup_steps = min(max(1, round(warmup * total_steps)), total_steps - 1) if warmup else 0
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        initial_learning_rate=0.0 if warmup_steps else lr,
         decay_steps=max(1, total_steps - warmup_steps),
-        warmup_target=learning_rate if warmup_steps else None,
+        warmup_target=lr if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
@@ -271,7 +267,7 @@ def read_pretrain_info(path: str | os.PathLike) -> dict:
         path = path.with_name(name + INFO_SUFFIX)
     if not path.is_file():
         raise FileNotFoundError(
-            f"No pretraining description {str(path)!r}; tfx_transfer.pretrain writes it next "
+            f"No pretraining description {str(path)!r}; tfx_transfer.pretraining writes it next "
             "to the weights file (<name>.json)."
         )
     return json.loads(path.read_text())
@@ -303,22 +299,22 @@ def _final_metrics(history: keras.callbacks.History) -> dict[str, float]:
 def pretrain(
     source: str | os.PathLike,
     backbone: str,
-    out_path: str | os.PathLike,
+    out: str | os.PathLike,
     *,
     image_size: int | Sequence[int] | None = None,
     epochs: int = 30,
     batch_size: int = 32,
-    learning_rate: float = 1e-3,
+    lr: float = 1e-3,
     weight_decay: float = 0.05,
     warmup: float = 0.05,
     label_smoothing: float = 0.1,
-    augment: Any = "standard",
+    augmentation: Any = "standard",
     head: str = "avg",
     dropout: float | None = None,
     validation_split: float | None = 0.1,
     bn_momentum: float | None = 0.9,
     recalibrate_batches: int = 100,
-    cache: str | os.PathLike | None = None,
+    cache_images: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     backup_dir: str | os.PathLike | None = None,
     seed: int | None = 0,
@@ -327,7 +323,7 @@ def pretrain(
     """Train ``backbone`` from random init on a labelled source folder; save it for transfer.
 
     Loads ``source`` with :func:`~tfx_transfer.load_image_folder` (one-hot labels,
-    ``augment`` on the training batches), trains :func:`build_scratch_model` with
+    ``augmentation`` on the training batches), trains :func:`build_scratch_model` with
     the from-scratch recipe of this module, and writes the backbone weights
     (``backbone.save_weights``), the source head's weights and a JSON description.
     ``build_transfer_model(backbone, n, input_shape=..., weights=PATH)`` then starts
@@ -336,15 +332,15 @@ def pretrain(
     Args:
         source: folder of class folders (or ``train/`` + ``val/``).
         backbone: any registry name (:func:`~tfx_transfer.list_backbones`).
-        out_path: a folder (``<backbone>.weights.h5`` inside) or a ``*.weights.h5`` path.
+        out: a folder (``<backbone>.weights.h5`` inside) or a ``*.weights.h5`` path.
         image_size: side or ``(height, width)``; default the backbone's default size.
         epochs: training epochs (default 30).
         batch_size: images per batch (default 32).
-        learning_rate: peak AdamW learning rate after warmup (default 1e-3).
+        lr: peak AdamW learning rate after warmup (default 1e-3).
         weight_decay: decoupled weight decay (default 0.05; not on biases/BN).
         warmup: fraction of all steps used for the linear warmup (default 0.05).
         label_smoothing: cross-entropy label smoothing (default 0.1).
-        augment: an Augmentation, preset name or ImageDataGenerator kwargs dict
+        augmentation: an Augmentation, preset name or ImageDataGenerator kwargs dict
             (default ``"standard"``); ``None`` for none.
         head: ``"avg"`` (default), ``"max"`` or ``"flatten"``.
         dropout: before the classifier; default 0.2 (pooled heads), 0.5 (flatten).
@@ -355,7 +351,7 @@ def pretrain(
         recalibrate_batches: after training, recompute the BatchNorm moving
             statistics on up to this many un-augmented training batches
             (:func:`recalibrate_batchnorm`; default 100, 0 to skip).
-        cache: ``load_image_folder`` cache (``None``, ``"memory"`` or a folder).
+        cache_images: ``load_image_folder`` cache (``None``, ``"memory"`` or a folder).
         callbacks: extra Keras callbacks (``TerminateOnNaN`` is always added).
         backup_dir: folder for ``keras.callbacks.BackupAndRestore`` (weights,
             optimizer state, epoch; saved every epoch). An interrupted run called
@@ -370,7 +366,7 @@ def pretrain(
 
     Example:
         >>> path = pretrain("caltech101/", "mobilenetv2", "pretrained/", image_size=96,
-        ...                 epochs=20, cache="memory")            # doctest: +SKIP
+        ...                 epochs=20, cache_images="memory")            # doctest: +SKIP
         >>> model = build_transfer_model("mobilenetv2", 2, input_shape=96,
         ...                              weights=path, head="avg")  # doctest: +SKIP
     """
@@ -378,7 +374,7 @@ def pretrain(
     from tfx_transfer.data import load_image_folder
 
     spec = get_backbone(backbone)
-    paths = output_paths(out_path, spec.name)
+    paths = output_paths(out, spec.name)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r}: need a positive integer.")
     if image_size is None:
@@ -389,17 +385,17 @@ def pretrain(
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
-    augmentation = _as_augmentation(augment)
+    augmenter = _as_augmentation(augmentation)
     folder = load_image_folder(
         source, image_size=image_size, batch_size=batch_size, validation_split=validation_split,
-        seed=0 if seed is None else seed, label_mode="categorical", cache=cache,
+        seed=0 if seed is None else seed, label_mode="categorical", cache_images=cache_images,
     )
-    train = folder.train if augmentation is None else augmentation.map_dataset(folder.train)
+    train = folder.train if augmenter is None else augmenter.map_dataset(folder.train)
     model = build_scratch_model(spec.name, folder.num_classes, input_shape=image_size + (3,),
                                 head=head, dropout=dropout, bn_momentum=bn_momentum)
     steps = epochs * math.ceil(len(folder.files["train"]) / batch_size)
     model.compile(
-        optimizer=scratch_optimizer(steps, learning_rate, weight_decay, warmup),
+        optimizer=scratch_optimizer(steps, lr, weight_decay, warmup),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
@@ -423,19 +419,19 @@ def pretrain(
         "image_size": list(image_size),
         "input_shape": list(image_size) + [3],
         "head": head,
-        "dropout": model._tfx_config["dropout"],
+        "dropout": transfer_config(model)["dropout"],
         "num_classes": folder.num_classes,
         "class_names": list(folder.class_names),
         "source": str(Path(source).resolve()),
         "counts": {split: sum(c.values()) for split, c in folder.counts.items()},
         "recipe": {
             "epochs": epochs, "epochs_run": len(history.epoch), "batch_size": batch_size,
-            "steps": steps, "optimizer": "AdamW", "learning_rate": learning_rate,
+            "steps": steps, "optimizer": "AdamW", "lr": lr,
             "schedule": "linear warmup + cosine decay", "warmup": warmup,
             "weight_decay": weight_decay, "label_smoothing": label_smoothing,
             "bn_momentum": bn_momentum, "recalibrate_batches": recalibrate_batches,
-            "augment": augment if augment is None or isinstance(augment, (str, dict))
-            else type(augment).__name__,
+            "augmentation": augmentation if augmentation is None
+            or isinstance(augmentation, (str, dict)) else type(augmentation).__name__,
             "validation_split": validation_split, "seed": seed,
         },
         "metrics": metrics,
