@@ -62,12 +62,12 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
 
     # evaluate --tta writes the same top-losses files for the folder it scores
     out = tmp_path / "eval"
-    assert main(["evaluate", str(run), str(data), "--out", str(out), "--tta"]) == 0
+    assert main(["evaluate", str(run), str(data), "--out", str(out), "--tta", "--split", "all"]) == 0
     printed = capsys.readouterr().out
     assert "plain" in printed and "TTA" in printed and "top_losses" in printed
     assert json.loads((out / "metrics.json").read_text())["tta"]["views"] == 6
     with open(out / "top_losses.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 12  # the whole folder (no val/ inside)
+        assert len(list(csv.DictReader(f))) == 12  # the whole folder (--split all)
 
     # explain: one PNG per image and a contact sheet
     explained = tmp_path / "explained"

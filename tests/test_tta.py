@@ -45,7 +45,7 @@ def test_evaluate_reports_plain_and_tta_side_by_side(tinycam, tmp_path):
     model = _model(tinycam)
     x, y = tiny_pixels(8, 32, seed=2), np.arange(8) % 3
     plots = importlib.util.find_spec("matplotlib") is not None  # not in `make test-jax`'s venv
-    metrics = evaluate_model(model, (x, y), ["a", "b", "c"], out_dir=tmp_path if plots else None,
+    metrics = evaluate_model(model, (x, y), ["a", "b", "c"], out=tmp_path if plots else None,
                              tta=True, batch_size=4, verbose=False)
     plain = evaluate_model(model, (x, y), ["a", "b", "c"], verbose=False)
     assert "tta" not in plain and metrics["accuracy"] == plain["accuracy"]

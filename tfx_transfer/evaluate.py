@@ -13,8 +13,6 @@
 
 Example:
     >>> import numpy as np
-
-from tfx_transfer.saving import load_model
     >>> m = classification_metrics([0, 1, 1], np.array([[.9, .1], [.2, .8], [.6, .4]]),
     ...                            ["cat", "dog"], top_k=1)
     >>> round(m["accuracy"], 3), m["confusion_matrix"]
@@ -435,6 +433,8 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
     Example:
         >>> model, names = load_for_evaluation("runs/demo")  # doctest: +SKIP
     """
+    from tfx_transfer.saving import load_model
+
     if not isinstance(source, (str, os.PathLike)):
         names = source.class_names if _is_exported(source) else \
             (getattr(source, "transfer_config", None) or {}).get("class_names")

@@ -579,6 +579,12 @@ def train(
     given = {name: value for name, value in locals().items() if name in RUN_SETTINGS}
     run = Path(out)
     _check_export_possible()  # before minutes of training, not after
+    if tensorboard:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise ValueError("tensorboard=True writes its event files with TensorFlow's summary "
+                             "writer; install tensorflow or drop tensorboard.")
+        callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run / TENSORBOARD_DIR),
+                                                             write_graph=False)]
     run.mkdir(parents=True, exist_ok=True)
     with lock_run_folder(run, command="train"):
         return _train_locked(data_dir, run, resume, given, callbacks, verbose)
@@ -644,12 +650,6 @@ def _train_locked(data_dir: Any, run: Path, resume: bool, given: dict[str, Any],
         _say(verbose, f"resume: training of {run} had finished; evaluating and exporting again")
     else:
         (run / MODEL_FILE).unlink(missing_ok=True)
-        if tensorboard:
-            if importlib.util.find_spec("tensorflow") is None:
-                raise ValueError("tensorboard=True writes its event files with TensorFlow's "
-                                 "summary writer; install tensorflow or drop tensorboard.")
-            callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run / TENSORBOARD_DIR),
-                                                                 write_graph=False)]
         _fit(model, folder, config, run, resume, callbacks, verbose)
         state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "finished": True},
                                          indent=2))

@@ -161,7 +161,7 @@ def _ranked(model: Any, data: Any, class_names: Sequence[str] | None, paths: Seq
             ) -> list[dict[str, Any]]:
     """Every image's row, worst first; ``image`` only in the first ``keep_images`` rows."""
     if class_names is None:
-        class_names = (getattr(model, "_tfx_config", None) or {}).get("class_names") \
+        class_names = (getattr(model, "transfer_config", None) or {}).get("class_names") \
             or getattr(model, "class_names", None)
     if isinstance(data, (str, os.PathLike)):
         if not Path(data).is_dir():
