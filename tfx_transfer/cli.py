@@ -295,7 +295,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--fine-tune-epochs). The best checkpoint (lowest val_loss) is evaluated on the "
         "validation images and exported. The run folder (--out) gets config.json, history.csv, "
         "best.keras, model.keras, metrics.json, report.txt, history.png, confusion_matrix.png, "
-        "predictions.png, skipped_files.txt and export/1/ (a SavedModel taking image bytes). "
+        "predictions.png, top_losses.png, top_losses.csv, skipped_files.txt and export/1/ (a "
+        "SavedModel taking image bytes). "
         "Flags are the settings of tfx_transfer.train() and the keys of config.json.",
         epilog="Example: tfx-transfer train photos/ --backbone resnet50 --weights imagenet "
         "--image-size 224 --head-epochs 5 --fine-tune-epochs 10 --blocks conv5 --out runs/photos. "
