@@ -502,12 +502,50 @@ def _run_find_lr(args: argparse.Namespace) -> int:
           f"{result.lr_min:.3g}; {len(result.lrs)} steps, {result.stopped})")
     print(f"  plot  {out / 'lr_finder.png'}")
     print(f"  csv   {out / 'lr_finder.csv'}")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve an export over TF Serving's REST API (and a drop-an-image page)",
+        description="Serve MODEL_BASE_DIR (numbered version folders, as 'tfx-transfer export' / "
+        "export_saved_model() write them) with TF Serving's REST API: GET /v1/models/NAME"
+        "[/versions/V][/metadata], POST /v1/models/NAME[/versions/V]:predict; a page at /. "
+        "Serves the highest version and picks up new ones while running; concurrent requests "
+        "are micro-batched. Needs: pip install 'tfx_transfer[serve]'.",
+    )
+    p.add_argument("model_base_dir", help="folder of numbered versions (TF Serving layout)")
+    p.add_argument("--model-name", required=True, help="NAME in /v1/models/NAME")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501, as TF Serving)")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="most images per model call (default 32)")
+    p.add_argument("--batch-timeout-ms", type=float, default=2.0,
+                   help="longest wait for more requests to batch after the first (default 2)")
+    p.add_argument("--poll-interval", type=float, default=1.0,
+                   help="seconds between looks for a new version folder (default 1; 0: never)")
+    p.add_argument("--max-request-bytes", type=int, default=32 * 2**20,
+                   help="larger request bodies get HTTP 413 (default 33554432 = 32 MiB)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from tfx_transfer.serving import serve
+        serve(args.model_base_dir, args.model_name, host=args.host, port=args.port,
+              max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+              poll_interval=args.poll_interval, max_request_bytes=args.max_request_bytes)
+    except ImportError as exc:
+        print(f"tfx-transfer serve: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 # Sub-commands, in the order `--help` lists them. Modules add theirs here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_weights, _add_pretrain]
 COMMANDS += [_add_export, _add_predict]
+COMMANDS += [_add_serve]
 COMMANDS += [_add_explain, _add_find_lr]
 COMMANDS[:0] = [_add_train, _add_evaluate]  # the main job first
 

@@ -1,0 +1,202 @@
+"""`tfx-transfer serve` under load vs calling the SavedModel in process.
+
+The same export, the same encoded images, one image per call both ways:
+
+* in process: ``c`` threads each calling the ``serving_default`` signature
+  with a batch of one (``tf.saved_model.load(...).signatures[...]``);
+* server: ``tfx-transfer serve`` in its own process, ``c`` client threads each
+  sending ``{"instances": [{"b64": ...}]}`` over loopback HTTP (keep-alive,
+  bodies encoded before timing), the server micro-batching them.
+
+For concurrency 1, 4 and 16 it prints throughput (images/s), p50 and p99
+latency, and the ratios server / in process. The issue's target: at
+concurrency 16 the server's throughput is at least the in-process batch-1
+throughput (concurrency 1), i.e. batching pays for HTTP and JSON.
+
+Images: JPEG photos from ``--data`` (default ``../shared/datasets/hymenoptera/val``);
+when that folder is absent, random-noise JPEGs of 320x240 (said in the output).
+The model is a random-init backbone (timing does not depend on the weights).
+
+Usage (from the repository root)::
+
+    python benchmarks/serve_load.py                               # mobilenetv2, 224 px
+    python benchmarks/serve_load.py --backbone vgg16 --image-size 64 --requests 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera" / "val"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="mobilenetv2")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--requests", type=int, default=96, help="images per concurrency level and side")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of JPEG photos (recursive)")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    return parser.parse_args(argv)
+
+
+def load_images(folder: str, count: int) -> tuple[list[bytes], str]:
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if paths:
+        return [p.read_bytes() for p in paths[:count]], f"{min(count, len(paths))} JPEG photos from {folder}"
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        out.append(buffer.getvalue())
+    return out, f"{folder} NOT FOUND: {count} random-noise 320x240 JPEGs instead"
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q))
+
+
+def load(call, items: list, concurrency: int) -> dict:
+    """Run ``call(item)`` for every item from ``concurrency`` threads; throughput and latencies."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    next_index = iter(range(len(items)))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                return
+            start = time.perf_counter()
+            call(items[i])
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"throughput": len(items) / wall, "p50": percentile(latencies, 50) * 1000,
+            "p99": percentile(latencies, 99) * 1000}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import httpx
+    import tensorflow as tf
+
+    import tfx_transfer as tt
+
+    images, source = load_images(args.data, args.requests)
+    items = (images * (args.requests // len(images) + 1))[: args.requests]
+    work = Path(tempfile.mkdtemp(prefix="serve_load_"))
+    model = tt.build_transfer_model(args.backbone, 2, input_shape=(args.image_size, args.image_size, 3),
+                                    weights=None, head="avg")
+    tt.export_saved_model(model, work / "bench", ["a", "b"])
+    port = free_port()
+    server_log = open(work / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tfx_transfer.cli", "serve", str(work / "bench"), "--model-name",
+         "bench", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
+         "--batch-timeout-ms", str(args.batch_timeout_ms), "--poll-interval", "0"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=server_log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
+    try:
+        signature = tf.saved_model.load(str(work / "bench" / "1")).signatures["serving_default"]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models/bench").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tfx-transfer serve did not start")
+            time.sleep(0.3)
+
+        bodies = [json.dumps({"instances": [{"b64": base64.b64encode(b).decode()}]}).encode()
+                  for b in items]
+        clients = threading.local()
+
+        def over_http(body: bytes) -> None:
+            if not hasattr(clients, "http"):
+                clients.http = httpx.Client(timeout=120, headers={"Content-Type": "application/json"})
+            response = clients.http.post(url, content=body)
+            if response.status_code != 200:
+                raise RuntimeError(response.text)
+
+        def in_process(data: bytes) -> None:
+            signature(images=tf.constant([data]))["probabilities"].numpy()
+
+        for _ in range(3):  # warm-up both
+            in_process(items[0])
+            over_http(bodies[0])
+
+        print(f"# serve_load: {args.backbone} {args.image_size} px, {args.requests} requests of one "
+              f"image per level, {source}; server: --max-batch-size {args.max_batch_size} "
+              f"--batch-timeout-ms {args.batch_timeout_ms}; {os.cpu_count()} CPU cores")
+        print(f"{'c':>3} | {'in-process img/s':>16} {'p50 ms':>7} {'p99 ms':>7} | {'server img/s':>12} "
+              f"{'p50 ms':>7} {'p99 ms':>7} | {'thr ratio':>9} {'p50 ratio':>9} {'p99 ratio':>9}")
+        base_1 = None
+        for c in args.concurrency:
+            local = load(in_process, items, c)
+            served = load(over_http, bodies, c)
+            base_1 = base_1 or (local["throughput"] if c == 1 else None)
+            print(f"{c:>3} | {local['throughput']:16.1f} {local['p50']:7.1f} {local['p99']:7.1f} | "
+                  f"{served['throughput']:12.1f} {served['p50']:7.1f} {served['p99']:7.1f} | "
+                  f"{served['throughput'] / local['throughput']:9.2f} {served['p50'] / local['p50']:9.2f} "
+                  f"{served['p99'] / local['p99']:9.2f}", flush=True)
+            if c == max(args.concurrency) and base_1:
+                print(f"server at concurrency {c} / in-process batch-1 (concurrency 1) throughput: "
+                      f"{served['throughput'] / base_1:.2f} (target >= 1)")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        server_log.close()
+    log = (work / "server.log").read_text()
+    calls = [line.split("INFO:", 1)[-1].strip() for line in log.splitlines() if "model call(s)" in line]
+    print(f"server (all levels and warm-up): {calls[0] if calls else 'no batching figure logged'}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
