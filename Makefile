@@ -16,9 +16,18 @@ JAX_TESTS ?= tests/test_jax_backend.py tests/test_finetune.py tests/test_backbon
 	tests/test_model.py::test_heads tests/test_model.py::test_errors \
 	"tests/test_model.py::test_uint8_pixels_match_manual_preprocess_input[resnet50-resnet50]" \
 	tests/test_model.py::test_weights_file_from_backbone_loads_bit_identical \
-	tests/test_model.py::test_keras2_notop_h5_loads_bit_identical tests/test_model.py::test_import_is_lazy
+	tests/test_model.py::test_keras2_notop_h5_loads_bit_identical \
+	tests/test_model.py::test_import_registers_custom_objects_and_keeps_tensorflow_parts_lazy \
+	tests/test_inference_mode.py
 
-.PHONY: install test test-fast test-jax demo data-samples bench clean
+# The oldest supported versions (setup.cfg's floor), for the core tests.
+FLOOR_VENV ?= .venv-floor
+FLOOR_STAMP := $(FLOOR_VENV)/.installed-stamp
+FLOOR_PINS ?= "tensorflow==2.18.*" "keras==3.8.*"
+FLOOR_TESTS ?= tests/test_model.py tests/test_inference_mode.py tests/test_ensemble.py \
+	tests/test_export.py
+
+.PHONY: install test test-fast test-jax test-floor demo data-samples bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +40,7 @@ install: $(STAMP)
 $(JAX_STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(JAX_VENV)
 	$(JAX_VENV)/bin/python -m pip install -q --upgrade pip
-	$(JAX_VENV)/bin/python -m pip install -q "jax[cpu]" "keras>=3.5" numpy pillow h5py pytest pytest-xdist
+	$(JAX_VENV)/bin/python -m pip install -q "jax[cpu]" "keras>=3.8" numpy pillow h5py pytest pytest-xdist
 	$(JAX_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(JAX_STAMP)
 
@@ -45,9 +54,22 @@ test-jax:
 		echo "test-jax: SKIPPED: installing jax and keras into $(JAX_VENV) failed (pip's error is above)"; \
 	fi
 
-## make test: set up the venv and run the whole test suite (CPU, offline, ~10 min on 2 cores),
-## after the JAX-backend run of the core (test-jax)
-test: test-jax $(STAMP)
+$(FLOOR_STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install -q $(FLOOR_PINS) numpy pillow matplotlib h5py \
+		pytest pytest-xdist scipy
+	$(FLOOR_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(FLOOR_STAMP)
+
+## make test-floor: the core tests on the oldest supported TensorFlow/Keras (setup.cfg's floor)
+test-floor: $(FLOOR_STAMP)
+	@echo "test-floor: $$($(FLOOR_VENV)/bin/python -c 'import keras, tensorflow as tf; print("keras", keras.__version__, "tensorflow", tf.__version__)' 2>/dev/null)"
+	$(FLOOR_VENV)/bin/python -m pytest -n 2 --dist loadfile -q $(FLOOR_TESTS) $(PYTEST_ARGS)
+
+## make test: set up the venv and run the whole test suite (CPU, offline, ~15 min on 2 cores),
+## after the core on JAX (test-jax) and on the oldest supported TensorFlow/Keras (test-floor)
+test: test-jax test-floor $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 ## make test-fast: everything but the end-to-end tests marked slow
@@ -63,4 +85,4 @@ data-samples: $(STAMP)
 	$(BIN)/python data_samples/make_samples.py
 
 clean:
-	rm -rf $(VENV) $(JAX_VENV) runs .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(JAX_VENV) $(FLOOR_VENV) runs .pytest_cache build *.egg-info

@@ -154,7 +154,7 @@ def test_multiworker_two_local_workers_phase_switch_and_export(tmp_path):
     np.testing.assert_array_equal(w0["worker"][below], w0["init"][below])
     # the chief's export serves the trained model
     from tests.distribute_jobs import data
-    from tfx_transfer.export import load_exported
+    from tfx_transfer.exported import load_exported
 
     exported = load_exported(tmp_path / "export")
     x, _ = data()

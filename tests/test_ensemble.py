@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pytest
+import numpy as np
+import tfx_transfer as tt
 
 from tests.helpers import tiny_pixels
 from tfx_transfer.ensembles import FuseProbabilities, ensemble
@@ -66,7 +67,7 @@ def test_keras_file_round_trip(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "fused.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), fused.predict(x, verbose=0),
                                rtol=1e-6, atol=1e-6)
-    assert loaded.get_layer("fuse").get_config()["weights"] == [2.0, 1.0]
+    assert loaded.get_layer("fuse").get_config()["member_weights"] == [2.0, 1.0]
 
 
 def test_exports_as_one_saved_model(tmp_path):
@@ -75,7 +76,7 @@ def test_exports_as_one_saved_model(tmp_path):
     fused = ensemble([a, b])
     x = tiny_pixels(4, 32)
     path = export.export_saved_model(fused, tmp_path / "export", ["x", "y", "z"])
-    served = export.load_exported(path)
+    served = tt.load_exported(path)
     np.testing.assert_allclose(served.probabilities(x),
                                (a.predict(x, verbose=0) + b.predict(x, verbose=0)) / 2,
                                rtol=1e-5, atol=1e-6)

@@ -8,19 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfx_transfer.evaluate import (
+from tfx_transfer.evaluate import evaluate_model
+from tfx_transfer.metrics import (
     classification_metrics,
     confusion_matrix,
     default_top_k,
-    evaluate_model,
     format_report,
-    plot_confusion_matrix,
-    plot_history,
-    plot_predictions,
     precision_recall_f1,
-    read_history_csv,
     top_k_accuracy,
 )
+from tfx_transfer.plots import plot_confusion_matrix, plot_history, plot_predictions, read_history_csv
 
 NAMES = ["cat", "dog", "fox"]
 # 6 samples; argmax predictions: cat, dog, dog, fox, cat, cat
@@ -196,7 +193,8 @@ def test_evaluate_model_on_a_folder_matches_classes_by_name(tmp_path):
 
 def test_evaluate_model_through_an_export_equals_keras(tmp_path):
     pytest.importorskip("tensorflow")
-    from tfx_transfer.export import export_saved_model, load_exported
+    from tfx_transfer.export import export_saved_model
+    from tfx_transfer.exported import load_exported
 
     model = tiny_classifier()
     y = np.array([0, 1, 2, 2, 1, 0])

@@ -19,13 +19,9 @@ from PIL import Image  # noqa: E402
 from tests.helpers import tiny_pixels  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.data import decode_and_resize  # noqa: E402
-from tfx_transfer.export import (  # noqa: E402
-    TFLITE_TOLERANCE,
-    export_saved_model,
-    export_tflite,
-    load_exported,
-    predict_files,
-)
+from tfx_transfer.export import export_saved_model  # noqa: E402
+from tfx_transfer.exported import load_exported, predict_files  # noqa: E402
+from tfx_transfer.tflite import TFLITE_TOLERANCE, export_tflite  # noqa: E402
 from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head  # noqa: E402
 
 CLASSES = ["daisy", "rose", "tulip"]
@@ -244,9 +240,11 @@ def test_predict_files_skips_bad_files_with_a_warning(export_dir, model, pixels,
 
 def test_cli_predict_json_and_table(export_dir, model, pixels, tmp_path, capsys):
     folder = _photo_folder(tmp_path / "photos", pixels)
-    with pytest.warns(UserWarning, match="broken.jpg"):
-        assert main(["predict", str(export_dir), str(folder), "--json", "--top-k", "2"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    # a file that cannot be decoded: the rows that could be computed, a plain line, exit 1
+    assert main(["predict", str(export_dir), str(folder), "--json", "--top-k", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert "skipped " in err and "broken.jpg" in err and "Warning" not in err
+    lines = [json.loads(line) for line in out.strip().splitlines()]
     assert [Path(line["path"]).name for line in lines] == ["a.png", "b.jpg", "c.png"]
     assert all(len(line["top"]) == 2 and set(line["top"][0]) == {"class", "score"} for line in lines)
     assert lines[0]["top"][0]["class"] == CLASSES[int(model.predict(pixels[:1], verbose=0).argmax())]
@@ -321,7 +319,7 @@ def test_tflite_parity_failure_writes_nothing(tmp_path, monkeypatch):
     x = keras.layers.Conv2D(4, 3)(inputs)
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
     small = keras.Model(inputs, outputs)
-    import tfx_transfer.export as export
+    import tfx_transfer.tflite as export
 
     real = export._tflite_probabilities
     monkeypatch.setattr(export, "_tflite_probabilities", lambda c, p: real(c, p) + 0.1)

@@ -15,6 +15,7 @@ import pytest
 
 import tfx_transfer as tt
 from tfx_transfer import finetune as ft
+from tfx_transfer.callbacks import backup_epoch
 from tests.helpers import tiny_labels, tiny_pixels, weights_by_name
 
 BACKEND = keras.backend.backend()
@@ -283,7 +284,7 @@ def test_discriminative_optimizer_applies_each_group_rate_and_serializes():
     bottom_layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", name="bottom")
     top_layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", name="top")
     keras.Model(inputs, top_layer(bottom_layer(inputs)))  # builds both layers
-    opt = ft.DiscriminativeOptimizer(keras.optimizers.SGD(0.1), {r"^bottom/": 0.25})
+    opt = tt.DiscriminativeOptimizer(keras.optimizers.SGD(0.1), {r"^bottom/": 0.25})
     grads = [np.full((3, 1), 2.0, "float32"), np.full((1, 1), 2.0, "float32")]
     variables = [bottom_layer.kernel, top_layer.kernel]
     opt.apply(grads, variables)
@@ -294,7 +295,7 @@ def test_discriminative_optimizer_applies_each_group_rate_and_serializes():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bottom_layer.kernel), 0.95 - 0.2 * 0.25 * 2)
     assert int(keras.ops.convert_to_numpy(opt.iterations)) == 2
     clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
-    assert isinstance(clone, ft.DiscriminativeOptimizer)
+    assert isinstance(clone, tt.DiscriminativeOptimizer)
     assert clone.multipliers == {r"^bottom/": 0.25} and float(clone.learning_rate) == pytest.approx(0.2)
 
 
@@ -306,7 +307,7 @@ def test_discriminative_stage_in_fit_then_save_and_load(tmp_path):
     probe = Probe()
     model.fit(*_data(), batch_size=BATCH, epochs=2, verbose=0, callbacks=[stage, probe])
     opt = model.optimizer
-    assert isinstance(opt, ft.DiscriminativeOptimizer)
+    assert isinstance(opt, tt.DiscriminativeOptimizer)
     rates = {f: float(keras.ops.convert_to_numpy(inner.learning_rate)) for f, inner in opt._groups}
     np.testing.assert_allclose(sorted(rates.values()), [2.5e-3, 5e-3, 1e-2], rtol=1e-6)
     b5 = _block_keys(model, "block5")
@@ -314,7 +315,7 @@ def test_discriminative_stage_in_fit_then_save_and_load(tmp_path):
     assert _all_differ(probe.begin[1], probe.end[1], _block_keys(model, "block4") + b5)
     model.save(tmp_path / "d.keras")
     loaded = keras.models.load_model(tmp_path / "d.keras")
-    assert isinstance(loaded.optimizer, ft.DiscriminativeOptimizer)
+    assert isinstance(loaded.optimizer, tt.DiscriminativeOptimizer)
     assert len(loaded.optimizer.variables) == len(opt.variables)
 
 
@@ -457,7 +458,7 @@ def test_resume_after_kill_in_phase_two_lands_in_phase_two(tmp_path, cache):
     kill = Kill(at_epoch=3)  # the backup holds epochs 0-2 (one phase-2 epoch)
     with pytest.raises(Killed):
         tt.fine_tune(_vgg(seed=0), (x, y), (x, y), callbacks=[kill], **args)
-    assert ft.backup_epoch(backup) == 3
+    assert backup_epoch(backup) == 3
 
     model = _vgg(seed=1)  # a fresh process would rebuild the model from scratch
     probe = Probe()

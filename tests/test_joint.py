@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tfx_transfer as tt
 import pytest
 
 from tests.helpers import tiny_pixels, write_class_folders
 from tfx_transfer.data import load_image_folder
-from tfx_transfer.finetune import unfreeze
+from tfx_transfer.freezing import unfreeze
 from tfx_transfer.joint import SOURCE_HEAD_NAME, build_joint_model, fit_joint
 from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head
 
@@ -97,7 +98,7 @@ def test_target_model_keeps_only_the_target_head_and_exports(folders, tmp_path):
 
     export = pytest.importorskip("tfx_transfer.export")
     path = export.export_saved_model(model, tmp_path / "export", target_data.class_names)
-    served = export.load_exported(path)
+    served = tt.load_exported(path)
     np.testing.assert_allclose(served.probabilities(x), probs, rtol=1e-5, atol=1e-6)
     # the SavedModel stores exactly the target model's weights: no source head
     import tensorflow as tf

@@ -126,7 +126,7 @@ def test_cli_pretrain_flags_and_a_clear_error(tmp_path, capsys):
 
     args = build_parser().parse_args(["pretrain", "src", "--backbone", "vgg16", "--out", "o",
                                       "--image-size", "64", "--epochs", "3"])
-    assert (args.backbone, args.image_size, args.epochs, args.augment) == ("vgg16", 64, 3, "standard")
+    assert (args.backbone, args.image_size, args.epochs, args.augmentation) == ("vgg16", 64, 3, "standard")
     assert main(["pretrain", str(tmp_path / "missing"), "--backbone", "vgg16",
                  "--out", str(tmp_path / "o")]) == 2
     assert "missing" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from tfx_transfer.job import train  # noqa: E402
 CLASSES = ("cats", "dogs", "foxes")
 TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--head", "avg",
         "--augmentation", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
-RUN_FILES = {"config.json", "history.csv", "best.keras", "best.json", "model.keras",
+RUN_FILES = {".lock", "config.json", "history.csv", "best.keras", "best.json", "model.keras",
              "metrics.json", "report.txt", "history.png", "confusion_matrix.png",
              "predictions.png", "top_losses.png", "top_losses.csv", "skipped_files.txt", "export"}
 
@@ -45,17 +45,27 @@ def assert_png(path: Path) -> None:
         assert img.format == "PNG" and min(img.size) >= 100
 
 
-def test_cli_defaults_are_the_python_defaults():
+def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
+    from tfx_transfer.cli import TRAIN_FLAGS
+    from tfx_transfer.job import RUN_SETTINGS, train_defaults
+
+    assert set(RUN_SETTINGS) <= set(TRAIN_FLAGS)
     args = build_parser().parse_args(["train", "data", "--out", "run"])
-    defaults = {n: p.default for n, p in inspect.signature(train).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    shared = sorted(set(vars(args)) & set(defaults) - {"verbose"})
-    assert len(shared) >= 20
-    assert {n: getattr(args, n) for n in shared} == {n: defaults[n] for n in shared}
+    assert not set(vars(args)) & set(RUN_SETTINGS)  # flags not given leave train()'s defaults
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    defaults = train_defaults()
+    for name in RUN_SETTINGS:
+        flag = "--" + name.replace("_", "-")
+        assert flag in shown, flag
+        value = "none" if defaults[name] is None else defaults[name]
+        assert f"(default: {value})" in shown, name
     assert build_parser().parse_args(["train", "d", "--out", "r", "--blocks", "3"]).blocks == 3
     assert build_parser().parse_args(
         ["train", "d", "--out", "r", "--blocks", "block4,block5"]).blocks == ["block4", "block5"]
-
+    assert build_parser().parse_args(
+        ["train", "d", "--out", "r", "--no-cache-features"]).cache_features is False
 
 def test_resume_refuses_other_settings_and_a_missing_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="Nothing to resume"):
@@ -105,7 +115,7 @@ def test_train_writes_every_file_of_the_run_folder(trained):
 
     # metrics.json == an independent evaluation of the exported SavedModel on the same files
     from tfx_transfer.data import load_image_folder
-    from tfx_transfer.export import load_exported
+    from tfx_transfer.exported import load_exported
 
     with pytest.warns(UserWarning, match="broken.jpg"):
         files = load_image_folder(data, image_size=32, validation_split=0.25,

@@ -127,7 +127,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     import json
 
-    from tfx_transfer.export import predict_files
+    from tfx_transfer.exported import predict_files
 
     skipped: list = []
     rows = predict_files(args.export_dir, args.images, top_k=args.top_k,
@@ -189,7 +189,8 @@ def _run_export(args: argparse.Namespace) -> int:
     else:
         class_names = [name.strip() for name in args.class_names.split(",")]
 
-    from tfx_transfer.export import export_saved_model, export_tflite
+    from tfx_transfer.export import export_saved_model
+    from tfx_transfer.tflite import export_tflite
     from tfx_transfer.saving import load_model
 
     model = load_model(args.model, compile=False)
@@ -374,7 +375,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tfx_transfer.evaluate import evaluate_model, format_report
+    from tfx_transfer.evaluate import evaluate_model
+    from tfx_transfer.metrics import format_report
 
     source, test_dir = Path(args.source), Path(args.test_dir)
     if not source.exists():

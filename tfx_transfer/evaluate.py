@@ -1,421 +1,33 @@
-"""Evaluation: metrics (numpy), a text report and PNG plots (matplotlib, no pyplot).
+"""``evaluate_model``: score a Keras model or an exported SavedModel; write its report.
 
-* :func:`classification_metrics`: accuracy, top-k accuracy, cross-entropy,
-  per-class precision / recall / F1 / support, macro and weighted averages and
-  the confusion matrix (rows: true class, columns: predicted), from labels and
-  predicted probabilities. Plain numpy.
-* :func:`format_report`: those metrics as a text table.
-* :func:`plot_history`, :func:`plot_confusion_matrix`, :func:`plot_predictions`:
-  PNG figures (``matplotlib.figure.Figure``, so no GUI backend and no global
-  pyplot state).
-* :func:`evaluate_model`: run a Keras model or an exported SavedModel over a
-  dataset, arrays or an image folder and return (and optionally write) all of it.
+Metrics come from :mod:`tfx_transfer.metrics`, figures from :mod:`tfx_transfer.plots`.
 
 Example:
-    >>> import numpy as np
-    >>> m = classification_metrics([0, 1, 1], np.array([[.9, .1], [.2, .8], [.6, .4]]),
-    ...                            ["cat", "dog"], top_k=1)
-    >>> round(m["accuracy"], 3), m["confusion_matrix"]
-    (0.667, [[1, 0], [1, 1]])
+    >>> import numpy as np, tfx_transfer as tt
+    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+    ...                                 class_names=["cat", "dog"])
+    >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+    >>> tt.evaluate_model(model, (x, y), verbose=False)["num_samples"]
+    4
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from tfx_transfer.metrics import as_int_labels, classification_metrics, format_report
+from tfx_transfer.plots import plot_confusion_matrix, plot_predictions
+from tfx_transfer.saving import load_model
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
 CONFUSION_PNG = "confusion_matrix.png"
 PREDICTIONS_PNG = "predictions.png"
-HISTORY_PNG = "history.png"
-_EPS = 1e-7
-
-# ---------------------------------------------------------------------------
-# Metrics (numpy only)
-# ---------------------------------------------------------------------------
-
-
-def _as_int_labels(labels: Any, num_classes: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == num_classes:  # one-hot (or mixed) labels
-        labels = labels.argmax(axis=1)
-    labels = labels.reshape(-1)
-    if labels.size and not np.all(np.equal(np.mod(labels, 1), 0)):
-        raise ValueError(f"Labels must be integer class ids or one-hot rows; got {labels[:5]}...")
-    labels = labels.astype(np.int64)
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.size:
-        raise ValueError(
-            f"Label {int(bad[0])} is outside 0..{num_classes - 1}; labels must index the "
-            f"{num_classes} classes (the order of class_names)."
-        )
-    return labels
-
-
-def default_top_k(num_classes: int) -> int:
-    """The k reported by default: ``min(5, num_classes - 1)`` (top-C accuracy is always 1).
-
-    Example:
-        >>> default_top_k(3), default_top_k(100)
-        (2, 5)
-    """
-    return max(1, min(5, num_classes - 1))
-
-
-def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
-    """``int64 (C, C)`` counts: row = true class, column = predicted class.
-
-    Example:
-        >>> confusion_matrix([0, 1, 1], [0, 0, 1], 2).tolist()
-        [[1, 0], [1, 1]]
-    """
-    y_true = _as_int_labels(y_true, num_classes)
-    y_pred = _as_int_labels(y_pred, num_classes)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"{y_true.size} true labels but {y_pred.size} predictions.")
-    return np.bincount(y_true * num_classes + y_pred,
-                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def top_k_accuracy(y_true: Any, probabilities: Any, k: int) -> float:
-    """Fraction of samples whose true class is among the ``k`` highest probabilities.
-
-    Ties are broken by class order (stable sort), as ``numpy.argsort(kind="stable")``.
-
-    Example:
-        >>> top_k_accuracy([2, 0], np.array([[.5, .3, .2], [.1, .2, .7]]), k=2)
-        0.0
-    """
-    probabilities = np.asarray(probabilities, np.float64)
-    y_true = _as_int_labels(y_true, probabilities.shape[1])
-    if not 1 <= k <= probabilities.shape[1]:
-        raise ValueError(f"top_k={k} must be between 1 and the number of classes, "
-                         f"{probabilities.shape[1]}.")
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == y_true[:, None], axis=1))) if len(y_true) else 0.0
-
-
-def precision_recall_f1(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class precision, recall, F1 and support from a confusion matrix.
-
-    A class never predicted has precision 0; one with no samples has recall 0
-    (scikit-learn's ``zero_division=0``).
-
-    Example:
-        >>> prf = precision_recall_f1(np.array([[1, 0], [1, 1]]))
-        >>> prf["precision"].tolist(), prf["recall"].tolist()
-        ([0.5, 1.0], [1.0, 0.5])
-    """
-    cm = np.asarray(cm, np.float64)
-    tp = np.diag(cm)
-    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
-
-
-def classification_metrics(
-    y_true: Any,
-    probabilities: Any,
-    class_names: Sequence[str] | None = None,
-    top_k: int | None = None,
-) -> dict[str, Any]:
-    """Every metric of a classifier, as a JSON-ready dict.
-
-    Args:
-        y_true: integer labels ``(N,)`` or one-hot ``(N, C)``.
-        probabilities: predicted class probabilities ``(N, C)``.
-        class_names: names of the ``C`` classes (default ``"0"``, ``"1"``, ...).
-        top_k: k of the top-k accuracy; default :func:`default_top_k`.
-
-    Returns:
-        ``{"num_samples", "accuracy", "top_k", "top_k_accuracy", "loss"`` (mean
-        cross-entropy of the probabilities), ``"per_class": {name: {"precision",
-        "recall", "f1", "support"}}, "macro_avg", "weighted_avg", "class_names",
-        "confusion_matrix"`` (list of rows; row = true class)``}``.
-
-    Example:
-        >>> m = classification_metrics([0, 1], np.array([[.8, .2], [.3, .7]]), ["a", "b"])
-        >>> m["accuracy"], m["per_class"]["b"]["recall"]
-        (1.0, 1.0)
-    """
-    probabilities = np.asarray(probabilities, np.float64)
-    if probabilities.ndim != 2:
-        raise ValueError(f"probabilities must be (num_samples, num_classes); got shape "
-                         f"{probabilities.shape}.")
-    num_classes = probabilities.shape[1]
-    names = [str(i) for i in range(num_classes)] if class_names is None else [str(n) for n in class_names]
-    if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for {num_classes} probability columns; "
-                         "pass one name per class, in label order.")
-    y_true = _as_int_labels(y_true, num_classes)
-    if len(y_true) != len(probabilities):
-        raise ValueError(f"{len(y_true)} labels but {len(probabilities)} rows of probabilities.")
-    if len(y_true) == 0:
-        raise ValueError("Nothing to evaluate: no samples.")
-    k = default_top_k(num_classes) if top_k is None else int(top_k)
-    y_pred = probabilities.argmax(axis=1)
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    prf = precision_recall_f1(cm)
-    support = prf["support"]
-    loss = -np.log(np.clip(probabilities[np.arange(len(y_true)), y_true], _EPS, 1.0))
-
-    def average(weights: np.ndarray) -> dict[str, float]:
-        weights = weights / weights.sum() if weights.sum() else weights
-        return {key: float(np.sum(prf[key] * weights)) for key in ("precision", "recall", "f1")}
-
-    return {
-        "num_samples": int(len(y_true)),
-        "accuracy": float(np.mean(y_pred == y_true)),
-        "top_k": k,
-        "top_k_accuracy": top_k_accuracy(y_true, probabilities, k),
-        "loss": float(loss.mean()),
-        "per_class": {
-            name: {"precision": float(prf["precision"][i]), "recall": float(prf["recall"][i]),
-                   "f1": float(prf["f1"][i]), "support": int(support[i])}
-            for i, name in enumerate(names)
-        },
-        "macro_avg": average(np.ones(num_classes)),
-        "weighted_avg": average(support.astype(np.float64)),
-        "class_names": names,
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def format_report(metrics: Mapping[str, Any]) -> str:
-    """A plain-text report: headline figures, the per-class table, the confusion matrix.
-
-    Example:
-        >>> m = classification_metrics([0, 1], np.array([[.8, .2], [.3, .7]]), ["a", "b"])
-        >>> print(format_report(m).splitlines()[0])
-        accuracy 1.0000   top-1 accuracy 1.0000   loss 0.2899   (2 images)
-    """
-    names = list(metrics["class_names"])
-    width = max(12, *(len(n) for n in names)) + 2
-    lines = [
-        f"accuracy {metrics['accuracy']:.4f}   top-{metrics['top_k']} accuracy "
-        f"{metrics['top_k_accuracy']:.4f}   loss {metrics['loss']:.4f}   "
-        f"({metrics['num_samples']} images)",
-        "",
-        f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
-    ]
-    for name in names:
-        row = metrics["per_class"][name]
-        lines.append(f"{name:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}"
-                     f"{row['f1']:>10.4f}{row['support']:>10d}")
-    total = metrics["num_samples"]
-    for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
-        row = metrics[key]
-        lines.append(f"{label:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}"
-                     f"{row['f1']:>10.4f}{total:>10d}")
-    cm = np.asarray(metrics["confusion_matrix"])
-    col = max(7, *(len(n) + 1 for n in names), len(str(cm.max())) + 1)
-    lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
-              " " * width + "".join(f"{n[:col - 1]:>{col}}" for n in names)]
-    for name, row in zip(names, cm):
-        lines.append(f"{name:<{width}}" + "".join(f"{int(v):>{col}d}" for v in row))
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------
-# Plots (matplotlib Figure objects: Agg canvas, no pyplot)
-# ---------------------------------------------------------------------------
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _save(fig: Any, path: str | os.PathLike | None) -> Any:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
-
-
-def read_history_csv(path: str | os.PathLike) -> dict[str, list]:
-    """A ``CSVLogger`` file as ``{column: [values]}`` (numbers as floats, ``epoch`` as int).
-
-    Example:
-        >>> read_history_csv("runs/demo/history.csv")["val_accuracy"][:2]  # doctest: +SKIP
-        [0.56, 0.71]
-    """
-    import csv
-
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out: dict[str, list] = {key: [] for key in (rows[0] if rows else {})}
-    for row in rows:
-        for key, value in row.items():
-            try:
-                number = float(value)
-                out[key].append(int(number) if key == "epoch" else number)
-            except (TypeError, ValueError):
-                out[key].append(value)
-    return out
-
-
-def _history_dict(history: Any) -> dict[str, list]:
-    if isinstance(history, (str, os.PathLike)):
-        return read_history_csv(history)
-    if hasattr(history, "history") and isinstance(history.history, dict):  # keras History
-        data = dict(history.history)
-        data.setdefault("epoch", list(getattr(history, "epoch", range(len(next(iter(data.values()), []))))))
-        return data
-    if isinstance(history, Mapping):
-        return dict(history)
-    raise ValueError(f"history={type(history).__name__}: pass a keras History, its .history "
-                     "dict, or the path of a CSVLogger file (history.csv).")
-
-
-def plot_history(history: Any, path: str | os.PathLike | None = None,
-                 title: str | None = None) -> Any:
-    """Loss and accuracy per epoch across both phases, each stage change marked.
-
-    ``history``: a Keras ``History`` (e.g. from :func:`tfx_transfer.fine_tune`),
-    its ``.history`` dict, or a ``history.csv`` path. The ``"stage"`` column (from
-    :class:`tfx_transfer.StagedUnfreeze`) marks where fine-tuning starts: a
-    dashed line and a shaded phase 2.
-
-    Returns:
-        The ``matplotlib.figure.Figure`` (also saved as PNG when ``path`` is given).
-
-    Example:
-        >>> fig = plot_history({"loss": [1.0, .6, .4], "val_loss": [1.1, .8, .5],
-        ...                     "stage": [0, 1, 1]}, "/tmp/history.png")
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    data = _history_dict(history)
-    if "loss" not in data or not data["loss"]:
-        raise ValueError(f"history has no 'loss' values (keys: {sorted(data)}); nothing to plot.")
-    n = len(data["loss"])
-    epochs = np.asarray(data.get("epoch", range(n)), dtype=float)[:n] + 1
-    stages = np.asarray(data.get("stage", [0] * n), dtype=float)[:n]
-    accuracy_keys = [k for k in ("accuracy", "val_accuracy") if k in data]
-    panels = [("loss", ["loss", "val_loss"])] + ([("accuracy", accuracy_keys)] if accuracy_keys else [])
-    fig = _figure(5.5 * len(panels), 4)
-    changes = [i for i in range(1, n) if stages[i] != stages[i - 1]]
-    for j, (label, keys) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), j + 1)
-        for key in keys:
-            if key in data:
-                style = "o--" if key.startswith("val_") else "o-"
-                ax.plot(epochs, np.asarray(data[key], float)[:n], style, ms=3,
-                        label="validation" if key.startswith("val_") else "training")
-        for k, i in enumerate(changes):
-            boundary = (epochs[i - 1] + epochs[i]) / 2
-            ax.axvline(boundary, color="grey", ls=":", lw=1.5)
-            if k == 0:
-                ax.axvspan(boundary, epochs[-1] + 0.5, color="tab:orange", alpha=0.08)
-                ax.text(boundary, 0.99, " fine-tuning", transform=ax.get_xaxis_transform(),
-                        va="top", ha="left", fontsize=8, color="dimgrey")
-                ax.text(boundary, 0.99, "head only ", transform=ax.get_xaxis_transform(),
-                        va="top", ha="right", fontsize=8, color="dimgrey")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        if label == "accuracy":
-            ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="center right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.PathLike | None = None,
-                          title: str | None = "confusion matrix") -> Any:
-    """The confusion matrix as a heat map: colour = row-normalised recall, text = counts.
-
-    Example:
-        >>> fig = plot_confusion_matrix([[5, 1], [0, 6]], ["cat", "dog"], "/tmp/cm.png")
-    """
-    cm = np.asarray(cm, dtype=np.int64)
-    names = [str(n) for n in class_names]
-    if cm.shape != (len(names), len(names)):
-        raise ValueError(f"confusion matrix of shape {cm.shape} for {len(names)} class names.")
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    side = min(max(3.5, 0.45 * len(names) + 2.5), 16)
-    fig = _figure(side + 1, side)
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ticks = np.arange(len(names))
-    ax.set_xticks(ticks, names, rotation=45 if max(map(len, names)) > 4 else 0, ha="right"
-                  if max(map(len, names)) > 4 else "center")
-    ax.set_yticks(ticks, names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if len(names) <= 30:
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=9,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_predictions(images: Any, y_true: Any, probabilities: Any, class_names: Sequence[str],
-                     path: str | os.PathLike | None = None, max_images: int = 16,
-                     title: str | None = None) -> Any:
-    """A grid of images titled "predicted (score) / true": misclassified first, in red.
-
-    ``title`` defaults to how many of the given images are misclassified.
-
-    Example:
-        >>> fig = plot_predictions(np.zeros((2, 32, 32, 3), "uint8"), [0, 1],
-        ...                        np.array([[.9, .1], [.8, .2]]), ["cat", "dog"], "/tmp/p.png")
-    """
-    images = np.asarray(images)
-    probabilities = np.asarray(probabilities, np.float64)
-    names = [str(n) for n in class_names]
-    y_true = _as_int_labels(y_true, probabilities.shape[1])
-    y_pred = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(y_pred != y_true)
-    right = np.flatnonzero(y_pred == y_true)
-    order = np.concatenate([wrong, right])[:max_images]
-    if not len(order):
-        raise ValueError("plot_predictions: no images to show.")
-    cols = min(len(order), max(1, math.ceil(math.sqrt(len(order)))))
-    rows = math.ceil(len(order) / cols)
-    fig = _figure(2.1 * cols, 2.4 * rows)
-    for k, i in enumerate(order):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8), interpolation="nearest")
-        ok = y_pred[i] == y_true[i]
-        ax.set_title(f"{names[y_pred[i]]} ({probabilities[i, y_pred[i]]:.2f})\ntrue: {names[y_true[i]]}",
-                     fontsize=8, color="darkgreen" if ok else "crimson")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_edgecolor("darkgreen" if ok else "crimson")
-            spine.set_linewidth(2)
-    if title is None:
-        title = f"predicted (score) / true -- {len(wrong)} of {len(y_true)} misclassified"
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------
-# Running a model or an export over data
-# ---------------------------------------------------------------------------
-
 
 def _is_exported(obj: Any) -> bool:
     return hasattr(obj, "saved_model") and hasattr(obj, "class_names") and hasattr(obj, "metadata")
@@ -424,7 +36,7 @@ def _is_exported(obj: Any) -> bool:
 def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
     """A model (Keras or exported) and its class names from an object or a path.
 
-    ``source``: a Keras model, an :class:`~tfx_transfer.export.ExportedModel`, or a
+    ``source``: a Keras model, an :class:`~tfx_transfer.ExportedModel`, or a
     path: a run folder of ``tfx-transfer train`` (``model.keras`` +
     ``config.json``), an export folder or version folder (loaded with
     :func:`tfx_transfer.load_exported`, no Keras model needed), or a ``.keras``
@@ -433,8 +45,6 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
     Example:
         >>> model, names = load_for_evaluation("runs/demo")  # doctest: +SKIP
     """
-    from tfx_transfer.saving import load_model
-
     if not isinstance(source, (str, os.PathLike)):
         names = source.class_names if _is_exported(source) else \
             (getattr(source, "transfer_config", None) or {}).get("class_names")
@@ -447,7 +57,7 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
         model = load_model(path, compile=False)
         return model, (getattr(model, "transfer_config", None) or {}).get("class_names")
     if path.is_dir():
-        from tfx_transfer.export import load_exported
+        from tfx_transfer.exported import load_exported
 
         exported = load_exported(path)
         return exported, exported.class_names
@@ -550,7 +160,7 @@ def _folder_batches(folder: str | os.PathLike, image_size: tuple[int, int], clas
                          f"its classes are {list(class_names)}.")
     mapping = np.array([list(class_names).index(n) for n in loaded.class_names])
     for images, labels in dataset.as_numpy_iterator():
-        yield images, mapping[_as_int_labels(labels, len(loaded.class_names))]
+        yield images, mapping[as_int_labels(labels, len(loaded.class_names))]
 
 
 def evaluate_model(
@@ -569,7 +179,7 @@ def evaluate_model(
     """Evaluate a Keras model or an exported SavedModel; optionally write the report files.
 
     Args:
-        model_or_export: a Keras model, an :class:`~tfx_transfer.export.ExportedModel`
+        model_or_export: a Keras model, an :class:`~tfx_transfer.ExportedModel`
             (evaluated through its SavedModel signatures: no Keras model needed), or
             a path (see :func:`load_for_evaluation`).
         data: a ``tf.data`` dataset (or any iterable) of ``(images, labels)``
@@ -620,7 +230,7 @@ def evaluate_model(
             from tfx_transfer.tta import predict_tta
 
             tta_probs.append(predict_tta(predict, images))
-        y = _as_int_labels(y, p.shape[1])
+        y = as_int_labels(y, p.shape[1])
         labels.append(y)
         probs.append(p)
         for i in range(len(y)):  # keep just enough images for the grid (misclassified first)

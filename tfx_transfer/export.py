@@ -49,19 +49,17 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
-import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfx_transfer._compat import write_archive
-from tfx_transfer.data import IMAGE_EXTENSIONS, is_hidden, decode_and_resize, resize_image
+from tfx_transfer.data import decode_and_resize, resize_image
 
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"  # under <version>/assets.extra/
@@ -69,14 +67,11 @@ SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_PIXELS = "predict_pixels"
 SIGNATURE_PIXELS_UINT8 = "predict_pixels_uint8"
 SERVING_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
-# Largest |TFLite - Keras| probability allowed by export_tflite's parity check
-# (measured figures in the export_tflite docstring).
-TFLITE_TOLERANCE: dict[str | None, float] = {None: 1e-4, "float16": 1e-2, "dynamic": 1e-1}
 
 # -- checks ---------------------------------------------------------------------------
 
 
-def _tensorflow_backend() -> bool:
+def tensorflow_backend() -> bool:
     import keras
 
     return keras.backend.backend() == "tensorflow"
@@ -107,7 +102,7 @@ def _export_through_tensorflow(model: Any, out: str | os.PathLike, kwargs: dict)
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def _image_size(model: Any) -> tuple[int, int]:
+def model_image_size(model: Any) -> tuple[int, int]:
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
         raise ValueError(
@@ -213,7 +208,12 @@ class _Serving:
         self.top_k, self.crop = top_k, crop
 
     def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = tf.cast(self.model(pixels, training=False), tf.float32)
+        # An empty batch never reaches the network: TensorFlow's oneDNN convolutions fail on
+        # zero-size inputs inside a SavedModel graph.
+        probabilities = tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: tf.cast(self.model(pixels, training=False), tf.float32),
+            lambda: tf.zeros([0, self.labels.shape[0]], tf.float32))
         scores, class_ids = tf.math.top_k(probabilities, k=self.top_k)
         return {
             "probabilities": probabilities,
@@ -281,7 +281,16 @@ def _metadata(model: Any, class_names: list[str], image_size: tuple[int, int], t
     return info
 
 
-def _versions(export_dir: Path) -> list[int]:
+def list_versions(export_dir: str | os.PathLike) -> list[int]:
+    """The numbered version folders of an export folder, ascending (hidden temp folders ignored).
+
+    Example:
+        >>> import tempfile; from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp()); (root / "2").mkdir(); (root / "10").mkdir()
+        >>> list_versions(root)
+        [2, 10]
+    """
+    export_dir = Path(export_dir)
     if not export_dir.is_dir():
         return []
     return sorted(int(p.name) for p in export_dir.iterdir() if p.is_dir() and p.name.isdigit())
@@ -369,18 +378,18 @@ def export_saved_model(
         if not class_names:
             raise ValueError(f"Model {model.name!r} carries no class names: pass class_names=[...] "
                              "(one per output unit, in label order).")
-    if not _tensorflow_backend():
+    if not tensorflow_backend():
         return _export_through_tensorflow(model, out, dict(
             class_names=list(class_names), version=version, top_k=top_k, overwrite=overwrite,
             metadata=metadata, crop_to_aspect_ratio=crop_to_aspect_ratio))
-    image_size = _image_size(model)
+    image_size = model_image_size(model)
     names = _check_class_names(class_names, model)
     top_k = min(5, len(names)) if top_k is None else int(top_k)
     if not 1 <= top_k <= len(names):
         raise ValueError(f"top_k={top_k} must be between 1 and the number of classes, {len(names)}.")
     export_dir = Path(out)
     _check_export_dir(export_dir)
-    existing = _versions(export_dir)
+    existing = list_versions(export_dir)
     version = (existing[-1] + 1 if existing else 1) if version is None else version
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version={version!r} must be a non-negative integer (TF Serving versions).")
@@ -418,353 +427,3 @@ def export_saved_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _resolve_version(path: Path) -> Path:
-    if (path / "saved_model.pb").exists():
-        return path
-    versions = _versions(path)
-    if not versions:
-        raise FileNotFoundError(
-            f"{str(path)!r} is neither a SavedModel nor a folder of numbered versions; pass the "
-            "export_dir given to export_saved_model() or one of its version folders."
-        )
-    return path / str(versions[-1])
-
-
-class ExportedModel:
-    """A SavedModel written by :func:`export_saved_model`, loaded for quick checks.
-
-    Attributes:
-        path: the version folder loaded.
-        saved_model: the object from ``tf.saved_model.load`` (``.signatures[...]``).
-        class_names: from ``assets/labels.txt``.
-        metadata: ``assets.extra/metadata.json`` as a dict.
-        image_size: the model's ``(height, width)``.
-
-    Example:
-        >>> exported = load_exported("exports/flowers")
-        >>> exported.class_names
-        ['daisy', 'rose']
-        >>> exported(["a.jpg", open("b.png", "rb").read()], top_k=2)[1]["top"]
-        [('daisy', 0.8...), ('rose', 0.1...)]
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = _resolve_version(Path(path))
-        labels = self.path / "assets" / LABELS_FILE
-        meta = self.path / "assets.extra" / METADATA_FILE
-        if not labels.exists() or not meta.exists():
-            raise ValueError(
-                f"{str(self.path)!r} has no assets/{LABELS_FILE} or assets.extra/{METADATA_FILE}; "
-                "it was not written by export_saved_model()."
-            )
-        self.class_names = labels.read_text(encoding="utf-8").splitlines()
-        self.metadata = json.loads(meta.read_text(encoding="utf-8"))
-        self.image_size = tuple(self.metadata["input_size"])
-        self.saved_model = tf.saved_model.load(str(self.path))
-
-    def __repr__(self) -> str:
-        return f"ExportedModel({str(self.path)!r}, classes={len(self.class_names)})"
-
-    def probabilities(self, images: Any) -> np.ndarray:
-        """``float32 (N, C)`` probabilities for paths, bytes or ``(H, W, 3)`` arrays (mixed is fine).
-
-        Encoded images (paths, bytes) go through ``serving_default`` in one call;
-        arrays through ``predict_pixels`` / ``predict_pixels_uint8`` (resized inside).
-        A decoding error names the bad image's index among the encoded ones.
-
-        Example:
-            >>> exported.probabilities(["a.jpg"]).shape
-            (1, 2)
-        """
-        items = _as_items(images)
-        out = np.zeros((len(items), len(self.class_names)), np.float32)
-        encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
-        if encoded:
-            result = self.saved_model.signatures[SIGNATURE_IMAGES](
-                images=tf.constant([items[i] for i in encoded], tf.string))
-            out[encoded] = result["probabilities"].numpy()
-        for i, item in enumerate(items):
-            if isinstance(item, np.ndarray):
-                name = SIGNATURE_PIXELS_UINT8 if item.dtype == np.uint8 else SIGNATURE_PIXELS
-                dtype = tf.uint8 if item.dtype == np.uint8 else tf.float32
-                result = self.saved_model.signatures[name](pixels=tf.constant(item[None], dtype))
-                out[i] = result["probabilities"].numpy()[0]
-        return out
-
-    def predict(self, images: Any, top_k: int | None = None) -> list[dict]:
-        """Top classes per image: ``[{"top": [(class, score), ...], "probabilities": array}]``.
-
-        ``images``: a path, bytes, an ``(H, W, 3)`` array, an ``(N, H, W, 3)``
-        batch, or a list of them. ``top_k`` defaults to the export's.
-
-        Example:
-            >>> exported.predict("rose.jpg", top_k=1)[0]["top"]
-            [('rose', 0.97...)]
-        """
-        top_k = int(self.metadata["top_k"] if top_k is None else top_k)
-        if not 1 <= top_k <= len(self.class_names):
-            raise ValueError(f"top_k={top_k} must be between 1 and {len(self.class_names)}.")
-        return [_top(row, self.class_names, top_k) for row in self.probabilities(images)]
-
-    __call__ = predict
-
-
-def _top(row: np.ndarray, class_names: list[str], top_k: int) -> dict:
-    order = np.argsort(-row, kind="stable")[:top_k]
-    return {"top": [(class_names[i], float(row[i])) for i in order], "probabilities": row}
-
-
-def _as_items(images: Any) -> list[bytes | np.ndarray]:
-    """Normalise the accepted inputs to a list of encoded bytes or ``(H, W, 3)`` arrays."""
-    if isinstance(images, (str, bytes, os.PathLike)):
-        images = [images]
-    elif isinstance(images, np.ndarray):
-        images = list(images) if images.ndim == 4 else [images]
-    items: list[bytes | np.ndarray] = []
-    for i, item in enumerate(images):
-        if isinstance(item, (str, os.PathLike)):
-            items.append(Path(item).read_bytes())
-        elif isinstance(item, (bytes, bytearray)):
-            items.append(bytes(item))
-        else:
-            array = np.asarray(item)
-            if array.ndim != 3 or array.shape[-1] != 3:
-                raise ValueError(
-                    f"Image {i} is an array of shape {array.shape}; pass (H, W, 3) RGB pixels "
-                    "(convert grayscale/RGBA first), a file path or encoded bytes."
-                )
-            items.append(array if array.dtype == np.uint8 else array.astype(np.float32))
-    return items
-
-
-def load_exported(path: str | os.PathLike) -> ExportedModel:
-    """Load an export for quick checks: ``path`` is an ``export_dir`` (newest version) or a version.
-
-    Example:
-        >>> exported = load_exported("exports/flowers")
-        >>> exported.metadata["backbone"], exported.path.name
-        ('resnet50', '3')
-    """
-    return ExportedModel(path)
-
-
-def _collect_files(paths_or_folder: Any) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files to predict (folders walked recursively, sorted) and files left out."""
-    entries = [paths_or_folder] if isinstance(paths_or_folder, (str, os.PathLike)) else paths_or_folder
-    files: list[Path] = []
-    skipped: list[tuple[str, str]] = []
-    for entry in entries:
-        entry = Path(entry)
-        if entry.is_file():
-            files.append(entry)
-        elif entry.is_dir():
-            for dirpath, dirnames, filenames in os.walk(entry):
-                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-                for name in sorted(filenames):
-                    ext = os.path.splitext(name)[1].lower()
-                    if is_hidden(name):
-                        continue
-                    path = Path(dirpath) / name
-                    if ext in (".tif", ".tiff"):
-                        skipped.append((str(path), f"TIFF: the serving graph decodes {SERVING_FORMATS} only"))
-                    elif ext in IMAGE_EXTENSIONS:
-                        files.append(path)
-                    else:
-                        skipped.append((str(path), f"not an image file (extension {ext or 'none'!r})"))
-        else:
-            raise FileNotFoundError(f"{str(entry)!r} is neither an image file nor a folder.")
-    return files, skipped
-
-
-def _decode_failure(err: tf.errors.InvalidArgumentError) -> str:
-    found = re.search(r"index 0: ([^;)]*)", err.message)
-    return found.group(1) if found else err.message.strip().splitlines()[0]
-
-
-def predict_files(
-    export: str | os.PathLike | ExportedModel,
-    paths_or_folder: str | os.PathLike | Iterable[str | os.PathLike],
-    top_k: int | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-    skipped: list | None = None,
-) -> list[dict]:
-    """Predict image files (or every image under folders) with an export, in batches.
-
-    Files that cannot be read or decoded are skipped, never stopping the run: they
-    are appended as ``(path, reason)`` to ``skipped`` when a list is given, else
-    named in one ``UserWarning``. Folders are walked recursively
-    (hidden files ignored); a progress bar (``keras.utils.Progbar``) counts images.
-
-    Returns:
-        ``[{"path": str, "top": [(class, score), ...]}]`` in file order.
-
-    Example:
-        >>> for row in predict_files("exports/flowers", "new_photos/", top_k=2):
-        ...     print(row["path"], row["top"][0])
-        new_photos/1.jpg ('rose', 0.97...)
-    """
-    exported = export if isinstance(export, ExportedModel) else load_exported(export)
-    top_k = min(3, len(exported.class_names)) if top_k is None else top_k
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1.")
-    report = skipped
-    files, skipped = _collect_files(paths_or_folder)
-    bar = None
-    if progress and files:
-        import keras
-
-        bar = keras.utils.Progbar(len(files), unit_name="image")
-    results: list[dict] = []
-    for start in range(0, len(files), batch_size):
-        batch, data = [], []
-        for path in files[start:start + batch_size]:
-            try:
-                data.append(path.read_bytes())
-                batch.append(path)
-            except OSError as err:
-                skipped.append((str(path), f"cannot be read ({err})"))
-        try:
-            rows = exported.predict(data, top_k=top_k) if data else []
-        except tf.errors.InvalidArgumentError:
-            rows = []  # one bad file fails the batch: redo it file by file to skip only the bad ones
-            for path, item in list(zip(batch, data)):
-                try:
-                    rows += exported.predict([item], top_k=top_k)
-                except tf.errors.InvalidArgumentError as err:
-                    skipped.append((str(path), _decode_failure(err)))
-                    batch.remove(path)
-        results += [{"path": str(path), "top": row["top"]} for path, row in zip(batch, rows)]
-        if bar is not None:
-            bar.update(min(start + batch_size, len(files)))
-    if report is not None:
-        report.extend(skipped)
-    elif skipped:
-        lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
-        warnings.warn(f"Skipped {len(skipped)} file(s):\n{lines}", UserWarning, stacklevel=2)
-    return results
-
-
-# -- TFLite ----------------------------------------------------------------------------
-
-
-def _tflite_probabilities(content: bytes, pixels: np.ndarray) -> np.ndarray:
-    """Run the converted model in TensorFlow's bundled TFLite interpreter."""
-    with warnings.catch_warnings():
-        # TF 2.21 still ships tf.lite.Interpreter (same runtime as ai_edge_litert's) but warns
-        # at every construction that it is deprecated; we check parity, nothing more.
-        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-        interpreter = tf.lite.Interpreter(model_content=content)
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, list(pixels.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, pixels)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-
-
-def export_tflite(
-    model: Any,
-    path: str | os.PathLike,
-    quantization: str | None = "float16",
-    check: bool = True,
-    sample_pixels: np.ndarray | None = None,
-    tolerance: float | None = None,
-) -> dict:
-    """Convert ``model`` to TFLite (``tf.lite.TFLiteConverter``) and check it against Keras.
-
-    The TFLite model takes ``float32 [N, H, W, 3]`` RGB pixels in 0..255 at the
-    model's fixed size (decode and resize on the device) and returns the
-    probabilities. ``quantization``: ``"float16"`` (weights stored as float16,
-    about half the size), ``"dynamic"`` (dynamic-range int8 weights, about a
-    quarter) or ``None`` (float32).
-
-    With ``check`` the converted model runs in ``tf.lite.Interpreter`` on
-    ``sample_pixels`` (default: 8 seeded random images; pass real ones for
-    meaningful agreement figures) and is compared with ``model.predict``; the
-    file is written (atomically) only if the largest absolute probability
-    difference is within ``tolerance`` (default :data:`TFLITE_TOLERANCE`:
-    1e-4 float32, 1e-2 float16, 0.1 dynamic). Measured (TF 2.21, 4 x 16 random
-    images) on a random-init VGG16 at 32 px whose classifier was sharpened so
-    probabilities spread over 3 classes: float32 <= 8e-6; float16 <= 2.1e-3,
-    top-1 agreement 100%; dynamic int8 0.055-0.066, top-1 agreement 88-94%
-    (flips only where Keras's top-2 margin is small). ResNet50 (head x10):
-    float16 7e-5, dynamic 1.3e-3. Check real images of your task before
-    shipping a ``"dynamic"`` model.
-
-    Returns:
-        ``{"path", "quantization", "size_bytes", "max_abs_diff", "top1_agreement",
-        "tolerance", "num_samples"}`` (the figures are ``None`` without ``check``).
-
-    Raises:
-        RuntimeError: the parity check failed (nothing is written).
-
-    Example:
-        >>> images, _ = next(iter(folder.validation))
-        >>> report = export_tflite(model, "flowers.tflite", quantization="float16",
-        ...                        sample_pixels=images.numpy())
-        >>> report["max_abs_diff"] <= 1e-2, report["top1_agreement"]
-        (True, 1.0)
-    """
-    if not _tensorflow_backend():
-        import keras
-
-        raise ValueError(f"export_tflite converts a TensorFlow graph; this process uses the Keras "
-                         f"backend {keras.backend.backend()!r}. Save the model (model.save) and "
-                         "run export_tflite with KERAS_BACKEND=tensorflow (or `tfx-transfer "
-                         "export MODEL.keras OUT --tflite FILE`).")
-    if quantization not in TFLITE_TOLERANCE:
-        raise ValueError(f"quantization={quantization!r}: use 'float16', 'dynamic' or None.")
-    import keras
-
-    height, width = _image_size(model)
-    # Keras 3's own route (keras/src/export/litert.py): ExportArchive -> SavedModel -> converter.
-    # (from_concrete_functions keeps Keras variables as uninitialised resources: NaN outputs.)
-    with tempfile.TemporaryDirectory(prefix="tfx_transfer_tflite_") as saved_model_dir:
-        archive = keras.export.ExportArchive()
-        archive.add_endpoint(
-            "serving_default", lambda pixels: model(pixels, training=False),
-            [tf.TensorSpec([None, height, width, 3], tf.float32, name="pixels")],
-        )
-        archive.write_out(saved_model_dir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        if quantization is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        content = converter.convert()
-
-    tolerance = TFLITE_TOLERANCE[quantization] if tolerance is None else float(tolerance)
-    report = {"path": str(path), "quantization": quantization, "size_bytes": len(content),
-              "max_abs_diff": None, "top1_agreement": None, "tolerance": tolerance, "num_samples": 0}
-    if check:
-        if sample_pixels is None:
-            sample_pixels = np.random.default_rng(0).integers(0, 256, (8, height, width, 3))
-        pixels = np.asarray(sample_pixels, np.float32)
-        if pixels.shape[1:] != (height, width, 3):
-            raise ValueError(
-                f"sample_pixels has shape {pixels.shape}; need (N, {height}, {width}, 3) at the model size."
-            )
-        expected = np.asarray(model.predict(pixels, verbose=0), np.float32)
-        got = _tflite_probabilities(content, pixels)
-        diff = float(np.max(np.abs(got - expected)))
-        agree = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-        report.update(max_abs_diff=diff, top1_agreement=agree, num_samples=len(pixels))
-        if not diff <= tolerance:
-            raise RuntimeError(
-                f"TFLite ({quantization}) differs from the Keras model by up to {diff:.3g} in "
-                f"probability (tolerance {tolerance:g}, top-1 agreement {agree:.0%}); nothing written. "
-                "Try quantization=None or 'float16', or pass a looser tolerance= if this is acceptable."
-            )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return report

@@ -27,6 +27,7 @@ and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
     RUN/skipped_files.txt       files left out of the data and why (empty when none)
     RUN/test/                   metrics and plots on DATA/test/, when the folder has one
     RUN/backup/                 only while training: what ``resume=True`` continues from
+    RUN/.lock                   one process per run folder (an OS lock, released on any exit)
 
 Example:
     >>> import tfx_transfer as tt
@@ -53,7 +54,9 @@ import keras
 import numpy as np
 
 from tfx_transfer.backbones import get_backbone
-from tfx_transfer.evaluate import HISTORY_PNG, evaluate_model, format_report, plot_history
+from tfx_transfer.evaluate import evaluate_model
+from tfx_transfer.metrics import format_report
+from tfx_transfer.plots import HISTORY_PNG, plot_history
 from tfx_transfer.runlock import lock_run_folder
 from tfx_transfer.saving import load_model
 
@@ -379,7 +382,8 @@ def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]], verbose: Any)
 def _fit(model: keras.Model, folder: Any, config: dict[str, Any], run: Path, resume: bool,
          callbacks: Sequence[keras.callbacks.Callback], verbose: Any) -> BestModelCheckpoint:
     from tfx_transfer.data import class_weights
-    from tfx_transfer.finetune import backup_epoch, fine_tune
+    from tfx_transfer.callbacks import backup_epoch
+    from tfx_transfer.finetune import fine_tune
 
     backup = run / BACKUP_DIR
     done = backup_epoch(backup) if resume else None

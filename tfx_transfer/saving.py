@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import keras
 
 # Importing these modules registers the kit's serializable objects.
-from tfx_transfer import augment, ensembles, finetune, layers, model  # noqa: F401
+from tfx_transfer import augment, ensembles, layers, model, optimizers  # noqa: F401
 
 
 def load_model(path: str | os.PathLike, compile: bool = True, safe_mode: bool = True) -> keras.Model:
