@@ -203,7 +203,7 @@ def find_lr(
         >>> result.plot("lr_finder.png"); print(result.suggestion)  # doctest: +SKIP
         0.0012
     """
-    from tfx_transfer.finetune import copy_optimizer
+    from tfx_transfer.optimizers import copy_optimizer
 
     if not 0 < start_lr < end_lr:
         raise ValueError(f"start_lr={start_lr!r}, end_lr={end_lr!r}: need 0 < start_lr < end_lr.")
