@@ -87,6 +87,11 @@ _EXPORTS = {
     "build_joint_model": "joint",
     "fit_joint": "joint",
     "ensemble": "ensembles",
+    # explanations and debugging aids
+    "explain": "gradcam",
+    "top_losses": "mislabeled",
+    "find_lr": "lr_finder",
+    "predict_tta": "tta",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
