@@ -31,11 +31,7 @@ from typing import Any, Iterator
 import keras
 import numpy as np
 
-# What Model.compile sets; saved before the ramp and put back after it.
-_COMPILE_STATE = ("optimizer", "loss", "_compile_loss", "_compile_metrics", "_loss_tracker",
-                  "compiled", "train_function", "test_function", "predict_function",
-                  "_compile_config", "_compiled_trainable_state", "steps_per_execution",
-                  "_jit_compile", "_run_eagerly", "stop_training")
+from tfx_transfer._compat import compile_state, restore_compile_state
 
 
 @dataclasses.dataclass
@@ -223,7 +219,7 @@ def find_lr(
     ramp_optimizer = copy_optimizer(base, start_lr)
 
     saved_values = [np.array(keras.ops.convert_to_numpy(v)) for v in model.variables]
-    saved_state = {name: model.__dict__[name] for name in _COMPILE_STATE if name in model.__dict__}
+    saved_state = compile_state(model)
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     lrs, losses, smoothed = [], [], []
     average, best, stopped = 0.0, math.inf, "end"
@@ -252,11 +248,7 @@ def find_lr(
     finally:
         for variable, value in zip(model.variables, saved_values):
             variable.assign(value)
-        for name in _COMPILE_STATE:
-            if name in saved_state:
-                setattr(model, name, saved_state[name])
-            elif name in model.__dict__:
-                delattr(model, name)
+        restore_compile_state(model, saved_state)
     if len(lrs) < 2:
         raise ValueError(f"The loss was not finite from the first steps (lr {start_lr:g}); "
                          "lower start_lr or check the data and the loss.")
