@@ -75,6 +75,8 @@ _EXPORTS = {
     "build_joint_model": "joint",
     "fit_joint": "joint",
     "ensemble": "ensemble",
+    # unsupervised domain adaptation
+    "adapt": "adapt",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
