@@ -43,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -109,12 +108,15 @@ def image_files(folder: str | os.PathLike, split: str = "train") -> list[str]:
 
 
 def target_dataset(target: Any, image_size: tuple[int, int], batch_size: int = 32,
-                   seed: int = 0, shuffle: bool = True) -> tuple[Any, int]:
+                   seed: int = 0, shuffle: bool = True,
+                   count: bool = True) -> tuple[Any, int | None]:
     """``(batched tf.data of uint8 images, number of images)`` from a folder, array or dataset.
 
     ``target`` is a folder (see :func:`image_files`; undecodable files are left out
     with one warning), a ``uint8`` array ``(N, H, W, 3)``, or a batched ``tf.data``
     dataset of images or ``(images, labels, ...)`` tuples, whose labels are dropped.
+    Counting a ``tf.data`` dataset means reading it once; ``count=False`` skips
+    that and gives ``None`` as the number.
 
     Example:
         >>> import numpy as np
@@ -158,12 +160,10 @@ def target_dataset(target: Any, image_size: tuple[int, int], batch_size: int = 3
         spec = target.element_spec
         if isinstance(spec, (tuple, list)):
             target = target.map(lambda *parts: parts[0])  # labels dropped, never read
-        n = int(target.cardinality())
-        if n <= 0:
+        if int(target.cardinality()) <= 0:
             raise ValueError("The target dataset has no known size; pass a folder or an array, "
                              "or a finite batched dataset.")
-        count = int(sum(int(tf.shape(b)[0]) for b in target))
-        return target, count
+        return target, (int(sum(int(tf.shape(b)[0]) for b in target)) if count else None)
     raise TypeError(f"target={type(target).__name__}: pass a folder path, a uint8 image array "
                     "(N, H, W, 3) or a batched tf.data dataset.")
 
@@ -480,7 +480,7 @@ def _source_dataset(source: Any, image_size: tuple[int, int], batch_size: int, s
                     "tf.data dataset of (images, labels).")
 
 
-def _align(model: keras.Model, source: Any, target: Any, n_target: int, *, epochs: int,
+def _align(model: keras.Model, source: Any, target: Any, *, epochs: int,
            lr: float, batch_size: int, weight: float, blocks: Any, callbacks: Sequence,
            verbose: Any) -> keras.callbacks.History:
     import tensorflow as tf
@@ -490,7 +490,7 @@ def _align(model: keras.Model, source: Any, target: Any, n_target: int, *, epoch
     n_source = int(source.cardinality())
     if n_source <= 0:
         raise ValueError("The source dataset has no known number of batches; pass a folder.")
-    steps = max(n_source, math.ceil(n_target / batch_size))
+    steps = max(n_source, int(target.cardinality()))
     backbone = get_backbone_model(model)
     flags = (backbone.trainable, [layer.trainable for layer in backbone.layers])
     if blocks:
@@ -625,11 +625,12 @@ def adapt(
         _require_batchnorm(model)
     keras.utils.set_random_seed(seed)
     adapted = copy_model(model)
-    images, n_target = target_dataset(target, want, batch_size, seed=seed)
+    images, n_target = target_dataset(target, want, batch_size, seed=seed, count=False)
     if "adabn" in chosen:
         reference = None
         if source is not None:  # source images only: labels are not needed here
-            reference = target_dataset(source, want, batch_size, seed=seed, shuffle=False)[0]
+            reference = target_dataset(source, want, batch_size, seed=seed, shuffle=False,
+                                       count=False)[0]
         else:
             warnings.warn(
                 "adapt(method='adabn') without source=: plain AdaBN, right only when the "
@@ -637,12 +638,14 @@ def adapt(
                 "it). A transfer model keeps ImageNet statistics, and plain AdaBN then lost "
                 "accuracy in docs/adaptation.md; pass source= (its images only are read).",
                 UserWarning, stacklevel=2)
-        recompute_batchnorm(adapted, images, reference=reference)
+        n_target = recompute_batchnorm(adapted, images, reference=reference)
     if uses_coral:
         num_classes = int(model.output_shape[-1])
         labelled = _source_dataset(source, want, batch_size, seed, class_names, num_classes)
-        _align(adapted, labelled, images, n_target, epochs=epochs, lr=lr, batch_size=batch_size,
+        _align(adapted, labelled, images, epochs=epochs, lr=lr, batch_size=batch_size,
                weight=weight, blocks=blocks, callbacks=callbacks, verbose=verbose)
+    if n_target is None:
+        n_target = target_dataset(target, want, batch_size, shuffle=False)[1]
     adapted._tfx_adaptation = {"method": chosen, "target_images": n_target}
     return adapted
 
