@@ -92,6 +92,8 @@ _EXPORTS = {
     "top_losses": "mislabeled",
     "find_lr": "lr_finder",
     "predict_tta": "tta",
+    # unsupervised domain adaptation
+    "adapt": "adaptation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -544,11 +544,55 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt a trained run to a new domain from its unlabelled images",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Unsupervised domain adaptation of RUN_DIR's model (from 'tfx-transfer train') "
+        "to the images of TARGET_FOLDER, whose labels are never used for it. --out gets "
+        "model.keras, export/1/ (SavedModel), config.json, adaptation.json and adaptation.txt. "
+        "When TARGET_FOLDER has class folders named like the model's classes, the report scores "
+        "the model before and after on them (test/ or val/ when present, else all images); those "
+        "labels serve only for the score. Methods: adabn (BatchNorm statistics of the target; "
+        "uses the source's images, not its labels, when available), coral (Deep CORAL training "
+        "on labelled source + unlabelled target), adabn+coral; default = adabn.",
+        epilog="Example: tfx-transfer adapt runs/photos new_camera/ --out runs/photos-new-camera",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder of 'tfx-transfer train'")
+    p.add_argument("target", metavar="TARGET_FOLDER",
+                   help="images of the new domain (class folders optional, only for scoring)")
+    p.add_argument("--out", required=True, metavar="NEW_RUN", help="run folder to write")
+    p.add_argument("--method", default="default",
+                   choices=("default", "adabn", "coral", "adabn+coral"))
+    p.add_argument("--source", default=None, metavar="DIR",
+                   help="labelled source folder (default: the run's data_dir)")
+    p.add_argument("--epochs", type=int, default=10, help="CORAL epochs")
+    p.add_argument("--lr", type=float, default=1e-4, help="CORAL Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    p.set_defaults(func=_run_adapt)
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    from tfx_transfer.adaptation import adapt_run, format_adaptation_report
+
+    report = adapt_run(args.run_dir, args.target, args.out, method=args.method,
+                       source=args.source, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, seed=args.seed, verbose=args.verbose)
+    print(format_adaptation_report(report))
+    print(f"  {'run folder':<17}{args.out}")
+    print(f"  {'export':<17}{report['export']}")
+    return 0
+
+
 # Sub-commands, in the order `--help` lists them. Modules add theirs here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_weights, _add_pretrain]
 COMMANDS += [_add_export, _add_predict]
 COMMANDS += [_add_serve]
 COMMANDS += [_add_explain, _add_find_lr]
+COMMANDS += [_add_adapt]
 COMMANDS[:0] = [_add_train, _add_evaluate]  # the main job first
 
 
