@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -114,14 +115,16 @@ def has_seed_generators(layer: Any) -> bool:
 
 
 def write_archive(archive: Any, path: str) -> None:
-    """``ExportArchive.write_out`` without its printout (``verbose`` exists from Keras 3.6).
+    """``ExportArchive.write_out`` without its printout.
 
-    Public method; the check keeps older signatures working.
+    Public method; Keras < 3.10 prints "Saved artifact at ..." whatever ``verbose`` says
+    (and has no ``verbose`` before 3.6), so stdout is captured around the call.
     """
-    if "verbose" in inspect.signature(archive.write_out).parameters:
-        archive.write_out(path, verbose=False)
-    else:
-        archive.write_out(path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        if "verbose" in inspect.signature(archive.write_out).parameters:
+            archive.write_out(path, verbose=False)
+        else:
+            archive.write_out(path)
 
 
 # What Model.compile sets (public and private attributes); find_lr saves them before its

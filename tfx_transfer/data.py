@@ -40,7 +40,9 @@ import numpy as np
 import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-_PIL_ONLY_EXTENSIONS = (".tif", ".tiff")
+# tf.io.decode_image reads WebP from TensorFlow 2.19; older versions read it with Pillow.
+TENSORFLOW_DECODES_WEBP = tuple(int(v) for v in tf.__version__.split(".")[:2]) >= (2, 19)
+_PIL_ONLY_EXTENSIONS = (".tif", ".tiff") + (() if TENSORFLOW_DECODES_WEBP else (".webp",))
 _JUNK_FILES = ("thumbs.db", "desktop.ini")
 _JUNK_DIRS = ("__macosx",)
 _SPLIT_DIRS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}

@@ -59,14 +59,14 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_transfer._compat import write_archive
-from tfx_transfer.data import decode_and_resize, resize_image
+from tfx_transfer.data import TENSORFLOW_DECODES_WEBP, decode_and_resize, resize_image
 
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"  # under <version>/assets.extra/
 SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_PIXELS = "predict_pixels"
 SIGNATURE_PIXELS_UINT8 = "predict_pixels_uint8"
-SERVING_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+SERVING_FORMATS = "JPEG, PNG, GIF, BMP or WebP" if TENSORFLOW_DECODES_WEBP else "JPEG, PNG, GIF or BMP"
 
 # -- checks ---------------------------------------------------------------------------
 
@@ -138,8 +138,10 @@ def _recognised_format(images: tf.Tensor) -> tf.Tensor:
     def starts(prefix: bytes) -> tf.Tensor:
         return tf.equal(tf.strings.substr(head, 0, len(prefix)), prefix)
 
-    webp = starts(b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
-    return starts(b"\xff\xd8\xff") | starts(b"\x89PNG") | starts(b"GIF8") | starts(b"BM") | webp
+    known = starts(b"\xff\xd8\xff") | starts(b"\x89PNG") | starts(b"GIF8") | starts(b"BM")
+    if not TENSORFLOW_DECODES_WEBP:  # TensorFlow < 2.19 cannot decode WebP in the graph
+        return known
+    return known | (starts(b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
 
 
 def _decode_batch(images: tf.Tensor, image_size: tuple[int, int], crop: bool) -> tf.Tensor:
