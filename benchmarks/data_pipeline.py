@@ -9,17 +9,32 @@ images per second delivered by the pipeline.
   .flow_from_directory`` (bilinear resize), timed after 2 warm-up batches;
 * ours, streaming: ``load_image_folder(..., augmentation=...)`` with no cache
   (decode + resize + augment every epoch), timed after 2 warm-up batches;
-* ours, cached (steady state): ``cache_images="memory"``; one full epoch fills the
+* ours, cached (steady state): ``cache="memory"``; one full epoch fills the
   cache (its rate is printed too), then batches are timed: images are decoded
   once at the target size and only the batched augmentation runs per epoch.
   Two rows share that cache: ``Augmentation(engine="affine")`` (the default,
   one resampling) and ``engine="keras"`` (the stock RandomRotation ->
   RandomTranslation -> RandomZoom -> RandomFlip chain, one resampling per op).
 
+Per CPU core (``--per-core``; issue 18: can the host feed an accelerator?): the
+process is pinned to one core (``os.sched_setaffinity``, as ``taskset -c 0``) and
+TensorFlow and tf.data get one thread each, then two paths are timed at 224 px:
+
+* stream: JPEG decode + resize + augmentation on the CPU, every epoch;
+* cached: decoded uint8 images cached in memory (one untimed epoch fills it),
+  augmentation inside the model (on the accelerator): the host only shuffles,
+  batches and hands over uint8 batches, which is all that is timed.
+
+Two figures per path: wall-clock images/s on the pinned core, and images per
+CPU-second of the whole process (``time.process_time``), which does not depend on
+how busy the shared core is; cores needed for 3,000 img/s are computed from the
+latter (and printed for both).
+
 Usage (from the repository root; needs scipy for the legacy generator)::
 
     python benchmarks/data_pipeline.py                      # ../shared/datasets/caltech101
     python benchmarks/data_pipeline.py --data DIR --batches 50 --images 1000
+    python benchmarks/data_pipeline.py --per-core --images 1000 --batches 30
 """
 
 from __future__ import annotations
@@ -66,6 +81,47 @@ def rate(batches, n_batches: int, warmup: int = 2) -> float:
     return count / (time.perf_counter() - start)
 
 
+def rate_and_cpu(batches, n_batches: int, warmup: int = 2) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU-second of this process) over ``n_batches``."""
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
+    for _ in range(n_batches):
+        count += len(next(it)[0])
+    return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
+
+
+def per_core(data: Path, size: int, batch_size: int, n_batches: int, target: float = 3000.0) -> dict:
+    """Images/s per CPU core of the streaming and cached input paths (see the module docstring)."""
+    import tensorflow as tf
+
+    from tfx_transfer import Augmentation, load_image_folder
+
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.cpu_budget = 1
+    results = {}
+    stream = load_image_folder(data, (size, size), batch_size, augmentation=Augmentation(**IDG_KWARGS))
+    results["stream: decode + resize + augment on the CPU"] = rate_and_cpu(
+        stream.train.repeat().with_options(options), n_batches)
+    cached = load_image_folder(data, (size, size), batch_size, cache="memory")
+    train = cached.train.with_options(options)
+    for _ in train:  # one untimed epoch fills the cache
+        pass
+    results["cached: uint8 batches from memory (augment on the accelerator)"] = rate_and_cpu(
+        train.repeat(), n_batches)
+    print(f"per core (pinned to CPU {core}, 1 TensorFlow/tf.data thread), {size} px, batch {batch_size}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores:")
+    for name, (wall, cpu) in results.items():
+        print(f"  {name:66s} {wall:8.1f} img/s wall, {cpu:8.1f} img per CPU-second -> "
+              f"{target / cpu:6.1f} cores for {target:,.0f} img/s ({target / wall:.1f} at the wall rate)")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of class folders")
@@ -73,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=None, help="use only about this many images (quick runs)")
+    parser.add_argument("--per-core", action="store_true",
+                        help="only the per-core figures of the streaming and cached paths")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(
@@ -81,6 +139,14 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     import tensorflow as tf
+
+    if args.per_core:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        with tempfile.TemporaryDirectory() as tmp:
+            per_core(subset_folder(args.data.resolve(), args.images, tmp), args.size,
+                     args.batch_size, args.batches)
+        return
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
     from tfx_transfer import Augmentation, load_image_folder
@@ -104,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tfx_transfer, streaming (no cache):            {stream_rate:8.1f} images/s "
               f"({stream_rate / legacy_rate:.1f}x)")
 
-        cached = load_image_folder(data, size, args.batch_size, cache_images="memory")  # augmented below, per engine
+        cached = load_image_folder(data, size, args.batch_size, cache="memory")  # augmented below, per engine
         start, n = time.perf_counter(), 0
         for images, _ in cached.train:  # first epoch: decode + fill the cache
             n += len(images)

@@ -108,7 +108,7 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     rows = read_csv(run / "history.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert [int(float(r["stage"])) for r in rows] == [0, 1]  # phase 1 (head), phase 2
-    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-3, 1e-5])
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([3e-3, 1e-4])  # the defaults
     best = json.loads((run / "best.json").read_text())
     val_losses = [float(r["val_loss"]) for r in rows]
     assert best["epoch"] == int(np.argmin(val_losses)) and best["value"] == pytest.approx(min(val_losses))

@@ -248,7 +248,9 @@ def _register_defaults() -> None:
     add(BackboneSpec("inceptionv3", "InceptionV3", "tf", 299, 75, _INCEPTION_V3))
     add(BackboneSpec("inceptionresnetv2", "InceptionResNetV2", "tf", 299, 75,
                      _INCEPTION_RESNET_V2))
-    add(BackboneSpec("mobilenet", "MobileNet", "tf", 224, 32, _MOBILENET))
+    # top 3 of 13 depthwise-separable blocks (block13 alone is 2 weight tensors + BN): docs/accuracy.md
+    add(BackboneSpec("mobilenet", "MobileNet", "tf", 224, 32, _MOBILENET,
+                     default_unfreeze=("block11", "block12", "block13")))
     add(BackboneSpec("mobilenetv2", "MobileNetV2", "tf", 224, 32, _MOBILENET_V2,
                      default_unfreeze=("block16", "top")))
     for size in ("Small", "Large"):

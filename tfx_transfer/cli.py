@@ -264,8 +264,12 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "seed": dict(type=int, help="seed of split, shuffling, augmentation, initialisation"),
     "cache_features": dict(action=argparse.BooleanOptionalAction, help="train phase 1 on backbone "
                            "features computed once (only without augmentation)"),
-    "cache_images": dict(type=_optional(str), metavar="none|memory|DIR",
-                         help="cache decoded images in memory or in files under DIR"),
+    "cache_images": dict(type=_optional(str), metavar="auto|memory|none|DIR",
+                         help="cache decoded images: auto (in memory when they fit "
+                         "--cache-budget-gb, else streamed; the choice is printed and saved in "
+                         "config.json), memory, none (decode every epoch) or files under DIR"),
+    "cache_budget_gb": dict(type=float, help="memory budget of --cache-images auto, in GB of "
+                            "decoded pixels"),
     "class_weight": dict(type=_optional(str), choices=(None, "balanced"), metavar="none|balanced",
                          help="weight classes by inverse frequency (imbalanced data)"),
     "monitor": dict(choices=("val_loss", "val_accuracy"), help="what the best checkpoint is "

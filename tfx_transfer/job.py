@@ -71,10 +71,12 @@ EXPORT_DIR = "export"
 TENSORBOARD_DIR = "tensorboard"
 LR_FINDER_PNG = "lr_finder.png"
 AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
+CACHE_MODES = ("auto", "memory", "none")
 # The settings that define a run: train()'s arguments, the CLI's flags and config.json's keys.
 RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
              "augmentation", "batch_size", "head", "units", "dropout", "head_lr", "fine_tune_lr",
-             "validation_split", "seed", "cache_features", "cache_images", "class_weight",
+             "validation_split", "seed", "cache_features", "cache_images", "cache_budget_gb",
+             "class_weight",
              "monitor", "top_k", "train_bn", "deterministic")
 
 
@@ -143,7 +145,7 @@ def train_defaults() -> dict[str, Any]:
 
     Example:
         >>> train_defaults()["fine_tune_lr"]
-        1e-05
+        0.0001
     """
     return {name: p.default for name, p in inspect.signature(train).parameters.items()
             if p.default is not inspect.Parameter.empty}
@@ -173,6 +175,10 @@ def _normalise(name: str, value: Any) -> Any:
             raise ValueError(f"head_lr={value!r}: pass a learning rate (e.g. 1e-3) or 'auto' (the "
                              "learning-rate finder picks it).")
         return "auto"
+    if name == "cache_images":
+        if value is None or str(value).lower() in CACHE_MODES:
+            return "none" if value is None else str(value).lower()
+        return os.fspath(value)
     if name == "weights":
         return "none" if value is None else os.fspath(value) if isinstance(value, os.PathLike) else value
     return _as_jsonable(value)
@@ -209,6 +215,9 @@ def _new_config(data_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
     config["backbone"] = spec.name
     if config["image_size"] is None:
         config["image_size"] = [spec.default_size, spec.default_size]
+    budget = config["cache_budget_gb"]
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+        raise ValueError(f"cache_budget_gb={budget!r} must be a number of GB >= 0.")
     if config["monitor"] not in ("val_loss", "val_accuracy"):
         raise ValueError(f"monitor={config['monitor']!r}: use 'val_loss' or 'val_accuracy'.")
     if config["class_weight"] not in (None, "balanced"):
@@ -280,14 +289,53 @@ def _load_data(config: dict[str, Any], verbose: Any):
         )
     config["validation_split_used"] = split
     heavy = config["augmentation"] == "heavy"  # MixUp mixes labels: dataset side, one-hot labels
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Skipped \d+ file")  # train lists them itself
-        return load_image_folder(
-            root, image_size=config["image_size"], batch_size=config["batch_size"],
-            validation_split=split, seed=config["seed"], cache_images=config["cache_images"],
-            label_mode="categorical" if heavy else "int",
-            augmentation=Augmentation(preset="heavy", seed=config["seed"]) if heavy else None,
-        )
+
+    def load(cache: str | None):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Skipped \d+ file")  # train lists them itself
+            return load_image_folder(
+                root, image_size=config["image_size"], batch_size=config["batch_size"],
+                validation_split=split, seed=config["seed"], cache_images=cache,
+                label_mode="categorical" if heavy else "int",
+                augmentation=Augmentation(preset="heavy", seed=config["seed"]) if heavy else None,
+            )
+
+    mode = config["cache_images"]
+    if mode != "auto":
+        config["cache_images_used"] = mode
+        return load(None if mode == "none" else mode)
+    folder = load(None)  # datasets are lazy: this lists (and verifies) the files only
+    used, reason = choose_image_cache(folder.counts, config["image_size"],
+                                      config["cache_budget_gb"])
+    config["cache_images_used"], config["cache_images_reason"] = used, reason
+    _say(verbose, f"data: cache_images=auto -> {used} ({reason})")
+    return folder if used == "none" else load(used)
+
+
+def choose_image_cache(counts: dict[str, dict[str, int]], image_size: Sequence[int],
+                       budget_gb: float) -> tuple[str, str]:
+    """``("memory", why)`` when the decoded images fit ``budget_gb``, else ``("none", why)``.
+
+    Decoded images cost ``height * width * 3`` bytes each (uint8), over every split.
+    Cached in memory, each image is decoded and resized once and the epochs after
+    the first only run the batched augmentation (``benchmarks/data_pipeline.py``
+    measures both paths: about 140x less host CPU per image); past the budget,
+    images are streamed (decoded every epoch).
+
+    Example:
+        >>> choose_image_cache({"train": {"a": 800, "b": 800}, "validation": {"a": 200, "b": 200}},
+        ...                    (224, 224), budget_gb=2.0)
+        ('memory', 'decoded images 0.30 GB <= budget 2 GB: decoded once, kept in memory')
+        >>> choose_image_cache({"train": {"a": 800}}, (224, 224), budget_gb=0.1)[0]
+        'none'
+    """
+    images = sum(sum(per_class.values()) for per_class in counts.values())
+    need = images * int(image_size[0]) * int(image_size[1]) * 3 / 1e9
+    if need <= budget_gb:
+        return "memory", (f"decoded images {need:.2f} GB <= budget {budget_gb:g} GB: decoded once, "
+                          "kept in memory")
+    return "none", (f"decoded images {need:.2f} GB > budget {budget_gb:g} GB: streamed from disk "
+                    "(decoded every epoch); raise cache_budget_gb or pass cache_images=DIR")
 
 
 def _build(config: dict[str, Any], num_classes: int, verbose: Any) -> keras.Model:
@@ -488,15 +536,16 @@ def train(
     blocks: Any = "default",
     augmentation: str | None = "standard",
     batch_size: int = 32,
-    head: str = "flatten",
+    head: str = "avg",
     units: int = 256,
     dropout: float | None = None,
-    head_lr: float | str = 1e-3,
-    fine_tune_lr: float = 1e-5,
+    head_lr: float | str = 3e-3,
+    fine_tune_lr: float = 1e-4,
     validation_split: float | None = 0.2,
     seed: int = 1337,
     cache_features: bool = True,
-    cache_images: str | None = None,
+    cache_images: str | os.PathLike | None = "auto",
+    cache_budget_gb: float = 2.0,
     class_weight: str | None = None,
     monitor: str = "val_loss",
     top_k: int | None = None,
@@ -546,8 +595,13 @@ def train(
             on GPU; TensorFlow backend).
         cache_features: let phase 1 train the head on backbone features computed
             once (only without augmentation; see :func:`tfx_transfer.fine_tune`).
-        cache_images: ``None``, ``"memory"`` or a folder: cache decoded images
+        cache_images: ``"auto"`` (in memory when the decoded images fit
+            ``cache_budget_gb``, else streamed from disk; the choice is printed and
+            saved in ``config.json`` as ``cache_images_used``), ``"memory"``,
+            ``"none"``/``None`` (decode every epoch) or a folder for cache files
             (:func:`tfx_transfer.load_image_folder`).
+        cache_budget_gb: memory budget of ``cache_images="auto"``, in GB of decoded
+            uint8 pixels (``images * height * width * 3`` bytes).
         class_weight: ``"balanced"`` to weight classes by inverse frequency.
         monitor: ``"val_loss"`` (default) or ``"val_accuracy"`` for the best checkpoint.
         top_k: k of the reported top-k accuracy (default ``min(5, classes - 1)``).

@@ -160,7 +160,7 @@ def build_transfer_model(
     num_classes: int,
     input_shape: Sequence[int] | int | None = None,
     weights: str | os.PathLike | None = "imagenet",
-    head: str = "flatten",
+    head: str = "avg",
     units: int = 256,
     dropout: float | None = None,
     augmentation: Any = None,
@@ -177,10 +177,11 @@ def build_transfer_model(
       :class:`tfx_transfer.Backbone` layer named ``"backbone"`` that runs it in
       inference mode (BatchNorm, Dropout, drop-connect) during ``fit`` too, also
       after :func:`tfx_transfer.unfreeze`, unless ``train_bn=True``.
-    * head (a nested ``keras.Sequential`` named ``"head"``): ``"flatten"`` (Flatten ->
-      Dense(units, relu) -> Dropout -> Dense softmax, the classic recipe), ``"avg"``
-      or ``"max"`` (global pooling -> Dropout -> Dense softmax). The output layer is
-      float32 under any mixed-precision policy.
+    * head (a nested ``keras.Sequential`` named ``"head"``): ``"avg"`` (default) or
+      ``"max"`` (global pooling -> Dropout -> Dense softmax), or ``"flatten"`` (Flatten ->
+      Dense(units, relu) -> Dropout -> Dense softmax, the classic recipe; it overfits
+      small sets, see ``docs/accuracy.md``). The output layer is float32 under any
+      mixed-precision policy.
 
     Args:
         backbone: a registry name (see :func:`tfx_transfer.list_backbones`) or spec.
