@@ -9,7 +9,7 @@ images per second delivered by the pipeline.
   .flow_from_directory`` (bilinear resize), timed after 2 warm-up batches;
 * ours, streaming: ``load_image_folder(..., augmentation=...)`` with no cache
   (decode + resize + augment every epoch), timed after 2 warm-up batches;
-* ours, cached (steady state): ``cache="memory"``; one full epoch fills the
+* ours, cached (steady state): ``cache_images="memory"``; one full epoch fills the
   cache (its rate is printed too), then batches are timed: images are decoded
   once at the target size and only the batched augmentation runs per epoch.
   Two rows share that cache: ``Augmentation(engine="affine")`` (the default,
@@ -108,7 +108,7 @@ def per_core(data: Path, size: int, batch_size: int, n_batches: int, target: flo
     stream = load_image_folder(data, (size, size), batch_size, augmentation=Augmentation(**IDG_KWARGS))
     results["stream: decode + resize + augment on the CPU"] = rate_and_cpu(
         stream.train.repeat().with_options(options), n_batches)
-    cached = load_image_folder(data, (size, size), batch_size, cache="memory")
+    cached = load_image_folder(data, (size, size), batch_size, cache_images="memory")
     train = cached.train.with_options(options)
     for _ in train:  # one untimed epoch fills the cache
         pass
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tfx_transfer, streaming (no cache):            {stream_rate:8.1f} images/s "
               f"({stream_rate / legacy_rate:.1f}x)")
 
-        cached = load_image_folder(data, size, args.batch_size, cache="memory")  # augmented below, per engine
+        cached = load_image_folder(data, size, args.batch_size, cache_images="memory")  # augmented below, per engine
         start, n = time.perf_counter(), 0
         for images, _ in cached.train:  # first epoch: decode + fill the cache
             n += len(images)
