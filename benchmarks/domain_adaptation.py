@@ -54,7 +54,7 @@ def _load(folder: str, image_size: int, batch_size: int, split: float, seed: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return load_image_folder(root, image_size=image_size, batch_size=batch_size, seed=seed,
-                                 cache="memory",
+                                 cache_images="memory",
                                  validation_split=None if has_val else split)
 
 

@@ -55,6 +55,8 @@ from keras import ops
 from tfx_transfer.model import (
     AUGMENT_NAME,
     PREPROCESS_NAME,
+    TransferModel,
+    get_backbone_layer,
     get_backbone_model,
     get_head,
 )
@@ -428,7 +430,7 @@ def build_alignment_model(model: keras.Model, weight: float = DEFAULT_CORAL_WEIG
         >>> build_alignment_model(model).output.shape
         (None, 2)
     """
-    backbone = get_backbone_model(model)
+    backbone = get_backbone_layer(model)  # the Backbone layer: inference mode as in the model
     preprocess = model.get_layer(PREPROCESS_NAME)
     augmentation = next((l for l in model.layers if l.name == AUGMENT_NAME), None)
     head = get_head(model)
@@ -485,7 +487,7 @@ def _align(model: keras.Model, source: Any, target: Any, *, epochs: int,
            verbose: Any) -> keras.callbacks.History:
     import tensorflow as tf
 
-    from tfx_transfer.finetune import unfreeze
+    from tfx_transfer.freezing import unfreeze
 
     n_source = int(source.cardinality())
     if n_source <= 0:
@@ -524,13 +526,14 @@ def copy_model(model: keras.Model) -> keras.Model:
         >>> copy_model(model).count_params() == model.count_params()
         True
     """
-    clone = keras.models.clone_model(model)
+    if isinstance(model, TransferModel):  # keeps the class, its settings and the Backbone layer
+        clone = TransferModel.from_config(model.get_config())
+    else:
+        clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     pairs = zip(_all_layers(model), _all_layers(clone))
     for a, b in pairs:
         b.trainable = a.trainable
-    if getattr(model, "_tfx_config", None):
-        clone._tfx_config = dict(model._tfx_config)
     return clone
 
 
@@ -688,6 +691,7 @@ def adapt_run(
     import datetime
     import json
 
+    from tfx_transfer.data import split_folders
     from tfx_transfer.evaluate import evaluate_model, load_for_evaluation
     from tfx_transfer.export import export_saved_model
 
@@ -715,8 +719,11 @@ def adapt_run(
     labelled = bool(folders) and set(folders) <= set(class_names)
     scores = None
     if labelled:
-        before = evaluate_model(model, target_dir, class_names, verbose=False)
-        after = evaluate_model(adapted, target_dir, class_names, verbose=False)
+        # the target's test/ or val/ when present, else all its images (none trained the model)
+        found = split_folders(target_dir)
+        split = None if {"test", "validation"} & set(found) else "all"
+        before = evaluate_model(model, target_dir, class_names, verbose=False, split=split)
+        after = evaluate_model(adapted, target_dir, class_names, verbose=False, split=split)
         keep = ("num_samples", "accuracy", "macro_avg")
         scores = {"before": {k: before[k] for k in keep}, "after": {k: after[k] for k in keep}}
     out_dir.mkdir(parents=True, exist_ok=True)
