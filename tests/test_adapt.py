@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from tfx_transfer.model import get_backbone_model
+
 SIZE = 32
 CLASSES = ([200.0, 60.0, 60.0], [60.0, 60.0, 200.0])  # red-ish vs blue-ish scenes
 
@@ -105,7 +107,7 @@ def test_adabn_changes_only_batchnorm_statistics(small):
     assert {name for name, _ in before if name.endswith("moving_mean")} <= changed
     # trainable flags and structure are the input model's
     assert [l.name for l in adapted.layers] == [l.name for l in model.layers]
-    assert not any(l.trainable for l in adapted.get_layer("mobilenetv2").layers
+    assert not any(l.trainable for l in get_backbone_model(adapted).layers
                    if "BN" in l.name or "bn" in l.name)
 
 
@@ -116,7 +118,7 @@ def test_source_relative_adabn_on_the_source_itself_changes_nothing(trained):
     model, (xs, _) = trained
     probe = _domain(6, seed=4)[0]
     copy = copy_model(model)
-    bn = copy.get_layer("densenet121").get_layer("conv1_bn")
+    bn = get_backbone_model(copy).get_layer("conv1_bn")
     bn.moving_mean.assign(bn.moving_mean + 0.3)  # statistics that are not the source's
     expected = copy.predict(probe, verbose=0)
     recompute_batchnorm(copy, [xs], reference=[xs])
@@ -197,7 +199,7 @@ def test_coral_is_one_fit_with_callbacks_and_returns_the_same_classifier(small):
                        if not np.array_equal(a, b)}
     assert any("predictions" in name for name in trained_weights)  # the head trained
     assert not any(name.endswith(("moving_mean", "moving_variance")) for name in trained_weights)
-    assert not adapted.get_layer("mobilenetv2").trainable_weights  # frozen again, as given
+    assert not get_backbone_model(adapted).trainable_weights  # frozen again, as given
 
 
 def test_cli_adapt_writes_a_run_folder(small, tmp_path):
