@@ -39,6 +39,7 @@ import numpy as np
 from keras import ops
 
 from tfx_transfer.model import PREPROCESS_NAME, get_backbone_model, get_head
+from tfx_transfer.plots import save_figure
 
 
 def _preprocess(model: keras.Model) -> Callable[[Any], Any]:
@@ -292,10 +293,7 @@ def plot_explanation(image: Any, heatmap: Any, probabilities: Any, class_names: 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
+    return save_figure(fig, path)
 
 
 def plot_contact_sheet(images: Any, heatmaps: Any, titles: Sequence[str],
@@ -324,10 +322,7 @@ def plot_contact_sheet(images: Any, heatmaps: Any, titles: Sequence[str],
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
+    return save_figure(fig, path)
 
 
 def _image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:

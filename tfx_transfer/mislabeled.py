@@ -30,6 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from tfx_transfer.plots import save_figure
+
 TOP_LOSSES_PNG = "top_losses.png"
 TOP_LOSSES_CSV = "top_losses.csv"
 CSV_COLUMNS = ("rank", "index", "path", "true_class", "predicted_class", "probability",
@@ -295,10 +297,7 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
                  ("; Grad-CAM of the predicted class" if heatmaps is not None else ""))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
+    return save_figure(fig, path)
 
 
 def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,

@@ -27,7 +27,16 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=100)
 
 
-def _save(fig: Any, path: str | os.PathLike | None) -> Any:
+def save_figure(fig: Any, path: str | os.PathLike | None) -> Any:
+    """Write ``fig`` as a PNG at ``path`` (folders created; nothing when ``path`` is None).
+
+    Example:
+        >>> import os, tempfile
+        >>> from matplotlib.figure import Figure
+        >>> path = os.path.join(tempfile.mkdtemp(), "a", "f.png")
+        >>> _ = save_figure(Figure(), path); os.path.isfile(path)
+        True
+    """
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
@@ -123,7 +132,7 @@ def plot_history(history: Any, path: str | os.PathLike | None = None,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.PathLike | None = None,
@@ -158,7 +167,7 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_predictions(images: Any, y_true: Any, probabilities: Any, class_names: Sequence[str],
@@ -200,4 +209,4 @@ def plot_predictions(images: Any, y_true: Any, probabilities: Any, class_names: 
         title = f"predicted (score) / true -- {len(wrong)} of {len(y_true)} misclassified"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
