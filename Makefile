@@ -25,7 +25,7 @@ FLOOR_PINS ?= "tensorflow==2.18.*" "keras==3.8.*"
 FLOOR_TESTS ?= tests/test_model.py tests/test_inference_mode.py tests/test_ensemble.py \
 	tests/test_export.py
 
-.PHONY: install test test-fast test-jax test-floor demo data-samples bench clean
+.PHONY: install test test-doctest test-fast test-jax test-floor demo data-samples bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ test-floor: $(FLOOR_STAMP)
 ## after the core on JAX (test-jax) and on the oldest supported TensorFlow/Keras (test-floor)
 test: test-jax test-floor $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
+
+## make test-doctest: only the docstring examples of the package (~N min on 2 cores)
+test-doctest: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
 
 ## make test-fast: everything but the end-to-end tests marked slow
 test-fast: $(STAMP)

@@ -193,8 +193,10 @@ def idg_affine_transform(bk, height, width, theta, tx, ty, shear, zx, zy, flip_x
     all arguments are ``(B,)`` tensors except ``height``/``width``.
 
     Example:
-        >>> t = idg_affine_transform(keras.src.backend, 32, 32, *[np.zeros(2, "float32")] * 3,
-        ...                          *[np.ones(2, "float32")] * 4)
+        >>> zeros, ones = np.zeros(2, "float32"), np.ones(2, "float32")
+        >>> t = idg_affine_transform(keras.src.backend, 32, 32, *[zeros] * 4, *[ones] * 4)
+        >>> keras.ops.convert_to_numpy(t)[0].tolist()  # identity: no rotation, shift, zoom
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
     """
     n = bk.numpy
     one, zero = n.ones_like(theta), n.zeros_like(theta)
@@ -232,8 +234,8 @@ class RandomAffine(DataLayer):
     ``affine_transform`` call per batch (the per-image matrices differ).
 
     Example:
-        >>> RandomAffine(rotation_range=20, zoom_range=(0.8, 1.2), seed=0)(
-        ...     np.zeros((2, 32, 32, 3)), training=True).shape
+        >>> layer = RandomAffine(rotation_range=20, zoom_range=(0.8, 1.2), seed=0)
+        >>> tuple(layer(np.zeros((2, 32, 32, 3)), training=True).shape)
         (2, 32, 32, 3)
     """
 
@@ -314,7 +316,9 @@ class RandomBrightnessScale(DataLayer):
     """Multiply each image by a random U(lower, upper) factor, clip to 0..255 (IDG ``brightness_range``).
 
     Example:
-        >>> RandomBrightnessScale((0.8, 1.2), seed=0)(np.full((2, 4, 4, 3), 100.0), training=True)
+        >>> out = RandomBrightnessScale((0.8, 1.2), seed=0)(np.full((2, 4, 4, 3), 100.0))
+        >>> bool(keras.ops.all((out >= 80) & (out <= 120)))
+        True
     """
 
     def __init__(self, factor_range, seed=None, **kwargs):
@@ -351,7 +355,10 @@ class RandomChannelShift(DataLayer):
     As in ImageDataGenerator, the result is clipped to the image's own min and max.
 
     Example:
-        >>> RandomChannelShift(30.0, seed=0)(np.random.rand(2, 4, 4, 3) * 255, training=True)
+        >>> images = np.linspace(0, 255, 96, dtype="float32").reshape(2, 4, 4, 3)
+        >>> out = RandomChannelShift(30.0, seed=0)(images, training=True)
+        >>> tuple(out.shape), bool(keras.ops.all((out >= 0) & (out <= 255)))
+        ((2, 4, 4, 3), True)
     """
 
     def __init__(self, intensity, seed=None, **kwargs):
@@ -551,10 +558,13 @@ class Augmentation(keras.layers.Layer):
     Example:
         >>> aug = Augmentation(rotation_range=20, width_shift_range=0.1,
         ...                    zoom_range=0.2, horizontal_flip=True)
-        >>> train = aug.map_dataset(folder.train)          # dataset side, or
-        >>> x = aug(images, training=True)                  # as a layer
-        >>> aug.augmenters                                  # [RandomAffine]
-        >>> Augmentation(rotation_range=20, engine="keras").augmenters  # [RandomRotation]
+        >>> [type(layer).__name__ for layer in aug.augmenters]
+        ['RandomAffine']
+        >>> tuple(aug(np.zeros((2, 32, 32, 3), "uint8"), training=True).shape)  # as a layer
+        (2, 32, 32, 3)
+        >>> aug = Augmentation(rotation_range=20, engine="keras")
+        >>> [type(layer).__name__ for layer in aug.augmenters]
+        ['RandomRotation']
 
     Attributes:
         augmenters: the per-image layers, applied in order.
@@ -634,7 +644,13 @@ class Augmentation(keras.layers.Layer):
         (MixUp/CutMix) is applied here and needs one-hot float labels.
 
         Example:
-            >>> train = Augmentation(preset="standard").map_dataset(folder.train)
+            >>> import tensorflow as tf
+            >>> ds = tf.data.Dataset.from_tensor_slices(
+            ...     (np.zeros((4, 32, 32, 3), "uint8"), [0, 1, 0, 1])).batch(2)
+            >>> train = Augmentation(preset="standard").map_dataset(ds)
+            >>> images, labels = next(iter(train))
+            >>> images.shape, labels.numpy().tolist()
+            (TensorShape([2, 32, 32, 3]), [0, 1])
         """
         import tensorflow as tf
 
@@ -686,8 +702,12 @@ def preview_augmentation(
     each augmented (cycling when there are fewer). Label mixing is not shown.
 
     Example:
-        >>> preview_augmentation(folder.train, Augmentation(rotation_range=30), "aug.png")
-        'aug.png'
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "aug.png")
+        >>> image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), "uint8")
+        >>> preview_augmentation(image, Augmentation(rotation_range=30), path) == path
+        True
+
     """
     from matplotlib.figure import Figure
 

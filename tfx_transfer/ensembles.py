@@ -15,8 +15,13 @@ registered serializable) and :func:`~tfx_transfer.export_saved_model` as one
 SavedModel.
 
 Example:
-    >>> fused = ensemble([frozen_model, finetuned_model])         # doctest: +SKIP
-    >>> tt.export_saved_model(fused, "export/", class_names)       # doctest: +SKIP
+    >>> import numpy as np, tfx_transfer as tt
+    >>> members = [tt.build_transfer_model(name, 2, input_shape=32, weights=None, head="avg")
+    ...            for name in ("vgg16", "mobilenetv2")]
+    >>> fused = ensemble(members, method="vote")
+    >>> fused.predict(np.zeros((3, 32, 32, 3), "uint8"), verbose=0).shape
+    (3, 2)
+
 """
 
 from __future__ import annotations
