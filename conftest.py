@@ -28,4 +28,11 @@ def _doctest_sandbox(request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFX_TRANSFER_CACHE_DIR", str(tmp_path / "cache"))
     keras.utils.set_random_seed(0)
+    from tfx_transfer import backbones
+
+    registry = dict(backbones._REGISTRY)
     yield
+    # What an example may change globally goes back (register_backbone, set_precision).
+    backbones._REGISTRY.clear()
+    backbones._REGISTRY.update(registry)
+    keras.config.set_dtype_policy("float32")

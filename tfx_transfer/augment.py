@@ -707,7 +707,6 @@ def preview_augmentation(
         >>> image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), "uint8")
         >>> preview_augmentation(image, Augmentation(rotation_range=30), path) == path
         True
-
     """
     from matplotlib.figure import Figure
 

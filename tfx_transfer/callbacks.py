@@ -305,7 +305,6 @@ class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
         ...                     epochs=2, callbacks=[stage, backup], verbose=0)
         >>> history.history["stage"]  # rerun the same fit after a crash: it resumes
         [0, 1]
-
     """
 
     def __init__(self, backup_dir: str | os.PathLike, staged: StagedUnfreeze, **kwargs: Any):

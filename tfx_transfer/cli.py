@@ -455,7 +455,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["weights", "where"])  # prints the Keras cache folder
         /.../models
         0
-
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)

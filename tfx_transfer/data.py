@@ -496,7 +496,6 @@ def load_image_folder(
         >>> images, labels = next(iter(folder.train))
         >>> images.shape, images.dtype, labels.dtype  # float32 once augmented
         (TensorShape([4, 32, 32, 3]), tf.float32, tf.int32)
-
     """
     root = Path(directory)
     if not root.is_dir():

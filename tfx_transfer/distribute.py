@@ -184,7 +184,6 @@ def get_strategy(name: str | None = None, devices: Sequence[Any] | None = None) 
         >>> strategy = get_strategy("mirrored", devices=["/cpu:0"])  # all GPUs: devices=None
         >>> num_replicas(strategy)
         1
-
     """
     key = _normalize(name)
     backend = keras.backend.backend()

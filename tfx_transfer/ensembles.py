@@ -21,7 +21,6 @@ Example:
     >>> fused = ensemble(members, method="vote")
     >>> fused.predict(np.zeros((3, 32, 32, 3), "uint8"), verbose=0).shape
     (3, 2)
-
 """
 
 from __future__ import annotations

@@ -213,7 +213,6 @@ def evaluate_model(
         ...                          verbose=False)
         >>> metrics["num_samples"], sorted(metrics["per_class"]), sorted(metrics["files"])
         (4, ['cat', 'dog'], ['confusion_matrix', 'metrics', 'predictions', 'report'])
-
     """
     model, known_names = load_for_evaluation(model_or_export)
     names = list(class_names or known_names or [])

@@ -377,7 +377,6 @@ def export_saved_model(
         >>> path = export_saved_model(model, tempfile.mkdtemp(), ["daisy", "rose"],
         ...                           metadata={"metrics": {"val_accuracy": 0.91}})
         >>> sorted(p.name for p in path.iterdir())
-
         ['assets', 'assets.extra', 'fingerprint.pb', 'saved_model.pb', 'variables']
     """
     import keras

@@ -244,7 +244,6 @@ def predict_files(
         >>> rows = predict_files(export, photos, top_k=1, progress=False)
         >>> [(os.path.basename(row["path"]), len(row["top"])) for row in rows]
         [('1.jpg', 1), ('2.png', 1)]
-
     """
     exported = export if isinstance(export, ExportedModel) else load_exported(export)
     top_k = min(3, len(exported.class_names)) if top_k is None else top_k

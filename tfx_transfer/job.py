@@ -38,7 +38,9 @@ Example:
     >>> result = tt.train(data, run, backbone="vgg16", weights=None, image_size=32,
     ...                   head_epochs=1, fine_tune_epochs=1, verbose=0)
     >>> sorted(os.listdir(run))
-    [...]
+    ['.lock', 'best.json', 'best.keras', 'config.json', 'confusion_matrix.png', 'export',
+     'history.csv', 'history.png', 'metrics.json', 'model.keras', 'predictions.png',
+     'report.txt', 'skipped_files.txt']
     >>> os.path.relpath(result["paths"]["export"], run)
     'export/1'
 """
@@ -562,9 +564,8 @@ def train(
         >>> run = os.path.join(tempfile.mkdtemp(), "demo")
         >>> result = train(data, run, backbone="vgg16", weights=None, image_size=32,
         ...                head_epochs=1, fine_tune_epochs=1, verbose=0)
-        >>> result["metrics"]["num_samples"], result["config"]["class_names"]
-        (..., ['circle', 'square'])
-
+        >>> result["metrics"]["num_samples"], result["config"]["class_names"]  # 20% validation
+        (2, ['circle', 'square'])
     """
     given = {name: value for name, value in locals().items() if name in RUN_SETTINGS}
     run = Path(out)

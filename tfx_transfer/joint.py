@@ -208,7 +208,6 @@ def fit_joint(
         ...                     epochs=1, verbose=0)
         >>> history.params["steps"]  # the larger dataset's batches
         3
-
     """
     if lam < 0:
         raise ValueError(f"lam={lam!r}: the source-loss weight must be >= 0.")

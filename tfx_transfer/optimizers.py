@@ -195,7 +195,6 @@ def discriminative_multipliers(model: keras.Model, factor: float) -> dict[str, f
         >>> mult = discriminative_multipliers(model, 2.6)
         >>> round(mult[r"(^|/)block5_conv1/"], 4), round(mult[r"(^|/)block4_conv1/"], 4)
         (0.3846, 0.1479)
-
     """
     if not factor or factor < 1:
         raise ValueError(f"discriminative={factor!r}: the per-block factor must be >= 1 "

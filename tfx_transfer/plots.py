@@ -186,7 +186,6 @@ def plot_predictions(images: Any, y_true: Any, probabilities: Any, class_names: 
         ...                        np.array([[.9, .1], [.8, .2]]), ["cat", "dog"], path)
         >>> os.path.isfile(path)
         True
-
     """
     images = np.asarray(images)
     probabilities = np.asarray(probabilities, np.float64)

@@ -42,9 +42,10 @@ Example:
     >>> for i in range(8):
     ...     (source / f"class{i % 2}").mkdir(exist_ok=True)
     ...     Image.new("RGB", (40, 40), (200 * (i % 2), 80, 0)).save(source / f"class{i % 2}/{i}.png")
-    >>> path = tt.pretrain(source, "mobilenetv2", tempfile.mkdtemp(), image_size=32, epochs=1,
-    ...                    validation_split=None, augmentation=None, verbose=0)
-    >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=path)
+    >>> path = tt.pretrain(source, "vgg16", tempfile.mkdtemp(), image_size=32, epochs=1,
+    ...                    validation_split=None, augmentation=None, recalibrate_batches=0,
+    ...                    verbose=0)  # VGG16 has no BatchNorm to recalibrate
+    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=path)
 """
 
 from __future__ import annotations
@@ -380,15 +381,14 @@ def pretrain(
         >>> for i in range(8):
         ...     (source / f"class{i % 2}").mkdir(exist_ok=True)
         ...     Image.new("RGB", (40, 40), (200 * (i % 2), 80, 0)).save(source / f"class{i % 2}/{i}.png")
-        >>> path = pretrain(source, "mobilenetv2", tempfile.mkdtemp(), image_size=32, epochs=1,
-        ...                 validation_split=None, augmentation=None, verbose=0)
+        >>> path = pretrain(source, "vgg16", tempfile.mkdtemp(), image_size=32, epochs=1,
+        ...                 validation_split=None, augmentation=None, recalibrate_batches=0,
+        ...                 verbose=0)  # VGG16 has no BatchNorm to recalibrate
         >>> sorted(p.name for p in path.parent.iterdir())
-        ['mobilenetv2.head.weights.h5', 'mobilenetv2.json', 'mobilenetv2.weights.h5']
+        ['vgg16.head.weights.h5', 'vgg16.json', 'vgg16.weights.h5']
         >>> read_pretrain_info(path)["class_names"]
         ['class0', 'class1']
-        >>> model = build_transfer_model("mobilenetv2", 2, input_shape=32, weights=path,
-        ...                              head="avg")
-
+        >>> model = build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
     """
     from tfx_transfer import __version__
     from tfx_transfer.data import load_image_folder

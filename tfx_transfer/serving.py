@@ -917,7 +917,6 @@ def serve(base_dir: str | os.PathLike, model_name: str, host: str = "127.0.0.1",
 
     Example (not run by the tests: it blocks until Ctrl-C):
         >>> serve("runs/photos/export", "photos", port=8501)  # doctest: +SKIP
-
     """
     _require_stack()
     import uvicorn

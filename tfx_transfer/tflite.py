@@ -87,7 +87,6 @@ def export_tflite(
         ...                        quantization="float16", sample_pixels=pixels)
         >>> report["max_abs_diff"] <= 1e-2, report["num_samples"]
         (True, 4)
-
     """
     if not tensorflow_backend():
         import keras

@@ -231,7 +231,6 @@ def load_weights_by_name(model: Any, path: str | os.PathLike) -> None:
         >>> load_weights_by_name(base, path)
         >>> np.array_equal(base.weights[0].numpy(), source.weights[0].numpy())
         True
-
     """
     path = Path(path)
     with _open_h5(path) as h5:
