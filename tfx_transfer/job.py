@@ -100,7 +100,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
         >>> best = BestModelCheckpoint(model, os.path.join(tempfile.mkdtemp(), "best.keras"),
         ...                            monitor="val_loss", verbose=0)
-        >>> _ = tt.fine_tune(model, (x, y), (x, y), head_epochs=1, fine_tune_epochs=1,
+        >>> _ = tt.fine_tune(model, (x, y), (x, y), head_epochs=1, fine_tune_epochs=0,
         ...                  callbacks=[best], verbose=0)
         >>> best.filepath.is_file(), best.state_path.is_file()
         (True, True)
@@ -563,7 +563,7 @@ def train(
         ...     Image.new("RGB", (40, 40), (20 * i, 90, 0)).save(label / f"{i}.png")
         >>> run = os.path.join(tempfile.mkdtemp(), "demo")
         >>> result = train(data, run, backbone="vgg16", weights=None, image_size=32,
-        ...                head_epochs=1, fine_tune_epochs=1, verbose=0)
+        ...                head_epochs=1, fine_tune_epochs=0, verbose=0)
         >>> result["metrics"]["num_samples"], result["config"]["class_names"]  # 20% validation
         (2, ['circle', 'square'])
     """
