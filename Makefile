@@ -66,12 +66,13 @@ test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -m pytest -n 2 --dist loadfile -q $(FLOOR_TESTS) $(PYTEST_ARGS)
 
 ## make test: set up the venv and run the whole test suite (CPU, offline, ~15 min on 2 cores),
-## after the core on JAX (test-jax) and on the oldest supported TensorFlow/Keras (test-floor)
+## after the core on JAX (test-jax) and on the oldest supported TensorFlow/Keras (test-floor),
+## then the docstring examples (test-doctest)
 test: test-jax test-floor $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
 
-## make test-doctest: only the docstring examples of the package (~N min on 2 cores)
+## make test-doctest: only the docstring examples of the package (~2.5 min on 2 cores)
 test-doctest: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
 
