@@ -9,7 +9,9 @@ RUN ?= runs/demo
 JAX_VENV ?= .venv-jax
 JAX_STAMP := $(JAX_VENV)/.installed-stamp
 JAX_TESTS ?= tests/test_jax_backend.py tests/test_finetune.py tests/test_backbones.py \
+	tests/test_explain.py tests/test_lr_finder.py tests/test_tta.py \
 	--deselect tests/test_backbones.py::test_every_backbone_builds_small_and_partitions_into_blocks \
+	--deselect tests/test_explain.py::test_every_backbone_family \
 	tests/test_model.py::test_frozen_backbone_and_bn_stats_unchanged_by_fit_head_trains \
 	tests/test_model.py::test_heads tests/test_model.py::test_errors \
 	"tests/test_model.py::test_uint8_pixels_match_manual_preprocess_input[resnet50-resnet50]" \

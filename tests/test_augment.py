@@ -12,13 +12,12 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from tfx_transfer.augment import (  # noqa: E402
-    Augmentation,
+from tfx_transfer.augment import Augmentation, preview_augmentation  # noqa: E402
+from tfx_transfer.augment_layers import (  # noqa: E402
     RandomAffine,
     RandomBrightnessScale,
     RandomChannelShift,
     idg_affine_transform,
-    preview_augmentation,
 )
 
 IDG_KWARGS = dict(

@@ -47,7 +47,9 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert "stage per epoch: [0, 0, 0, 0, 1, 1]" in text  # both phases inside one fit
     assert "confusion matrix" in text and "max |difference|" in text
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    assert len(images) == 4  # augmentation preview, history, confusion matrix, predictions
+    assert "heatmaps: (8, 64, 64)" in text and "loss " in text  # Grad-CAM and top losses
+    # augmentation preview, history, confusion matrix, predictions, top losses, Grad-CAM
+    assert len(images) == 6
     for name in ("augmentation.png", "history.png", "confusion_matrix.png", "predictions.png",
-                 "metrics.json", "export/1/saved_model.pb"):
+                 "top_losses.png", "gradcam.png", "metrics.json", "export/1/saved_model.pb"):
         assert (out / name).is_file(), name

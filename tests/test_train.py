@@ -23,7 +23,7 @@ TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--hea
         "--augmentation", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
 RUN_FILES = {".lock", "config.json", "history.csv", "best.keras", "best.json", "model.keras",
              "metrics.json", "report.txt", "history.png", "confusion_matrix.png",
-             "predictions.png", "skipped_files.txt", "export"}
+             "predictions.png", "top_losses.png", "top_losses.csv", "skipped_files.txt", "export"}
 
 
 def make_data(root: Path) -> Path:

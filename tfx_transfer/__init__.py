@@ -55,7 +55,7 @@ _EXPORTS = {
     # augmentation
     "Augmentation": "augment",
     "preview_augmentation": "augment",
-    "RandomAffine": "augment",
+    "RandomAffine": "augment_layers",
     # fine-tuning
     "freeze": "freezing",
     "freeze_to": "freezing",
@@ -87,6 +87,13 @@ _EXPORTS = {
     "build_joint_model": "joint",
     "fit_joint": "joint",
     "ensemble": "ensembles",
+    # explanations and debugging aids
+    "explain": "gradcam",
+    "top_losses": "mislabeled",
+    "find_lr": "lr_finder",
+    "predict_tta": "tta",
+    # unsupervised domain adaptation
+    "adapt": "adaptation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -122,3 +122,26 @@ def write_archive(archive: Any, path: str) -> None:
         archive.write_out(path, verbose=False)
     else:
         archive.write_out(path)
+
+
+# What Model.compile sets (public and private attributes); find_lr saves them before its
+# learning-rate ramp and puts them back after it, so the user's compiled model is as before.
+# Keras has no public "uncompile"; checked on 3.8-3.15.
+_COMPILE_STATE = ("optimizer", "loss", "_compile_loss", "_compile_metrics", "_loss_tracker",
+                  "compiled", "train_function", "test_function", "predict_function",
+                  "_compile_config", "_compiled_trainable_state", "steps_per_execution",
+                  "_jit_compile", "_run_eagerly", "stop_training")
+
+
+def compile_state(model: keras.Model) -> dict[str, Any]:
+    """The attributes ``Model.compile`` sets, as they are now (see ``_COMPILE_STATE``)."""
+    return {name: model.__dict__[name] for name in _COMPILE_STATE if name in model.__dict__}
+
+
+def restore_compile_state(model: keras.Model, state: dict[str, Any]) -> None:
+    """Put back what :func:`compile_state` saved (and drop what a later compile added)."""
+    for name in _COMPILE_STATE:
+        if name in state:
+            setattr(model, name, state[name])
+        elif name in model.__dict__:
+            delattr(model, name)

@@ -207,6 +207,16 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lr_arg(value: str):
+    """``--head-lr``: a float or ``auto``."""
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a learning rate; pass e.g. 1e-3 or auto")
+
+
 def _blocks_arg(value: str):
     """``--blocks``: a block name, ``a,b`` (a list), ``all``, ``default`` or an int N."""
     if value.isdigit():
@@ -245,7 +255,9 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "units": dict(type=int, help="hidden units of the flatten head"),
     "dropout": dict(type=_optional(float), help="dropout before the classifier (none: 0.5 "
                     "flatten, 0.2 pooled heads)"),
-    "head_lr": dict(type=float, help="phase 1 (head) Adam learning rate"),
+    "head_lr": dict(type=_lr_arg, help="phase 1 (head) Adam learning rate, or auto: the "
+                    "learning-rate finder picks it (recorded in config.json, curve in "
+                    "lr_finder.png)"),
     "fine_tune_lr": dict(type=float, help="phase 2 (fine-tuning) Adam learning rate"),
     "validation_split": dict(type=_optional(float), help="fraction of each class held out for "
                              "validation when DATA_DIR has no val/"),
@@ -266,6 +278,8 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
                           "ops: two runs with the same seed write identical history.csv"),
     "verbose": dict(type=int, choices=(0, 1, 2), help="0 quiet, 1 progress bars, 2 one line per "
                     "epoch"),
+    "tensorboard": dict(action=argparse.BooleanOptionalAction, help="write TensorBoard event "
+                        "files to RUN_DIR/tensorboard/ (view: tensorboard --logdir RUN_DIR)"),
 }
 
 
@@ -282,7 +296,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--fine-tune-epochs). The best checkpoint (lowest val_loss) is evaluated on the "
         "validation images and exported. The run folder (--out) gets config.json, history.csv, "
         "best.keras, model.keras, metrics.json, report.txt, history.png, confusion_matrix.png, "
-        "predictions.png, skipped_files.txt and export/1/ (a SavedModel taking image bytes). "
+        "predictions.png, top_losses.png, top_losses.csv, skipped_files.txt and export/1/ (a "
+        "SavedModel taking image bytes). "
         "Flags are the settings of tfx_transfer.train() and the keys of config.json.",
         epilog="Example: tfx-transfer train photos/ --backbone resnet50 --weights imagenet "
         "--image-size 224 --head-epochs 5 --fine-tune-epochs 10 --blocks conv5 --out runs/photos. "
@@ -351,6 +366,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("test", "val", "train", "all"), default=None,
                    help="which images of TEST_DIR (default: test/, else val/, else its class "
                    "folders; training images only when asked)")
+    p.add_argument("--tta", action="store_true",
+                   help="also score test-time augmentation (mirror + 4 shifts, probabilities "
+                   "averaged; 6x the inference cost), reported next to the plain metrics")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -369,14 +387,123 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     name = f"evaluate-{test_dir.resolve().name}"
     is_run = (source / "config.json").is_file() and (source / "model.keras").is_file()
     out = Path(args.out) if args.out else (source / name if is_run else Path(name))
+    from tfx_transfer.evaluate import load_for_evaluation
+    from tfx_transfer.mislabeled import write_top_losses
+    from tfx_transfer.tta import format_tta
+
     metrics = evaluate_model(source, test_dir, top_k=args.top_k, out=out,
                              batch_size=args.batch_size, max_images=args.max_images,
-                             split=args.split)
+                             split=args.split, tta=args.tta)
+    model, class_names = load_for_evaluation(source)  # the same images, ranked by their loss
+    metrics["files"].update(write_top_losses(model, test_dir, out, class_names=class_names,
+                                             batch_size=args.batch_size, split=args.split))
     print(format_report(metrics))
+    if args.tta:
+        print()
+        print(format_tta(metrics, metrics["tta"]))
     print()
     for label, path in metrics["files"].items():
         print(f"  {label:<17}{path}")
     return 0
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="Grad-CAM heatmaps: where in each image the predicted class came from",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="For each image: the image, its Grad-CAM overlay (the backbone's last "
+        "feature map, weighted by the gradient of the predicted class) and the top-k scores, as "
+        "OUT/<image name>.png, plus OUT/contact_sheet.png with every overlay.",
+        epilog="Example: tfx-transfer explain runs/photos photos/val/cats --out explained",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder of 'tfx-transfer train' or a .keras file")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--top-k", type=int, default=3, help="class scores shown per image")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tfx_transfer.gradcam import explain_files
+
+    if not Path(args.run).exists():
+        raise FileNotFoundError(f"{args.run!r} does not exist (a run folder or .keras file).")
+    result = explain_files(args.run, args.images, args.out, top_k=args.top_k,
+                           batch_size=args.batch_size)
+    width = max(len(row["path"]) for row in result["rows"])
+    for row, path in zip(result["rows"], result["files"]):
+        print(f"{row['path']:<{width}}  {row['predicted_class']} {row['probability']:.4f}  -> {path}")
+    print(f"contact sheet: {result['contact_sheet']}")
+    return 0
+
+
+def _add_find_lr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "find-lr",
+        help="learning-rate finder: suggest the head-phase learning rate for a folder",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Build the model as 'train' would, compute the frozen backbone's features "
+        "of the training images once, ramp the head's learning rate exponentially (fastai's "
+        "lr_find), stop when the loss diverges, print the suggested rate ('valley') and write "
+        "OUT/lr_finder.png and OUT/lr_finder.csv.",
+        epilog="Example: tfx-transfer find-lr photos/ --backbone mobilenet --image-size 160 "
+        "--out runs/lr && tfx-transfer train photos/ --lr auto ...",
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class folders (or train/ + val/)")
+    p.add_argument("--out", required=True, help="folder for lr_finder.png and lr_finder.csv")
+    p.add_argument("--backbone", default="resnet50", help="registry name")
+    p.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
+                   help="backbone weights")
+    p.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
+    p.add_argument("--head", default="flatten", choices=("flatten", "avg", "max"))
+    p.add_argument("--units", type=int, default=256, help="hidden units of the flatten head")
+    p.add_argument("--dropout", type=float, default=None, help="dropout before the classifier")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first rate of the ramp")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last rate of the ramp")
+    p.add_argument("--num-steps", type=int, default=100, help="steps of the ramp (at most)")
+    p.set_defaults(func=_run_find_lr)
+
+
+def _run_find_lr(args: argparse.Namespace) -> int:
+    import csv
+    from pathlib import Path
+
+    if not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"data folder {args.data_dir!r} does not exist.")
+    import keras
+
+    from tfx_transfer.data import load_image_folder
+    from tfx_transfer.lr_finder import find_head_lr
+    from tfx_transfer.model import build_transfer_model
+
+    folder = load_image_folder(args.data_dir, image_size=args.image_size,
+                               batch_size=args.batch_size, seed=args.seed)
+    keras.utils.set_random_seed(args.seed)
+    weights = None if args.weights.lower() == "none" else args.weights
+    model = build_transfer_model(args.backbone, folder.num_classes, input_shape=args.image_size,
+                                 weights=weights, head=args.head, units=args.units,
+                                 dropout=args.dropout)
+    result = find_head_lr(model, folder.train, start_lr=args.start_lr, end_lr=args.end_lr,
+                          num_steps=args.num_steps, batch_size=args.batch_size, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.plot(out / "lr_finder.png",
+                title=f"{args.backbone}, {args.head} head: suggestion {result.suggestion:.2g}")
+    with open(out / "lr_finder.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "learning_rate", "loss", "smoothed_loss"])
+        writer.writerows([i, f"{lr:.6g}", f"{loss:.6f}", f"{smooth:.6f}"] for i, (lr, loss, smooth)
+                         in enumerate(zip(result.lrs, result.losses, result.smoothed)))
+    print(f"suggested learning rate: {result.suggestion:.3g}  (valley; minimum/10: "
+          f"{result.lr_min:.3g}; {len(result.lrs)} steps, {result.stopped})")
+    print(f"  plot  {out / 'lr_finder.png'}")
+    print(f"  csv   {out / 'lr_finder.csv'}")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -417,10 +544,55 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt a trained run to a new domain from its unlabelled images",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Unsupervised domain adaptation of RUN_DIR's model (from 'tfx-transfer train') "
+        "to the images of TARGET_FOLDER, whose labels are never used for it. --out gets "
+        "model.keras, export/1/ (SavedModel), config.json, adaptation.json and adaptation.txt. "
+        "When TARGET_FOLDER has class folders named like the model's classes, the report scores "
+        "the model before and after on them (test/ or val/ when present, else all images); those "
+        "labels serve only for the score. Methods: adabn (BatchNorm statistics of the target; "
+        "uses the source's images, not its labels, when available), coral (Deep CORAL training "
+        "on labelled source + unlabelled target), adabn+coral; default = adabn.",
+        epilog="Example: tfx-transfer adapt runs/photos new_camera/ --out runs/photos-new-camera",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder of 'tfx-transfer train'")
+    p.add_argument("target", metavar="TARGET_FOLDER",
+                   help="images of the new domain (class folders optional, only for scoring)")
+    p.add_argument("--out", required=True, metavar="NEW_RUN", help="run folder to write")
+    p.add_argument("--method", default="default",
+                   choices=("default", "adabn", "coral", "adabn+coral"))
+    p.add_argument("--source", default=None, metavar="DIR",
+                   help="labelled source folder (default: the run's data_dir)")
+    p.add_argument("--epochs", type=int, default=10, help="CORAL epochs")
+    p.add_argument("--lr", type=float, default=1e-4, help="CORAL Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    p.set_defaults(func=_run_adapt)
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    from tfx_transfer.adaptation import adapt_run, format_adaptation_report
+
+    report = adapt_run(args.run_dir, args.target, args.out, method=args.method,
+                       source=args.source, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, seed=args.seed, verbose=args.verbose)
+    print(format_adaptation_report(report))
+    print(f"  {'run folder':<17}{args.out}")
+    print(f"  {'export':<17}{report['export']}")
+    return 0
+
+
 # Sub-commands, in the order `--help` lists them. Modules add theirs here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_weights, _add_pretrain]
 COMMANDS += [_add_export, _add_predict]
 COMMANDS += [_add_serve]
+COMMANDS += [_add_explain, _add_find_lr]
+COMMANDS += [_add_adapt]
 COMMANDS[:0] = [_add_train, _add_evaluate]  # the main job first
 
 

@@ -180,6 +180,7 @@ def evaluate_model(
     batch_size: int = 32,
     verbose: bool = True,
     split: str | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a Keras model or an exported SavedModel; optionally write the report files.
 
@@ -200,10 +201,13 @@ def evaluate_model(
         out: a folder; when given, write ``metrics.json``, ``report.txt``,
             ``confusion_matrix.png`` and ``predictions.png`` there.
         max_images: images in the predictions grid (misclassified first).
+        tta: also score test-time augmentation (:func:`tfx_transfer.tta.predict_tta`:
+            flips and shifts, probabilities averaged); its metrics go under
+            ``"tta"`` and the report shows plain and TTA side by side.
 
     Returns:
-        :func:`classification_metrics`' dict, plus ``"files"`` (paths written)
-        when ``out`` is given.
+        :func:`classification_metrics`' dict (plus ``"tta"``: the same for TTA),
+        plus ``"files"`` (paths written) when ``out`` is given.
 
     Example:
         >>> import tempfile, numpy as np, tfx_transfer as tt
@@ -227,10 +231,14 @@ def evaluate_model(
         batches = _folder_batches(data, image_size, names, batch_size, verbose, split, trained_on)
     else:
         batches = _batches(data, batch_size)
-    labels, probs, shown_images, shown_labels, shown_probs = [], [], [], [], []
+    labels, probs, shown_images, shown_labels, shown_probs, tta_probs = [], [], [], [], [], []
     wrong_shown = right_shown = 0
     for images, y in batches:
         p = predict(images)
+        if tta:
+            from tfx_transfer.tta import predict_tta
+
+            tta_probs.append(predict_tta(predict, images))
         y = as_int_labels(y, p.shape[1])
         labels.append(y)
         probs.append(p)
@@ -247,13 +255,21 @@ def evaluate_model(
     probabilities = np.concatenate(probs)
     names = names or [str(i) for i in range(probabilities.shape[1])]
     metrics = classification_metrics(np.concatenate(labels), probabilities, names, top_k)
+    report = format_report(metrics)
+    if tta:
+        from tfx_transfer.tta import format_tta, tta_views
+
+        views = len(tta_views(np.zeros((1, *image_size, 3))))
+        metrics["tta"] = {**classification_metrics(np.concatenate(labels), np.concatenate(tta_probs),
+                                                    names, top_k), "views": views}
+        report += "\n\ntest-time augmentation\n" + format_tta(metrics, metrics["tta"])
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         files = {"metrics": out / METRICS_FILE, "report": out / REPORT_FILE,
                  "confusion_matrix": out / CONFUSION_PNG, "predictions": out / PREDICTIONS_PNG}
         files["metrics"].write_text(json.dumps(metrics, indent=2))
-        files["report"].write_text(format_report(metrics) + "\n")
+        files["report"].write_text(report + "\n")
         plot_confusion_matrix(metrics["confusion_matrix"], names, files["confusion_matrix"])
         wrong = metrics["num_samples"] - int(np.trace(np.asarray(metrics["confusion_matrix"])))
         plot_predictions(np.stack(shown_images), shown_labels, np.stack(shown_probs), names,

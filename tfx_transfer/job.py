@@ -19,6 +19,10 @@ and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
     RUN/history.png             loss and accuracy across both phases, phase boundary marked
     RUN/confusion_matrix.png    validation confusion matrix
     RUN/predictions.png         validation images, predicted vs true, misclassified first
+    RUN/top_losses.png          the validation images with the highest loss, with Grad-CAM
+    RUN/top_losses.csv          every validation image, worst loss first (path, true, predicted)
+    RUN/lr_finder.png           with head_lr="auto": the learning-rate finder's curve
+    RUN/tensorboard/            with tensorboard=True: event files (`tensorboard --logdir RUN`)
     RUN/export/1/               SavedModel (TF Serving layout), metrics in its metadata
     RUN/skipped_files.txt       files left out of the data and why (empty when none)
     RUN/test/                   metrics and plots on DATA/test/, when the folder has one
@@ -76,6 +80,8 @@ MODEL_FILE = "model.keras"
 SKIPPED_FILE = "skipped_files.txt"
 BACKUP_DIR = "backup"
 EXPORT_DIR = "export"
+TENSORBOARD_DIR = "tensorboard"
+LR_FINDER_PNG = "lr_finder.png"
 AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
 # The settings that define a run: train()'s arguments, the CLI's flags and config.json's keys.
 RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
@@ -181,6 +187,11 @@ def _normalise(name: str, value: Any) -> Any:
         if key not in AUGMENT_PRESETS:
             raise ValueError(f"augmentation={value!r}: choose one of {AUGMENT_PRESETS}.")
         return key
+    if name == "head_lr" and isinstance(value, str):
+        if value.lower() != "auto":
+            raise ValueError(f"head_lr={value!r}: pass a learning rate (e.g. 1e-3) or 'auto' (the "
+                             "learning-rate finder picks it).")
+        return "auto"
     if name == "weights":
         return "none" if value is None else os.fspath(value) if isinstance(value, os.PathLike) else value
     return _as_jsonable(value)
@@ -199,7 +210,8 @@ def _resume_config(run: Path, given: dict[str, Any]) -> dict[str, Any]:
     clashes = []
     for name in RUN_SETTINGS:
         value = _normalise(name, given[name])
-        saved = config.get(f"{name}_requested", config.get(name)) if name == "weights" else config.get(name)
+        saved = config.get(f"{name}_requested", config.get(name)) if name in ("weights", "head_lr") \
+            else config.get(name)
         if value != _normalise(name, defaults[name]) and value != saved:
             clashes.append(f"{name}={value!r} (the run has {saved!r})")
     if clashes:
@@ -344,6 +356,23 @@ def _build(config: dict[str, Any], num_classes: int, verbose: Any) -> keras.Mode
     return model
 
 
+def _find_lr(model: keras.Model, folder: Any, config: dict[str, Any], run: Path,
+             verbose: Any) -> None:
+    """head_lr="auto": the learning-rate finder's suggestion becomes the head-phase rate."""
+    from tfx_transfer.lr_finder import find_head_lr
+
+    _say(verbose, "head_lr: auto -- running the learning-rate finder on the head (backbone features "
+                  "of up to 2048 training images, 100 steps)")
+    result = find_head_lr(model, folder.train, batch_size=config["batch_size"], seed=config["seed"])
+    result.plot(run / LR_FINDER_PNG, title=f"learning-rate finder: suggestion {result.suggestion:.2g}")
+    config["head_lr_requested"] = "auto"
+    config["head_lr"] = float(f"{result.suggestion:.3g}")
+    config["lr_finder"] = {"suggestion": result.suggestion, "lr_min": result.lr_min,
+                           "steps": len(result.lrs), "stopped": result.stopped}
+    _say(verbose, f"head_lr: the finder suggests {config['head_lr']:g} ({result.stopped} after "
+                  f"{len(result.lrs)} steps; curve in {run / LR_FINDER_PNG})")
+
+
 def _prune_history(path: Path, keep_epochs: int) -> None:
     """Keep the rows of epochs ``< keep_epochs`` (a resumed run rewrites the rest)."""
     if not path.exists():
@@ -423,10 +452,14 @@ def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any]
                          best_state: dict[str, Any], verbose: Any) -> tuple[dict, dict | None, dict]:
     """Metrics, report and plots of the final model, then its SavedModel export."""
     from tfx_transfer.export import export_saved_model
+    from tfx_transfer.mislabeled import write_top_losses
 
     metrics = evaluate_model(final, folder.validation, folder.class_names, top_k=config["top_k"],
                              out=run, batch_size=config["batch_size"], verbose=False)
     files = metrics.pop("files")
+    files.update(write_top_losses(final, folder.validation, run, class_names=folder.class_names,
+                                  paths=[path for path, _ in folder.files["validation"]],
+                                  batch_size=config["batch_size"]))
     plot_history(run / HISTORY_FILE, run / HISTORY_PNG,
                  title=f"{config['backbone']}, weights: {config['weights']}")
     test_metrics = None
@@ -448,6 +481,7 @@ def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any]
              "history_png": str(run / HISTORY_PNG), "best": str(run / BEST_FILE),
              "model": str(run / MODEL_FILE), "metrics": files["metrics"], "report": files["report"],
              "confusion_matrix": files["confusion_matrix"], "predictions": files["predictions"],
+             "top_losses": files["top_losses_png"], "top_losses_csv": files["top_losses_csv"],
              "export": str(export_path), "skipped": str(run / SKIPPED_FILE)}
     _say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
          *(f"  {name:<17}{path}" for name, path in paths.items()))
@@ -476,7 +510,7 @@ def train(
     head: str = "flatten",
     units: int = 256,
     dropout: float | None = None,
-    head_lr: float = 1e-3,
+    head_lr: float | str = 1e-3,
     fine_tune_lr: float = 1e-5,
     validation_split: float | None = 0.2,
     seed: int = 1337,
@@ -488,6 +522,7 @@ def train(
     train_bn: bool = False,
     deterministic: bool = False,
     resume: bool = False,
+    tensorboard: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: Any = "auto",
 ) -> dict[str, Any]:
@@ -517,7 +552,10 @@ def train(
             the model, identity at inference) or ``"heavy"`` (RandAugment + MixUp
             on the training dataset, one-hot labels).
         batch_size, head, units, dropout: see :func:`tfx_transfer.build_transfer_model`.
-        head_lr, fine_tune_lr: Adam learning rates of the two phases.
+        head_lr, fine_tune_lr: Adam learning rates of the two phases. ``head_lr="auto"``:
+            the learning-rate finder (:func:`tfx_transfer.lr_finder.find_head_lr`) picks
+            the head-phase rate first; it is recorded in ``config.json`` (``"head_lr"``,
+            with ``"head_lr_requested": "auto"``) and its curve in ``lr_finder.png``.
         validation_split: fraction of each class held out when the folder has no
             ``val/`` (ignored, with a note, when it has).
         seed: seeds the split, shuffling, augmentation and initialisation.
@@ -537,6 +575,9 @@ def train(
             completed epoch, with the configuration saved in its ``config.json``
             (arguments left at their defaults are taken from there; others must
             agree). A finished run is re-evaluated and re-exported.
+        tensorboard: write TensorBoard event files to ``RUN/tensorboard/`` (both
+            phases on one epoch axis; loss, accuracy, learning rate and stage per
+            epoch): ``tensorboard --logdir RUN``.
         callbacks: extra Keras callbacks for both phases (e.g. ``EarlyStopping``).
         verbose: ``"auto"``/1 progress bars and messages, 2 one line per epoch, 0 quiet.
 
@@ -570,6 +611,12 @@ def train(
     given = {name: value for name, value in locals().items() if name in RUN_SETTINGS}
     run = Path(out)
     _check_export_possible()  # before minutes of training, not after
+    if tensorboard:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise ValueError("tensorboard=True writes its event files with TensorFlow's summary "
+                             "writer; install tensorflow or drop tensorboard.")
+        callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run / TENSORBOARD_DIR),
+                                                             write_graph=False)]
     run.mkdir(parents=True, exist_ok=True)
     with lock_run_folder(run, command="train"):
         return _train_locked(data_dir, run, resume, given, callbacks, verbose)
@@ -605,6 +652,8 @@ def _train_locked(data_dir: Any, run: Path, resume: bool, given: dict[str, Any],
     config["counts"] = folder.counts
     _write_skipped(run / SKIPPED_FILE, folder.skipped, verbose)
     model = _build(config, folder.num_classes, verbose)
+    if config["head_lr"] == "auto":
+        _find_lr(model, folder, config, run, verbose)
 
     from tfx_transfer import __version__
 

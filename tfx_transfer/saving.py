@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 
 # Importing these modules registers the kit's serializable objects.
-from tfx_transfer import augment, ensembles, layers, model, optimizers  # noqa: F401
+from tfx_transfer import augment, augment_layers, ensembles, layers, model, optimizers  # noqa: F401
 
 
 def load_model(path: str | os.PathLike, compile: bool = True, safe_mode: bool = True) -> keras.Model:

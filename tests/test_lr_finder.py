@@ -1,0 +1,94 @@
+"""The learning-rate finder (tfx_transfer.lr_finder): ramp, divergence, valley, nothing changed.
+
+Backend-neutral: ``make test-jax`` runs it under KERAS_BACKEND=jax too.
+"""
+
+import importlib.util
+
+import keras
+import numpy as np
+import pytest
+
+import tfx_transfer as tt
+from tfx_transfer.lr_finder import valley
+from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
+
+
+def _colour_data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+    x[y == 0, ..., 0] += 150
+    x[y == 1, ..., 2] += 150
+    return x, y
+
+
+def _model(tinycam, augmentation=None):
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model(tinycam, 2, input_shape=(32, 32, 3), weights=None,
+                                    head="flatten", units=8, augmentation=augmentation)
+    tt.get_backbone_model(model).trainable = True
+    return model
+
+
+def _state(model):
+    return ([keras.ops.convert_to_numpy(v).copy() for v in model.variables],
+            [keras.ops.convert_to_numpy(v).copy() for v in model.optimizer.variables])
+
+
+def test_compiled_model_weights_and_optimizer_state_exactly_as_before(tinycam):
+    """A trained, compiled model (Adam moments, BatchNorm-free, augmentation seeds): every variable
+    of the model and of its optimizer is bit-identical after the ramp, and it trains on."""
+    model = _model(tinycam, augmentation="light")
+    x, y = _colour_data()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    optimizer = model.optimizer
+    before_model, before_optimizer = _state(model)
+    result = tt.find_lr(model, (x, y), num_steps=30, batch_size=8)
+    after_model, after_optimizer = _state(model)
+    assert len(before_model) == len(after_model) and len(before_optimizer) == len(after_optimizer)
+    for a, b in zip(before_model + before_optimizer, after_model + after_optimizer):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer is optimizer and float(optimizer.learning_rate) == pytest.approx(1e-3)
+    assert len(result.lrs) == len(result.losses) == len(result.smoothed) >= 2
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "accuracy"}  # the user's loss and metrics, compiled again
+
+
+def test_ramp_diverges_and_the_suggestion_lies_on_the_falling_slope(tinycam, tmp_path):
+    model = _model(tinycam)
+    x, y = _colour_data(48)
+    y[::4] = 1 - y[::4]  # label noise: no perfect fit, so huge steps blow the loss up
+    result = tt.find_lr(model, (x, y), start_lr=1e-6, end_lr=1e4, num_steps=60, batch_size=8,
+                        optimizer="sgd")  # plain SGD blows up at the top of the ramp
+    assert not model.compiled  # an uncompiled model stays uncompiled
+    rates = np.asarray(result.lrs)
+    np.testing.assert_allclose(np.diff(np.log(rates)), np.log(1e10) / 59, rtol=1e-6)  # exponential
+    assert result.stopped in ("diverged", "nan") and len(rates) < 60
+    if result.stopped == "diverged":
+        assert result.smoothed[-1] > 4 * min(result.smoothed)
+    at = int(np.argmin(np.abs(rates - result.suggestion)))
+    assert 1e-6 < result.suggestion < rates[int(np.argmin(result.smoothed))] * 1.0001
+    assert result.smoothed[at] < result.smoothed[0]  # loss already falling there
+    if importlib.util.find_spec("matplotlib"):  # not in the JAX venv of `make test-jax`
+        fig = result.plot(tmp_path / "lr.png")
+        assert (tmp_path / "lr.png").stat().st_size > 5000 and fig.axes[0].get_xscale() == "log"
+
+
+def test_valley_and_errors(tinycam):
+    losses = [2.0, 1.9, 1.7, 1.2, 0.8, 0.7, 0.75, 3.0]
+    lrs = [10.0 ** e for e in range(-7, 1)]
+    assert valley(lrs, losses) == 1e-5  # 2/3 of the way down the run 2.0 .. 0.7
+    model = _model(tinycam)
+    data = _colour_data(8)
+    with pytest.raises(ValueError, match="need 0 < start_lr < end_lr"):
+        tt.find_lr(model, data, start_lr=1.0, end_lr=0.1)
+    with pytest.raises(ValueError, match="num_steps=5000 must be an int in 2..1000"):
+        tt.find_lr(model, data, num_steps=5000)
+    tt.get_backbone_model(model).trainable = False
+    for layer in tt.get_head(model).layers:
+        layer.trainable = False
+    with pytest.raises(ValueError, match="no trainable weights"):
+        tt.find_lr(model, data)

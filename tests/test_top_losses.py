@@ -1,0 +1,96 @@
+"""The mislabeled-image finder (tfx_transfer.mislabeled): ranking, inputs, files."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+import tfx_transfer as tt
+from tfx_transfer.mislabeled import plot_top_losses, write_top_losses
+from tests.helpers import tiny_pixels, write_class_folders
+from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
+
+
+def _model(num_classes=2, trainable=False):
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model("tinycam", num_classes, input_shape=(32, 32, 3),
+                                    weights=None, head="avg", dropout=0.0)
+    tt.get_backbone_model(model).trainable = trainable
+    return model
+
+
+def test_rows_are_the_worst_losses_in_order_with_true_and_predicted(tinycam):
+    model = _model(3)
+    x, y = tiny_pixels(10, 32, seed=1), np.arange(10) % 3
+    probs = model.predict(x, verbose=0)
+    expected = -np.log(probs[np.arange(10), y])
+    rows = tt.top_losses(model, (x, y), k=4, class_names=["a", "b", "c"], batch_size=3)
+    assert [row["index"] for row in rows] == np.argsort(-expected, kind="stable")[:4].tolist()
+    for row in rows:
+        i = row["index"]
+        np.testing.assert_allclose(row["loss"], expected[i], rtol=1e-4)
+        assert row["true_class"] == "abc"[y[i]] and row["predicted_class"] == "abc"[probs[i].argmax()]
+        np.testing.assert_allclose(row["probability"], probs[i].max(), rtol=1e-4)
+        np.testing.assert_array_equal(row["image"], x[i])
+    # one-hot labels and a tf.data dataset give the same ranking
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])).batch(4)
+    assert [r["index"] for r in tt.top_losses(model, ds, k=4)] == [r["index"] for r in rows]
+    assert [r["rank"] for r in tt.top_losses(model, (x, y), k=None)] == list(range(1, 11))
+
+
+def test_a_mislabeled_image_comes_first(tinycam):
+    """Two colours, learnt; one red image labelled 'green' is the top loss, confidently wrong."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((24, 32, 32, 3), np.uint8)
+    y = np.arange(24) % 2
+    x[y == 0, ..., 0], x[y == 1, ..., 1] = 220, 220
+    x = np.clip(x + rng.integers(0, 30, x.shape), 0, 255).astype(np.uint8)
+    model = _model(trainable=True)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=15, verbose=0)
+    noisy = y.copy()
+    noisy[6] = 1  # a red image labelled green
+    rows = tt.top_losses(model, (x, noisy), k=3, class_names=["red", "green"])
+    assert rows[0]["index"] == 6
+    assert rows[0]["true_class"] == "green" and rows[0]["predicted_class"] == "red"
+    assert rows[0]["probability"] > 0.9 and rows[0]["loss"] > 2 * rows[1]["loss"]
+
+
+def test_folder_input_gives_paths_and_files_are_written(tinycam, tmp_path):
+    root = write_class_folders(tmp_path / "data", classes=("cats", "dogs"), per_class=3, size=40)
+    model = _model()
+    rows = tt.top_losses(model, root, k=2, class_names=["cats", "dogs"])
+    assert len(rows) == 2 and all(row["path"].startswith(str(root)) for row in rows)
+    assert all(row["true_class"] in row["path"] for row in rows)  # labels match the folder names
+
+    files = write_top_losses(model, root, tmp_path / "out", k=4, class_names=["cats", "dogs"])
+    with open(files["top_losses_csv"], newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6 and list(table[0]) == ["rank", "index", "path", "true_class",
+                                                  "predicted_class", "probability", "p_true", "loss"]
+    losses = [float(row["loss"]) for row in table]
+    assert losses == sorted(losses, reverse=True)
+    from PIL import Image
+
+    assert Image.open(files["top_losses_png"]).size[0] > 300  # a real figure
+
+
+def test_errors_and_plot_without_a_keras_model(tinycam, tmp_path):
+    model = _model()
+    x = tiny_pixels(4, 32)
+    with pytest.raises(ValueError, match="k=0 must be an int >= 1"):
+        tt.top_losses(model, (x, np.zeros(4, int)), k=0)
+    with pytest.raises(ValueError, match="label 5 is outside 0..1"):
+        tt.top_losses(model, (x, np.array([0, 1, 5, 0])))
+    with pytest.raises(ValueError, match="3 paths for 4 images"):
+        tt.top_losses(model, (x, np.zeros(4, int)), paths=["a", "b", "c"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tt.top_losses(model, tmp_path / "missing")
+    # any function images -> probabilities works; its plot has no heatmaps
+    rows = tt.top_losses(lambda images: np.full((len(images), 2), 0.5), (x, np.zeros(4, int)), k=2)
+    assert rows[0]["loss"] == pytest.approx(np.log(2))
+    plot_top_losses(rows, None, tmp_path / "plain.png")
+    assert (tmp_path / "plain.png").stat().st_size > 1000
