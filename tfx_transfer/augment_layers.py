@@ -7,7 +7,7 @@ inside ``tf.data`` and in a model, on any backend.
 
 Example:
     >>> import numpy as np
-    >>> RandomBrightnessScale((0.5, 0.5))(np.full((1, 2, 2, 3), 100.0), training=True).numpy().max()
+    >>> float(RandomBrightnessScale((0.5, 0.5))(np.full((1, 2, 2, 3), 100.0)).numpy().max())
     50.0
 """
 

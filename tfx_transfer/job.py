@@ -44,7 +44,7 @@ Example:
     >>> sorted(os.listdir(run))
     ['.lock', 'best.json', 'best.keras', 'config.json', 'confusion_matrix.png', 'export',
      'history.csv', 'history.png', 'metrics.json', 'model.keras', 'predictions.png',
-     'report.txt', 'skipped_files.txt']
+     'report.txt', 'skipped_files.txt', 'top_losses.csv', 'top_losses.png']
     >>> os.path.relpath(result["paths"]["export"], run)
     'export/1'
 """
