@@ -74,7 +74,7 @@ test: test-jax test-floor $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
 
-## make test-doctest: only the docstring examples of the package (~2.5 min on 2 cores)
+## make test-doctest: only the docstring examples of the package (~4 min on 2 shared cores)
 test-doctest: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
 
