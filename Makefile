@@ -27,7 +27,7 @@ FLOOR_PINS ?= "tensorflow==2.18.*" "keras==3.8.*"
 FLOOR_TESTS ?= tests/test_model.py tests/test_inference_mode.py tests/test_ensemble.py \
 	tests/test_export.py
 
-.PHONY: install test test-fast test-jax test-floor demo data-samples bench clean
+.PHONY: install test test-doctest test-fast test-jax test-floor demo data-samples bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,9 +68,15 @@ test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -m pytest -n 2 --dist loadfile -q $(FLOOR_TESTS) $(PYTEST_ARGS)
 
 ## make test: set up the venv and run the whole test suite (CPU, offline, ~15 min on 2 cores),
-## after the core on JAX (test-jax) and on the oldest supported TensorFlow/Keras (test-floor)
+## after the core on JAX (test-jax) and on the oldest supported TensorFlow/Keras (test-floor),
+## then the docstring examples (test-doctest)
 test: test-jax test-floor $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
+
+## make test-doctest: only the docstring examples of the package (~4 min on 2 shared cores)
+test-doctest: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
 
 ## make test-fast: everything but the end-to-end tests marked slow
 test-fast: $(STAMP)

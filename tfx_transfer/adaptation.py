@@ -83,8 +83,14 @@ def image_files(folder: str | os.PathLike, split: str = "train") -> list[str]:
     only (``"train"``: the images to adapt on; ``"val"``/``"test"``: held out).
 
     Example:
-        >>> image_files("target_photos/")  # doctest: +SKIP
-        ['target_photos/img_001.jpg', 'target_photos/img_002.jpg']
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> photos = Path(tempfile.mkdtemp())
+        >>> for name in ("b.jpg", "a.png"):
+        ...     Image.new("RGB", (8, 8)).save(photos / name)
+        >>> [Path(p).name for p in image_files(photos)]
+        ['a.png', 'b.jpg']
     """
     root = Path(folder)
     if not root.is_dir():
@@ -396,8 +402,14 @@ class CoralAlignment(keras.layers.Layer):
     """Adds ``weight * coral_loss(source, target)`` to the model's losses; returns ``source``.
 
     Example:
-        >>> layer = CoralAlignment(weight=1.0)  # doctest: +SKIP
-        >>> features = layer([source_features, target_features])  # doctest: +SKIP
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> source = rng.normal(size=(8, 4)).astype("float32")
+        >>> target = rng.normal(size=(8, 4)).astype("float32")
+        >>> layer = CoralAlignment(weight=1.0)
+        >>> features = layer([source, target])  # source unchanged, the CORAL loss added
+        >>> bool(np.allclose(features, source)), len(layer.losses)
+        (True, 1)
     """
 
     def __init__(self, weight: float = DEFAULT_CORAL_WEIGHT, **kwargs: Any):
@@ -683,7 +695,7 @@ def adapt_run(
     and after on them (its ``test/`` or ``val/`` split when it has one, else all its
     images) and says that those labels served only for scoring.
 
-    Example:
+    Example (not run by the doctests: it needs a training run; tests/test_adapt.py runs it):
         >>> report = adapt_run("runs/photos", "new_camera/", "runs/photos-adapted")  # doctest: +SKIP
         >>> report["scores"]["after"]["accuracy"]  # doctest: +SKIP
         0.91

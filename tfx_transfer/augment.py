@@ -326,10 +326,13 @@ class Augmentation(keras.layers.Layer):
     Example:
         >>> aug = Augmentation(rotation_range=20, width_shift_range=0.1,
         ...                    zoom_range=0.2, horizontal_flip=True)
-        >>> train = aug.map_dataset(folder.train)          # dataset side, or
-        >>> x = aug(images, training=True)                  # as a layer
-        >>> aug.augmenters                                  # [RandomAffine]
-        >>> Augmentation(rotation_range=20, engine="keras").augmenters  # [RandomRotation]
+        >>> [type(layer).__name__ for layer in aug.augmenters]
+        ['RandomAffine']
+        >>> tuple(aug(np.zeros((2, 32, 32, 3), "uint8"), training=True).shape)  # as a layer
+        (2, 32, 32, 3)
+        >>> aug = Augmentation(rotation_range=20, engine="keras")
+        >>> [type(layer).__name__ for layer in aug.augmenters]
+        ['RandomRotation']
 
     Attributes:
         augmenters: the per-image layers, applied in order.
@@ -409,7 +412,13 @@ class Augmentation(keras.layers.Layer):
         (MixUp/CutMix) is applied here and needs one-hot float labels.
 
         Example:
-            >>> train = Augmentation(preset="standard").map_dataset(folder.train)
+            >>> import tensorflow as tf
+            >>> ds = tf.data.Dataset.from_tensor_slices(
+            ...     (np.zeros((4, 32, 32, 3), "uint8"), [0, 1, 0, 1])).batch(2)
+            >>> train = Augmentation(preset="standard").map_dataset(ds)
+            >>> images, labels = next(iter(train))
+            >>> images.shape, labels.numpy().tolist()
+            (TensorShape([2, 32, 32, 3]), [0, 1])
         """
         import tensorflow as tf
 
@@ -461,8 +470,11 @@ def preview_augmentation(
     each augmented (cycling when there are fewer). Label mixing is not shown.
 
     Example:
-        >>> preview_augmentation(folder.train, Augmentation(rotation_range=30), "aug.png")
-        'aug.png'
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "aug.png")
+        >>> image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), "uint8")
+        >>> preview_augmentation(image, Augmentation(rotation_range=30), path) == path
+        True
     """
     from matplotlib.figure import Figure
 

@@ -7,7 +7,7 @@ inside ``tf.data`` and in a model, on any backend.
 
 Example:
     >>> import numpy as np
-    >>> RandomBrightnessScale((0.5, 0.5))(np.full((1, 2, 2, 3), 100.0), training=True).numpy().max()
+    >>> float(RandomBrightnessScale((0.5, 0.5))(np.full((1, 2, 2, 3), 100.0)).numpy().max())
     50.0
 """
 
@@ -60,8 +60,10 @@ def idg_affine_transform(bk, height, width, theta, tx, ty, shear, zx, zy, flip_x
     all arguments are ``(B,)`` tensors except ``height``/``width``.
 
     Example:
-        >>> t = idg_affine_transform(keras.src.backend, 32, 32, *[np.zeros(2, "float32")] * 3,
-        ...                          *[np.ones(2, "float32")] * 4)
+        >>> zeros, ones = np.zeros(2, "float32"), np.ones(2, "float32")
+        >>> t = idg_affine_transform(keras.src.backend, 32, 32, *[zeros] * 4, *[ones] * 4)
+        >>> keras.ops.convert_to_numpy(t)[0].tolist()  # identity: no rotation, shift, zoom
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
     """
     n = bk.numpy
     one, zero = n.ones_like(theta), n.zeros_like(theta)
@@ -99,8 +101,8 @@ class RandomAffine(DataLayer):
     ``affine_transform`` call per batch (the per-image matrices differ).
 
     Example:
-        >>> RandomAffine(rotation_range=20, zoom_range=(0.8, 1.2), seed=0)(
-        ...     np.zeros((2, 32, 32, 3)), training=True).shape
+        >>> layer = RandomAffine(rotation_range=20, zoom_range=(0.8, 1.2), seed=0)
+        >>> tuple(layer(np.zeros((2, 32, 32, 3)), training=True).shape)
         (2, 32, 32, 3)
     """
 
@@ -181,7 +183,9 @@ class RandomBrightnessScale(DataLayer):
     """Multiply each image by a random U(lower, upper) factor, clip to 0..255 (IDG ``brightness_range``).
 
     Example:
-        >>> RandomBrightnessScale((0.8, 1.2), seed=0)(np.full((2, 4, 4, 3), 100.0), training=True)
+        >>> out = RandomBrightnessScale((0.8, 1.2), seed=0)(np.full((2, 4, 4, 3), 100.0))
+        >>> bool(keras.ops.all((out >= 80) & (out <= 120)))
+        True
     """
 
     def __init__(self, factor_range, seed=None, **kwargs):
@@ -218,7 +222,10 @@ class RandomChannelShift(DataLayer):
     As in ImageDataGenerator, the result is clipped to the image's own min and max.
 
     Example:
-        >>> RandomChannelShift(30.0, seed=0)(np.random.rand(2, 4, 4, 3) * 255, training=True)
+        >>> images = np.linspace(0, 255, 96, dtype="float32").reshape(2, 4, 4, 3)
+        >>> out = RandomChannelShift(30.0, seed=0)(images, training=True)
+        >>> tuple(out.shape), bool(keras.ops.all((out >= 0) & (out <= 255)))
+        ((2, 4, 4, 3), True)
     """
 
     def __init__(self, intensity, seed=None, **kwargs):

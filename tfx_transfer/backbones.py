@@ -108,6 +108,8 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
         ...     "myvgg", "VGG16", "caffe", 224, 32,
         ...     blocks=tuple((f"block{i}", rf"^block{i}_") for i in range(1, 6))),
         ...     overwrite=True)
+        >>> get_backbone("MyVGG").block_names[-1]
+        'block5'
     """
     key = _key(spec.name)
     if key in _REGISTRY and not overwrite:

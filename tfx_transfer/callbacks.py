@@ -65,9 +65,14 @@ class StagedUnfreeze(keras.callbacks.Callback):
     :class:`StagedBackupAndRestore` to restore the phase-2 optimizer state too.
 
     Example:
-        >>> stage = StagedUnfreeze({3: "block5", 6: ["block4"]},
-        ...                        learning_rates={3: 1e-5, 6: 5e-6})
-        >>> model.fit(train_ds, epochs=10, callbacks=[stage])  # doctest: +SKIP
+        >>> import numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> model.compile("adam", "sparse_categorical_crossentropy")
+        >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+        >>> stage = StagedUnfreeze({1: "block5", 2: ["block4"]},
+        ...                        learning_rates={1: 1e-5, 2: 5e-6}, verbose=0)
+        >>> model.fit(x, y, epochs=3, callbacks=[stage], verbose=0).history["stage"]
+        [0, 1, 2]
     """
 
     def __init__(self, schedule: Mapping[int, Blocks], learning_rates: Mapping[int, float] | float | None = None,
@@ -113,8 +118,15 @@ class StagedUnfreeze(keras.callbacks.Callback):
         ``i`` gets ``learning_rate * lr_decay**i`` when a rate is given.
 
         Example:
-            >>> stage = StagedUnfreeze.gradual(5, every=2, learning_rate=1e-5)
-            >>> model.fit(train_ds, epochs=15, callbacks=[stage])  # doctest: +SKIP
+            >>> import numpy as np, tfx_transfer as tt
+            >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+            ...                                 head="avg")
+            >>> model.compile("adam", "sparse_categorical_crossentropy")
+            >>> stage = StagedUnfreeze.gradual(1, every=1, learning_rate=1e-5, verbose=0)
+            >>> history = model.fit(np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1]),
+            ...                     epochs=3, callbacks=[stage], verbose=0)
+            >>> history.history["stage"]
+            [0, 1, 2]
         """
         if every < 1:
             raise ValueError(f"every={every!r} must be an int >= 1.")
@@ -172,8 +184,13 @@ class StagedUnfreeze(keras.callbacks.Callback):
         Returns whether anything changed. Safe to call between epochs.
 
         Example:
-            >>> stage.apply_through(3)  # doctest: +SKIP
-            True
+            >>> import tfx_transfer as tt
+            >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+            >>> model.compile("adam", "sparse_categorical_crossentropy")
+            >>> stage = StagedUnfreeze({2: "block5"}, verbose=0)
+            >>> stage.set_model(model)
+            >>> stage.apply_through(1), stage.apply_through(3), stage.apply_through(3)
+            (False, True, False)
         """
         due = [e for e in self.schedule if e <= epoch and e not in self.applied]
         if not due:
@@ -279,9 +296,15 @@ class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
     but the optimizer state is dropped (Keras warns "Skipping variable loading").
 
     Example:
-        >>> stage = StagedUnfreeze({3: "block5"}, learning_rates={3: 1e-5})
-        >>> backup = StagedBackupAndRestore("backup", stage)
-        >>> model.fit(train_ds, epochs=8, callbacks=[stage, backup])  # doctest: +SKIP
+        >>> import tempfile, numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> model.compile("adam", "sparse_categorical_crossentropy")
+        >>> stage = StagedUnfreeze({1: "block5"}, learning_rates={1: 1e-5}, verbose=0)
+        >>> backup = StagedBackupAndRestore(tempfile.mkdtemp(), stage)
+        >>> history = model.fit(np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1]),
+        ...                     epochs=2, callbacks=[stage, backup], verbose=0)
+        >>> history.history["stage"]  # rerun the same fit after a crash: it resumes
+        [0, 1]
     """
 
     def __init__(self, backup_dir: str | os.PathLike, staged: StagedUnfreeze, **kwargs: Any):

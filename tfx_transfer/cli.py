@@ -628,8 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     clear line on stderr and exit with status 2, without a traceback.
 
     Example:
-        >>> main(["weights", "where"])  # doctest: +SKIP
-        /home/me/.keras/models
+        >>> main(["weights", "where"])  # prints the Keras cache folder
+        /.../models
         0
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -18,11 +18,21 @@ Keras). The few files TensorFlow cannot decode (TIFF, palette BMP) are decoded
 with Pillow instead, chosen per file.
 
 Example:
-    >>> folder = load_image_folder("photos", image_size=(224, 224),
-    ...                            validation_split=0.2)
+    >>> import tempfile, tfx_transfer as tt
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> photos = Path(tempfile.mkdtemp())  # photos/cats/*.jpg, photos/dogs/*.jpg
+    >>> for i in range(10):
+    ...     label = photos / ("cats", "dogs")[i % 2]
+    ...     label.mkdir(exist_ok=True)
+    ...     Image.new("RGB", (48, 40), (25 * i, 90, 0)).save(label / f"{i}.jpg")
+    >>> folder = tt.load_image_folder(photos, image_size=32, validation_split=0.2)
     >>> folder.class_names, folder.counts["train"]
-    >>> model.fit(folder.train, validation_data=folder.validation,
-    ...           class_weight=class_weights(folder))
+    (['cats', 'dogs'], {'cats': 4, 'dogs': 4})
+    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> _ = model.fit(folder.train, validation_data=folder.validation,
+    ...               class_weight=tt.class_weights(folder), verbose=0)
 """
 
 from __future__ import annotations
@@ -58,8 +68,11 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
     gives its first frame. Pure TensorFlow ops, usable inside a graph.
 
     Example:
-        >>> decode_image(tf.io.read_file("cat.png")).shape
-        TensorShape([480, 640, 3])
+        >>> import io
+        >>> from PIL import Image
+        >>> png = io.BytesIO(); Image.new("L", (64, 48)).save(png, "PNG")  # grayscale
+        >>> decode_image(png.getvalue()).shape
+        TensorShape([48, 64, 3])
     """
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
@@ -104,8 +117,12 @@ def decode_and_resize(
     the exported serving signature both use it, so they see identical pixels.
 
     Example:
-        >>> decode_and_resize(tf.io.read_file("cat.jpg"), (224, 224)).dtype
-        tf.uint8
+        >>> import io
+        >>> from PIL import Image
+        >>> jpg = io.BytesIO(); Image.new("RGB", (64, 48)).save(jpg, "JPEG")
+        >>> image = decode_and_resize(jpg.getvalue(), (32, 32))
+        >>> image.shape, image.dtype
+        (TensorShape([32, 32, 3]), tf.uint8)
     """
     return resize_image(decode_image(image_bytes), image_size, crop_to_aspect_ratio)
 
@@ -149,8 +166,17 @@ class ImageFolder:
         skipped: ``(path, reason)`` for every file left out (also warned about once).
 
     Example:
-        >>> folder = load_image_folder("photos", validation_split=0.2)
-        >>> folder.counts["validation"]["cats"], folder.num_classes
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> photos = Path(tempfile.mkdtemp())
+        >>> for i in range(10):
+        ...     label = photos / ("cats", "dogs")[i % 2]
+        ...     label.mkdir(exist_ok=True)
+        ...     Image.new("RGB", (40, 40)).save(label / f"{i}.png")
+        >>> folder = load_image_folder(photos, image_size=32, validation_split=0.2)
+        >>> folder.counts["validation"]["cats"], folder.num_classes, folder.skipped
+        (1, 2, [])
     """
 
     train: tf.data.Dataset
@@ -459,9 +485,19 @@ def load_image_folder(
         UserWarning: once, listing every skipped file and why (also in ``.skipped``).
 
     Example:
-        >>> folder = load_image_folder("photos", image_size=160, batch_size=16,
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> photos = Path(tempfile.mkdtemp())
+        >>> for i in range(10):
+        ...     label = photos / ("cats", "dogs")[i % 2]
+        ...     label.mkdir(exist_ok=True)
+        ...     Image.new("RGB", (48, 40)).save(label / f"{i}.png")
+        >>> folder = load_image_folder(photos, image_size=32, batch_size=4,
         ...                            validation_split=0.2, augmentation="light")
         >>> images, labels = next(iter(folder.train))
+        >>> images.shape, images.dtype, labels.dtype  # float32 once augmented
+        (TensorShape([4, 32, 32, 3]), tf.float32, tf.int32)
     """
     root = Path(directory)
     if not root.is_dir():

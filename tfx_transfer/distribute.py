@@ -24,13 +24,17 @@ by itself. Under a ``tf.distribute`` strategy ``fine_tune`` does not cache
 features (``predict`` would return per-replica shards).
 
 Example:
-    >>> import tfx_transfer as tt
+    >>> import numpy as np, tfx_transfer as tt
     >>> from tfx_transfer.distribute import scaled_batch_size, strategy_scope
-    >>> tt.set_precision("mixed_bfloat16")            # doctest: +SKIP
-    >>> strategy = tt.get_strategy("mirrored")          # doctest: +SKIP
-    >>> with strategy_scope(strategy):                  # doctest: +SKIP
-    ...     model = tt.build_transfer_model("resnet50", 10)
-    ...     tt.fine_tune(model, (x, y), batch_size=scaled_batch_size(32, strategy))
+    >>> strategy = tt.get_strategy("mirrored", devices=["/cpu:0"])  # every GPU: devices=None
+    >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+    >>> with strategy_scope(strategy):
+    ...     model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+    ...                                     head="avg")
+    ...     history = tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=0,
+    ...                            batch_size=scaled_batch_size(2, strategy), verbose=0)
+    >>> len(history.history["loss"])
+    1
     >>> # tf.data: load_image_folder(..., batch_size=scaled_batch_size(32, strategy))
 """
 
@@ -177,9 +181,9 @@ def get_strategy(name: str | None = None, devices: Sequence[Any] | None = None) 
     size :func:`scaled_batch_size`.
 
     Example:
-        >>> strategy = get_strategy("mirrored")  # doctest: +SKIP
-        >>> num_replicas(strategy)                # doctest: +SKIP
-        8
+        >>> strategy = get_strategy("mirrored", devices=["/cpu:0"])  # all GPUs: devices=None
+        >>> num_replicas(strategy)
+        1
     """
     key = _normalize(name)
     backend = keras.backend.backend()

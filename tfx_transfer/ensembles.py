@@ -15,8 +15,12 @@ registered serializable) and :func:`~tfx_transfer.export_saved_model` as one
 SavedModel.
 
 Example:
-    >>> fused = ensemble([frozen_model, finetuned_model])         # doctest: +SKIP
-    >>> tt.export_saved_model(fused, "export/", class_names)       # doctest: +SKIP
+    >>> import numpy as np, tfx_transfer as tt
+    >>> members = [tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head=head)
+    ...            for head in ("avg", "max")]
+    >>> fused = ensemble(members, method="vote")
+    >>> fused.predict(np.zeros((3, 32, 32, 3), "uint8"), verbose=0).shape
+    (3, 2)
 """
 
 from __future__ import annotations
@@ -120,8 +124,8 @@ def ensemble(
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
-        >>> ms = [tt.build_transfer_model("mobilenetv2", 3, input_shape=32, weights=None,
-        ...                               head="avg") for _ in range(2)]
+        >>> ms = [tt.build_transfer_model("vgg16", 3, input_shape=32, weights=None, head="avg")
+        ...       for _ in range(2)]
         >>> fused = ensemble(ms)
         >>> x = np.zeros((1, 32, 32, 3), "uint8")
         >>> np.allclose(fused.predict(x, verbose=0),

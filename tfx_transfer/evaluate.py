@@ -43,7 +43,13 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
     file.
 
     Example:
-        >>> model, names = load_for_evaluation("runs/demo")  # doctest: +SKIP
+        >>> import os, tempfile, tfx_transfer as tt
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
+        >>> tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+        ...                         class_names=["cat", "dog"]).save(path)
+        >>> model, names = load_for_evaluation(path)
+        >>> names
+        ['cat', 'dog']
     """
     if not isinstance(source, (str, os.PathLike)):
         names = source.class_names if _is_exported(source) else \
@@ -204,10 +210,13 @@ def evaluate_model(
         plus ``"files"`` (paths written) when ``out`` is given.
 
     Example:
-        >>> metrics = evaluate_model(model, folder.validation, folder.class_names,
-        ...                          out="runs/demo")  # doctest: +SKIP
-        >>> metrics["accuracy"], metrics["per_class"]["circle"]["f1"]  # doctest: +SKIP
-        (0.93, 0.95)
+        >>> import tempfile, numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+        >>> metrics = evaluate_model(model, (x, y), ["cat", "dog"], out=tempfile.mkdtemp(),
+        ...                          verbose=False)
+        >>> metrics["num_samples"], sorted(metrics["per_class"]), sorted(metrics["files"])
+        (4, ['cat', 'dog'], ['confusion_matrix', 'metrics', 'predictions', 'report'])
     """
     model, known_names = load_for_evaluation(model_or_export)
     names = list(class_names or known_names or [])

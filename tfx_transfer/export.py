@@ -36,12 +36,18 @@ The class names are a constant of the graph, also listed in ``assets/labels.txt`
 input size, class names, versions and any training metrics.
 
 Example:
-    >>> path = export_saved_model(model, "exports/flowers", ["daisy", "rose"])
+    >>> import os, tempfile, numpy as np, tfx_transfer as tt
+    >>> from PIL import Image
+    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+    >>> flowers = os.path.join(tempfile.mkdtemp(), "flowers")
+    >>> path = tt.export_saved_model(model, flowers, ["daisy", "rose"])
     >>> path.name
     '1'
-    >>> exported = load_exported("exports/flowers")
-    >>> exported.predict(["rose.jpg"], top_k=1)[0]["top"]
-    [('rose', 0.97...)]
+    >>> Image.new("RGB", (64, 48), "red").save(os.path.join(flowers, "rose.jpg"))
+    >>> exported = tt.load_exported(flowers)
+    >>> probabilities = exported.probabilities([os.path.join(flowers, "rose.jpg")])
+    >>> np.allclose(probabilities.sum(), 1.0)
+    True
 """
 
 from __future__ import annotations
@@ -368,7 +374,9 @@ def export_saved_model(
             not match the model, bad arguments, a non-TensorFlow Keras backend.
 
     Example:
-        >>> path = export_saved_model(model, "exports/flowers", folder.class_names,
+        >>> import tempfile, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> path = export_saved_model(model, tempfile.mkdtemp(), ["daisy", "rose"],
         ...                           metadata={"metrics": {"val_accuracy": 0.91}})
         >>> sorted(p.name for p in path.iterdir())
         ['assets', 'assets.extra', 'fingerprint.pb', 'saved_model.pb', 'variables']

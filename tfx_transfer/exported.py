@@ -54,11 +54,17 @@ class ExportedModel:
         image_size: the model's ``(height, width)``.
 
     Example:
-        >>> exported = load_exported("exports/flowers")
-        >>> exported.class_names
-        ['daisy', 'rose']
-        >>> exported(["a.jpg", open("b.png", "rb").read()], top_k=2)[1]["top"]
-        [('daisy', 0.8...), ('rose', 0.1...)]
+        >>> import io, tempfile, numpy as np, tfx_transfer as tt
+        >>> from PIL import Image
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> exported = ExportedModel(tt.export_saved_model(model, tempfile.mkdtemp(),
+        ...                                                ["daisy", "rose"]))
+        >>> exported.class_names, exported.image_size
+        (['daisy', 'rose'], (32, 32))
+        >>> png = io.BytesIO(); Image.new("RGB", (64, 48), "red").save(png, "PNG")
+        >>> rows = exported.predict([png.getvalue(), np.zeros((40, 40, 3), "uint8")], top_k=2)
+        >>> len(rows), sorted(name for name, score in rows[0]["top"])
+        (2, ['daisy', 'rose'])
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -86,8 +92,13 @@ class ExportedModel:
         A decoding error names the bad image's index among the encoded ones.
 
         Example:
-            >>> exported.probabilities(["a.jpg"]).shape
-            (1, 2)
+            >>> import tempfile, numpy as np, tfx_transfer as tt
+            >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+            >>> exported = tt.load_exported(tt.export_saved_model(model, tempfile.mkdtemp(),
+            ...                                                   ["daisy", "rose"]))
+            >>> pixels = np.zeros((2, 32, 32, 3), "uint8")
+            >>> np.allclose(exported.probabilities(pixels), model.predict(pixels, verbose=0))
+            True
         """
         items = _as_items(images)
         out = np.zeros((len(items), len(self.class_names)), np.float32)
@@ -111,8 +122,13 @@ class ExportedModel:
         batch, or a list of them. ``top_k`` defaults to the export's.
 
         Example:
-            >>> exported.predict("rose.jpg", top_k=1)[0]["top"]
-            [('rose', 0.97...)]
+            >>> import tempfile, numpy as np, tfx_transfer as tt
+            >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+            >>> exported = tt.load_exported(tt.export_saved_model(model, tempfile.mkdtemp(),
+            ...                                                   ["daisy", "rose"]))
+            >>> row = exported.predict(np.zeros((32, 32, 3), "uint8"), top_k=1)[0]
+            >>> len(row["top"]), row["top"][0][0] in exported.class_names, row["probabilities"].shape
+            (1, True, (2,))
         """
         top_k = int(self.metadata["top_k"] if top_k is None else top_k)
         if not 1 <= top_k <= len(self.class_names):
@@ -154,9 +170,14 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
     """Load an export for quick checks: ``path`` is an ``export_dir`` (newest version) or a version.
 
     Example:
-        >>> exported = load_exported("exports/flowers")
+        >>> import tempfile, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> flowers = tempfile.mkdtemp()
+        >>> _ = tt.export_saved_model(model, flowers, ["daisy", "rose"])  # version 1
+        >>> _ = tt.export_saved_model(model, flowers, ["daisy", "rose"])  # version 2
+        >>> exported = load_exported(flowers)  # the newest version
         >>> exported.metadata["backbone"], exported.path.name
-        ('resnet50', '3')
+        ('vgg16', '2')
     """
     return ExportedModel(path)
 
@@ -213,9 +234,16 @@ def predict_files(
         ``[{"path": str, "top": [(class, score), ...]}]`` in file order.
 
     Example:
-        >>> for row in predict_files("exports/flowers", "new_photos/", top_k=2):
-        ...     print(row["path"], row["top"][0])
-        new_photos/1.jpg ('rose', 0.97...)
+        >>> import os, tempfile, tfx_transfer as tt
+        >>> from PIL import Image
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> export = tt.export_saved_model(model, tempfile.mkdtemp(), ["daisy", "rose"])
+        >>> photos = tempfile.mkdtemp()
+        >>> for name in ("1.jpg", "2.png"):
+        ...     Image.new("RGB", (64, 48), "red").save(os.path.join(photos, name))
+        >>> rows = predict_files(export, photos, top_k=1, progress=False)
+        >>> [(os.path.basename(row["path"]), len(row["top"])) for row in rows]
+        [('1.jpg', 1), ('2.png', 1)]
     """
     exported = export if isinstance(export, ExportedModel) else load_exported(export)
     top_k = min(3, len(exported.class_names)) if top_k is None else top_k

@@ -58,7 +58,7 @@ def resolve_blocks(model: keras.Model, blocks: Blocks) -> list[keras.layers.Laye
         >>> import tfx_transfer as tt
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
         >>> [layer.name for layer in resolve_blocks(model, 2)]
-        ['block5_conv3', 'block5_pool']
+        ['block5_conv2', 'block5_conv3', 'block5_pool']
     """
     base, named = _blocks_of(model)
     if isinstance(blocks, bool):

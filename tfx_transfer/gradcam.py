@@ -364,7 +364,17 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.
         "predicted_class", "probability"}]}``.
 
     Example:
-        >>> explain_files("runs/demo", ["photo.jpg", "more_photos/"], "explained")  # doctest: +SKIP
+        >>> import os, tempfile, tfx_transfer as tt
+        >>> from PIL import Image
+        >>> tmp = tempfile.mkdtemp()
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+        ...                                 class_names=["cat", "dog"])
+        >>> model.save(os.path.join(tmp, "model.keras"))
+        >>> Image.new("RGB", (40, 40), "red").save(os.path.join(tmp, "photo.png"))
+        >>> result = explain_files(os.path.join(tmp, "model.keras"), [os.path.join(tmp, "photo.png")],
+        ...                        os.path.join(tmp, "explained"))
+        >>> [os.path.basename(f) for f in result["files"]]
+        ['photo.png']
     """
     import tensorflow as tf
 

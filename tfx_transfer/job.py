@@ -30,11 +30,23 @@ and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
     RUN/.lock                   one process per run folder (an OS lock, released on any exit)
 
 Example:
-    >>> import tfx_transfer as tt
-    >>> result = tt.train("data_samples", "runs/shapes", backbone="vgg16", image_size=64,
-    ...                   epochs=3, fine_tune_epochs=3, weights="auto")  # doctest: +SKIP
-    >>> result["metrics"]["accuracy"], result["paths"]["export"]  # doctest: +SKIP
-    (0.9, 'runs/shapes/export/1')
+    >>> import os, tempfile, tfx_transfer as tt
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> data = Path(tempfile.mkdtemp())  # data/circle/*.png, data/square/*.png
+    >>> for i in range(12):
+    ...     label = data / ("circle", "square")[i % 2]
+    ...     label.mkdir(exist_ok=True)
+    ...     Image.new("RGB", (40, 40), (20 * i, 90, 0)).save(label / f"{i}.png")
+    >>> run = os.path.join(tempfile.mkdtemp(), "shapes")
+    >>> result = tt.train(data, run, backbone="vgg16", weights=None, image_size=32,
+    ...                   head_epochs=1, fine_tune_epochs=1, verbose=0)
+    >>> sorted(os.listdir(run))
+    ['.lock', 'best.json', 'best.keras', 'config.json', 'confusion_matrix.png', 'export',
+     'history.csv', 'history.png', 'metrics.json', 'model.keras', 'predictions.png',
+     'report.txt', 'skipped_files.txt', 'top_losses.csv', 'top_losses.png']
+    >>> os.path.relpath(result["paths"]["export"], run)
+    'export/1'
 """
 
 from __future__ import annotations
@@ -91,8 +103,15 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     next to the checkpoint, from which a resumed run continues to compare.
 
     Example:
-        >>> best = BestModelCheckpoint(model, "run/best.keras", monitor="val_loss")  # doctest: +SKIP
-        >>> tt.fine_tune(model, train_ds, val_ds, callbacks=[best])  # doctest: +SKIP
+        >>> import os, tempfile, numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+        >>> best = BestModelCheckpoint(model, os.path.join(tempfile.mkdtemp(), "best.keras"),
+        ...                            monitor="val_loss", verbose=0)
+        >>> _ = tt.fine_tune(model, (x, y), (x, y), head_epochs=1, fine_tune_epochs=0,
+        ...                  callbacks=[best], verbose=0)
+        >>> best.filepath.is_file(), best.state_path.is_file()
+        (True, True)
     """
 
     def __init__(self, model: keras.Model, filepath: str | os.PathLike, monitor: str = "val_loss",
@@ -629,10 +648,19 @@ def train(
             not cached (use ``"auto"`` to fall back to random init).
 
     Example:
-        >>> result = train("data_samples", "runs/demo", backbone="vgg16", image_size=64,
-        ...                weights="auto", head_epochs=3, fine_tune_epochs=3)  # doctest: +SKIP
-        >>> print(result["paths"]["export"])  # doctest: +SKIP
-        runs/demo/export/1
+        >>> import os, tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> data = Path(tempfile.mkdtemp())  # data/circle/*.png, data/square/*.png
+        >>> for i in range(12):
+        ...     label = data / ("circle", "square")[i % 2]
+        ...     label.mkdir(exist_ok=True)
+        ...     Image.new("RGB", (40, 40), (20 * i, 90, 0)).save(label / f"{i}.png")
+        >>> run = os.path.join(tempfile.mkdtemp(), "demo")
+        >>> result = train(data, run, backbone="vgg16", weights=None, image_size=32,
+        ...                head_epochs=1, fine_tune_epochs=0, verbose=0)
+        >>> result["metrics"]["num_samples"], result["config"]["class_names"]  # 20% validation
+        (2, ['circle', 'square'])
     """
     given = {name: value for name, value in locals().items() if name in RUN_SETTINGS}
     run = Path(out)

@@ -21,15 +21,19 @@ Only what is trainable in the target model (plus the source head) trains. With
 a frozen backbone the source term cannot reach the target head, so unfreeze
 first (:func:`tfx_transfer.unfreeze`); :func:`fit_joint` warns otherwise.
 
-Example:
-    >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=96,
-    ...                                 weights="pretrained/mobilenetv2.weights.h5",
-    ...                                 head="avg")                      # doctest: +SKIP
-    >>> tt.unfreeze(model, ["block16", "top"])                          # doctest: +SKIP
-    >>> fit_joint(model, target.train, source.train, num_source_classes=101,
-    ...           source_head_weights="pretrained/mobilenetv2.head.weights.h5",
-    ...           epochs=10)                                             # doctest: +SKIP
-    >>> tt.export_saved_model(model, "export/", target.class_names)     # doctest: +SKIP
+Example (tiny stand-in datasets; in practice ``weights=`` and ``source_head_weights=``
+are the files :func:`tfx_transfer.pretrain` wrote, and the data come from
+:func:`tfx_transfer.load_image_folder`):
+    >>> import numpy as np, tensorflow as tf, tfx_transfer as tt
+    >>> def images(n, classes):
+    ...     x = np.zeros((n, 32, 32, 3), "uint8")
+    ...     return tf.data.Dataset.from_tensor_slices((x, np.arange(n) % classes)).batch(2)
+    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+    >>> _ = tt.unfreeze(model, "block5")
+    >>> history = tt.fit_joint(model, images(4, 2), images(6, 3), num_source_classes=3,
+    ...                        epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'source_accuracy', 'source_loss', 'target_accuracy', 'target_loss']
 """
 
 from __future__ import annotations
@@ -127,9 +131,13 @@ def joint_dataset(target_data: Any, source_data: Any) -> Any:
     consumed; pass ``steps_per_epoch`` to ``fit``.
 
     Example:
-        >>> ds = joint_dataset(target.train, source.train)   # doctest: +SKIP
-        >>> x, y = next(iter(ds)); sorted(x)                 # doctest: +SKIP
-        ['source', 'target']
+        >>> import numpy as np, tensorflow as tf
+        >>> x = np.zeros((6, 32, 32, 3), "uint8")
+        >>> target = tf.data.Dataset.from_tensor_slices((x[:4], [0, 1, 0, 1])).batch(2)
+        >>> source = tf.data.Dataset.from_tensor_slices((x, [0, 1, 2, 0, 1, 2])).batch(2)
+        >>> x, y = next(iter(joint_dataset(target, source)))
+        >>> sorted(x), y["source"].numpy().tolist()
+        (['source', 'target'], [0, 1])
     """
     import tensorflow as tf
 
@@ -190,9 +198,16 @@ def fit_joint(
         ``target_loss``, ``source_loss``, ``target_accuracy``, ``source_accuracy``.
 
     Example:
-        >>> history = fit_joint(model, target.train, source.train, lam=0.5,
-        ...                     num_source_classes=101, epochs=10)   # doctest: +SKIP
-        >>> model.evaluate(target.validation)                        # doctest: +SKIP
+        >>> import numpy as np, tensorflow as tf, tfx_transfer as tt
+        >>> x = np.zeros((6, 32, 32, 3), "uint8")
+        >>> target = tf.data.Dataset.from_tensor_slices((x[:4], [0, 1, 0, 1])).batch(2)
+        >>> source = tf.data.Dataset.from_tensor_slices((x, [0, 1, 2, 0, 1, 2])).batch(2)
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> _ = tt.unfreeze(model, "block5")
+        >>> history = fit_joint(model, target, source, lam=0.5, num_source_classes=3,
+        ...                     epochs=1, verbose=0)
+        >>> history.params["steps"]  # the larger dataset's batches
+        3
     """
     if lam < 0:
         raise ValueError(f"lam={lam!r}: the source-loss weight must be >= 0.")

@@ -28,7 +28,7 @@ class Preprocess(keras.layers.Layer):
     Example:
         >>> import numpy as np
         >>> layer = Preprocess("tf")
-        >>> layer(np.full((1, 2, 2, 3), 255, "uint8")).numpy().max()
+        >>> float(layer(np.full((1, 2, 2, 3), 255, "uint8")).numpy().max())
         1.0
     """
 

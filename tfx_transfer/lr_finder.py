@@ -195,9 +195,12 @@ def find_lr(
         A :class:`LRFinderResult` (``.suggestion``, ``.plot(path)``).
 
     Example:
-        >>> result = find_lr(model, folder.train)  # doctest: +SKIP
-        >>> result.plot("lr_finder.png"); print(result.suggestion)  # doctest: +SKIP
-        0.0012
+        >>> import numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> x, y = np.zeros((8, 32, 32, 3), "uint8"), np.arange(8) % 2
+        >>> result = find_lr(model, (x, y), num_steps=10, batch_size=4)
+        >>> 1e-7 <= result.suggestion <= 10.0  # the rate to train the head with
+        True
     """
     from tfx_transfer.optimizers import copy_optimizer
 

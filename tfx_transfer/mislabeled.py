@@ -149,9 +149,13 @@ def top_losses(
         plotting).
 
     Example:
-        >>> rows = top_losses(model, "photos/", k=5)  # doctest: +SKIP
-        >>> rows[0]["path"], rows[0]["true_class"], rows[0]["predicted_class"]  # doctest: +SKIP
-        ('photos/val/cat/12.jpg', 'cat', 'dog')
+        >>> import numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+        ...                                 class_names=["cat", "dog"])
+        >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+        >>> rows = top_losses(model, (x, y), k=2)
+        >>> len(rows), rows[0]["loss"] >= rows[1]["loss"], rows[0]["true_class"] in ("cat", "dog")
+        (2, True, True)
     """
     if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
         raise ValueError(f"k={k!r} must be an int >= 1 (or None for every image).")
@@ -308,8 +312,12 @@ def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,
     Returns ``{"top_losses_png": path, "top_losses_csv": path}``.
 
     Example:
-        >>> write_top_losses(model, folder.validation, "runs/demo", class_names=folder.class_names,
-        ...                  paths=[p for p, _ in folder.files["validation"]])  # doctest: +SKIP
+        >>> import tempfile, numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+        >>> sorted(write_top_losses(model, (x, y), tempfile.mkdtemp(), k=2,
+        ...                         class_names=["cat", "dog"]))
+        ['top_losses_csv', 'top_losses_png']
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k={k!r} must be an int >= 1.")

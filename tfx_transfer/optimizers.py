@@ -80,9 +80,15 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
     clipping by norm applies per group.
 
     Example:
+        >>> import numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> _ = tt.unfreeze(model, ["block4", "block5"])
         >>> opt = DiscriminativeOptimizer(keras.optimizers.Adam(1e-4),
         ...                               {r"(^|/)block5_": 1 / 2.6, r"(^|/)block4_": 1 / 2.6**2})
-        >>> model.compile(opt, "sparse_categorical_crossentropy")  # doctest: +SKIP
+        >>> model.compile(opt, "sparse_categorical_crossentropy")
+        >>> _ = model.fit(np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1]), verbose=0)
+        >>> sorted({round(opt.multiplier(v), 3) for v in model.trainable_weights})
+        [0.148, 0.385, 1.0]
     """
 
     def __init__(self, optimizer: Any, multipliers: Mapping[str, float], name: str | None = None,
@@ -110,7 +116,10 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
         """The learning-rate multiplier of ``variable`` (by its path).
 
         Example:
-            >>> opt.multiplier(model.get_layer("head").weights[0])  # doctest: +SKIP
+            >>> opt = DiscriminativeOptimizer("adam", {r"(^|/)block5_": 0.5})
+            >>> opt.multiplier(keras.Variable(np.zeros(2), name="block5_conv1_kernel"))
+            0.5
+            >>> opt.multiplier(keras.Variable(np.zeros(2), name="predictions_kernel"))
             1.0
         """
         path = getattr(variable, "path", "") or ""
@@ -181,9 +190,11 @@ def discriminative_multipliers(model: keras.Model, factor: float) -> dict[str, f
     ``1/factor``, the next ``1/factor**2``, and so on.
 
     Example:
-        >>> mult = discriminative_multipliers(model, 2.6)  # doctest: +SKIP
-        >>> mult[r"(^|/)block5_conv1/"], mult[r"(^|/)block4_conv1/"]  # doctest: +SKIP
-        (0.3846..., 0.1479...)
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> mult = discriminative_multipliers(model, 2.6)
+        >>> round(mult[r"(^|/)block5_conv1/"], 4), round(mult[r"(^|/)block4_conv1/"], 4)
+        (0.3846, 0.1479)
     """
     if not factor or factor < 1:
         raise ValueError(f"discriminative={factor!r}: the per-block factor must be >= 1 "

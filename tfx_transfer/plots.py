@@ -47,8 +47,13 @@ def read_history_csv(path: str | os.PathLike) -> dict[str, list]:
     """A ``CSVLogger`` file as ``{column: [values]}`` (numbers as floats, ``epoch`` as int).
 
     Example:
-        >>> read_history_csv("runs/demo/history.csv")["val_accuracy"][:2]  # doctest: +SKIP
-        [0.56, 0.71]
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "history.csv")
+        >>> with open(path, "w") as f:  # what keras.callbacks.CSVLogger(path) writes
+        ...     _ = f.write("epoch,loss,val_accuracy\\n0,0.9,0.56\\n1,0.6,0.71\\n")
+        >>> history = read_history_csv(path)
+        >>> history["epoch"], history["val_accuracy"]
+        ([0, 1], [0.56, 0.71])
     """
     import csv
 
@@ -91,8 +96,12 @@ def plot_history(history: Any, path: str | os.PathLike | None = None,
         The ``matplotlib.figure.Figure`` (also saved as PNG when ``path`` is given).
 
     Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "history.png")
         >>> fig = plot_history({"loss": [1.0, .6, .4], "val_loss": [1.1, .8, .5],
-        ...                     "stage": [0, 1, 1]}, "/tmp/history.png")
+        ...                     "stage": [0, 1, 1]}, path)
+        >>> os.path.isfile(path)
+        True
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -140,7 +149,9 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
     """The confusion matrix as a heat map: colour = row-normalised recall, text = counts.
 
     Example:
-        >>> fig = plot_confusion_matrix([[5, 1], [0, 6]], ["cat", "dog"], "/tmp/cm.png")
+        >>> fig = plot_confusion_matrix([[5, 1], [0, 6]], ["cat", "dog"])  # path=None: not saved
+        >>> type(fig).__name__
+        'Figure'
     """
     cm = np.asarray(cm, dtype=np.int64)
     names = [str(n) for n in class_names]
@@ -178,8 +189,12 @@ def plot_predictions(images: Any, y_true: Any, probabilities: Any, class_names: 
     ``title`` defaults to how many of the given images are misclassified.
 
     Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "predictions.png")
         >>> fig = plot_predictions(np.zeros((2, 32, 32, 3), "uint8"), [0, 1],
-        ...                        np.array([[.9, .1], [.8, .2]]), ["cat", "dog"], "/tmp/p.png")
+        ...                        np.array([[.9, .1], [.8, .2]]), ["cat", "dog"], path)
+        >>> os.path.isfile(path)
+        True
     """
     images = np.asarray(images)
     probabilities = np.asarray(probabilities, np.float64)

@@ -35,11 +35,17 @@ never leaves a half-written one. Pretraining from scratch is long: pass
 last finished epoch.
 
 Example:
-    >>> import tfx_transfer as tt
-    >>> path = tt.pretrain("xray_source/", "resnet50", "pretrained/",
-    ...                    image_size=128, epochs=40)          # doctest: +SKIP
-    >>> model = tt.build_transfer_model("resnet50", 2, input_shape=(128, 128, 3),
-    ...                                 weights=path)           # doctest: +SKIP
+    >>> import tempfile, tfx_transfer as tt
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> source = Path(tempfile.mkdtemp())  # one sub-folder of images per source class
+    >>> for i in range(8):
+    ...     (source / f"class{i % 2}").mkdir(exist_ok=True)
+    ...     Image.new("RGB", (40, 40), (200 * (i % 2), 80, 0)).save(source / f"class{i % 2}/{i}.png")
+    >>> path = tt.pretrain(source, "vgg16", tempfile.mkdtemp(), image_size=32, epochs=1,
+    ...                    validation_split=None, augmentation=None, recalibrate_batches=0,
+    ...                    verbose=0)  # VGG16 has no BatchNorm to recalibrate
+    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=path)
 """
 
 from __future__ import annotations
@@ -255,9 +261,12 @@ def read_pretrain_info(path: str | os.PathLike) -> dict:
     """The JSON :func:`pretrain` wrote next to a weights file (pass either file).
 
     Example:
-        >>> info = read_pretrain_info("pretrained/mobilenetv2.weights.h5")  # doctest: +SKIP
-        >>> info["backbone"], info["image_size"], len(info["class_names"])  # doctest: +SKIP
-        ('mobilenetv2', [96, 96], 101)
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())  # as pretrain(..., out=folder) leaves it
+        >>> _ = (folder / "vgg16.json").write_text(json.dumps({"backbone": "vgg16"}))
+        >>> read_pretrain_info(folder / "vgg16.weights.h5")["backbone"]
+        'vgg16'
     """
     path = Path(path)
     if path.name.endswith(WEIGHTS_SUFFIX):
@@ -365,10 +374,21 @@ def pretrain(
         Path of the saved backbone ``.weights.h5``.
 
     Example:
-        >>> path = pretrain("caltech101/", "mobilenetv2", "pretrained/", image_size=96,
-        ...                 epochs=20, cache_images="memory")            # doctest: +SKIP
-        >>> model = build_transfer_model("mobilenetv2", 2, input_shape=96,
-        ...                              weights=path, head="avg")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> source = Path(tempfile.mkdtemp())  # one sub-folder of images per source class
+        >>> for i in range(8):
+        ...     (source / f"class{i % 2}").mkdir(exist_ok=True)
+        ...     Image.new("RGB", (40, 40), (200 * (i % 2), 80, 0)).save(source / f"class{i % 2}/{i}.png")
+        >>> path = pretrain(source, "vgg16", tempfile.mkdtemp(), image_size=32, epochs=1,
+        ...                 validation_split=None, augmentation=None, recalibrate_batches=0,
+        ...                 verbose=0)  # VGG16 has no BatchNorm to recalibrate
+        >>> sorted(p.name for p in path.parent.iterdir())
+        ['vgg16.head.weights.h5', 'vgg16.json', 'vgg16.weights.h5']
+        >>> read_pretrain_info(path)["class_names"]
+        ['class0', 'class1']
+        >>> model = build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
     """
     from tfx_transfer import __version__
     from tfx_transfer.data import load_image_folder

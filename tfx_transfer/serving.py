@@ -895,11 +895,15 @@ def create_app(base_dir: str | os.PathLike, model_name: str, **options: Any) -> 
 
     Example:
         >>> import tempfile, tfx_transfer as tt
+        >>> from starlette.testclient import TestClient
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
         >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
         >>> app = create_app(path.parent, "flowers", max_batch_size=16)
-        >>> import uvicorn
-        >>> uvicorn.run(app, port=8501)  # doctest: +SKIP
+        >>> with TestClient(app) as client:  # in-process, lifespan included
+        ...     client.get("/v1/models/flowers").json()["model_version_status"][0]["version"]
+        '1'
+
+        Served for real with ``uvicorn.run(app, port=8501)`` (blocks, so not run here).
     """
     return ModelServer(base_dir, model_name, **options).app
 
@@ -911,7 +915,7 @@ def serve(base_dir: str | os.PathLike, model_name: str, host: str = "127.0.0.1",
     ``options`` are :class:`ModelServer`'s (``max_batch_size``,
     ``batch_timeout_ms``, ``poll_interval``, ``max_request_bytes``).
 
-    Example:
+    Example (not run by the tests: it blocks until Ctrl-C):
         >>> serve("runs/photos/export", "photos", port=8501)  # doctest: +SKIP
     """
     _require_stack()
