@@ -413,6 +413,12 @@ def pretrain(
     train = folder.train if augmenter is None else augmenter.map_dataset(folder.train)
     model = build_scratch_model(spec.name, folder.num_classes, input_shape=image_size + (3,),
                                 head=head, dropout=dropout, bn_momentum=bn_momentum)
+    if recalibrate_batches and not any(isinstance(layer, keras.layers.BatchNormalization)
+                                       for layer in get_backbone_model(model).layers):
+        # Said before training, not after it: there are no BatchNorm statistics to recalibrate.
+        print(f"pretrain: backbone {spec.name!r} has no BatchNormalization layer; "
+              f"recalibrate_batches={recalibrate_batches} is not applied.", flush=True)
+        recalibrate_batches = 0
     steps = epochs * math.ceil(len(folder.files["train"]) / batch_size)
     model.compile(
         optimizer=scratch_optimizer(steps, lr, weight_decay, warmup),
