@@ -52,13 +52,11 @@ def build(init: list | None = None):
 
 def train(model, batch_size: int, **kwargs):
     """Phase 1 (head) for one epoch, phase 2 (default blocks unfrozen) for one epoch."""
-    import keras
-
     import tfx_transfer as tt
 
     x, y = data()
     return tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=1, blocks="default",
-                        optimizer=keras.optimizers.SGD(), head_lr=0.1, fine_tune_lr=0.05,
+                        optimizer="sgd", head_lr=0.1, fine_tune_lr=0.05,
                         loss="sparse_categorical_crossentropy", metrics=[], batch_size=batch_size,
                         shuffle=False, verbose=0, **kwargs)
 
