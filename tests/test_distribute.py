@@ -101,7 +101,7 @@ def test_xla_compiled_train_step_survives_phase_switch():
                                     head="avg", dropout=0.0)
     model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy", jit_compile=True)
     x, y = _learnable(8)
-    kernel = model.get_layer("vgg16").get_layer("block5_conv3").kernel
+    kernel = tt.get_backbone_model(model).get_layer("block5_conv3").kernel
     start = kernel.numpy().copy()
     stage = tt.StagedUnfreeze({1: "block5"}, learning_rates={1: 0.05}, verbose=0)
     model.fit(x, y, batch_size=4, epochs=2, callbacks=[stage], verbose=0)

@@ -666,9 +666,12 @@ def train(
     run = Path(out)
     _check_export_possible()  # before minutes of training, not after
     if tensorboard:
-        if importlib.util.find_spec("tensorflow") is None:
+        if importlib.util.find_spec("tensorflow") is None or \
+                importlib.util.find_spec("tensorboard") is None:
             raise ValueError("tensorboard=True writes its event files with TensorFlow's summary "
-                             "writer; install tensorflow or drop tensorboard.")
+                             "writer, which needs the tensorboard package (TensorFlow >= 2.20 no "
+                             "longer installs it): pip install tensorboard "
+                             "(or tfx_transfer[tensorboard]), or drop tensorboard.")
         callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run / TENSORBOARD_DIR),
                                                              write_graph=False)]
     run.mkdir(parents=True, exist_ok=True)
