@@ -57,7 +57,7 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
     train_scalars = _scalars(run / "tensorboard" / "train")
     assert train_scalars["epoch_stage"] == {0: 0.0, 1: 0.0, 2: 1.0}  # both phases, one timeline
     rates = train_scalars["epoch_learning_rate"]
-    assert rates[0] == pytest.approx(config["head_lr"]) and rates[2] == pytest.approx(1e-5)
+    assert rates[0] == pytest.approx(config["head_lr"]) and rates[2] == pytest.approx(1e-4)  # the default fine_tune_lr
     assert set(_scalars(run / "tensorboard" / "validation")["epoch_loss"]) == {0, 1, 2}
 
     # evaluate --tta writes the same top-losses files for the folder it scores
