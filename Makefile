@@ -67,7 +67,7 @@ test-floor: $(FLOOR_STAMP)
 	@echo "test-floor: $$($(FLOOR_VENV)/bin/python -c 'import keras, tensorflow as tf; print("keras", keras.__version__, "tensorflow", tf.__version__)' 2>/dev/null)"
 	$(FLOOR_VENV)/bin/python -m pytest -n 2 --dist loadfile -q $(FLOOR_TESTS) $(PYTEST_ARGS)
 
-## make test: set up the venv and run the whole test suite (CPU, offline, ~15 min on 2 cores),
+## make test: set up the venv and run the whole test suite (CPU, offline, ~30 min on 2 cores with venv set-up),
 ## after the core on JAX (test-jax) and on the oldest supported TensorFlow/Keras (test-floor),
 ## then the docstring examples (test-doctest)
 test: test-jax test-floor $(STAMP)
