@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per phase")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--unfreeze", default=None, help="block (default: the backbone's default)")
+    parser.add_argument("--blocks", default=None, help="block (default: the backbone's default)")
     parser.add_argument("--repeats", type=int, default=1)
     return parser.parse_args(argv)
 
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
 
     import tfx_transfer as tt
 
-    block = args.unfreeze or tt.get_backbone(args.backbone).default_unfreeze[-1]
+    block = args.blocks or tt.get_backbone(args.backbone).default_unfreeze[-1]
     print(f"fit overhead: {args.backbone}, {args.image_size} px, {args.images} images, batch "
           f"{args.batch_size}, {args.epochs}+{args.epochs} epochs, unfreeze {block!r}, backend "
           f"{keras.backend.backend()}, {os.cpu_count()} CPU cores")

@@ -8,7 +8,7 @@ epoch (the epoch's end waits for the device, so the time covers all the work).
 
 * phase 1: the model of :func:`tfx_transfer.build_transfer_model` as built (the
   backbone frozen, the head trained);
-* phase 2: :func:`tfx_transfer.unfreeze` of ``--unfreeze`` (default: the
+* phase 2: :func:`tfx_transfer.unfreeze` of ``--blocks`` (default: the
   backbone's default top blocks, ``conv5`` for ResNet50, ``block5`` for VGG16),
   recompiled: what :class:`tfx_transfer.StagedUnfreeze` trains after its switch.
 
@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="XLA-compile the train step (compile(jit_compile=...)); JAX always "
                         "compiles")
     parser.add_argument("--phase", choices=("1", "2", "both"), default="both")
-    parser.add_argument("--unfreeze", default="default",
+    parser.add_argument("--blocks", default="default",
                         help="blocks unfrozen in phase 2 (any unfreeze() form; default: the "
                         "backbone's default)")
     parser.add_argument("--num-classes", type=int, default=1000)
@@ -224,9 +224,9 @@ def main(argv=None) -> int:
         for phase in phases:
             what = "frozen base"
             if phase == 2:
-                layers = tt.unfreeze(model, args.unfreeze)
+                layers = tt.unfreeze(model, args.blocks)
                 blocks = (", ".join(tt.get_backbone(backbone).default_unfreeze)
-                          if args.unfreeze == "default" else args.unfreeze)
+                          if args.blocks == "default" else args.blocks)
                 what = f"{blocks} unfrozen, {len(layers)} layers"
             rate = run_phase(model, phase, args)
             gflop = gflop_per_image(tt.get_backbone(backbone).name, args.image_size, phase,
