@@ -17,8 +17,8 @@ image size, several seeds; validation accuracy (mean +- std) and wall time per r
   ``slice(lr/100, lr)``), AdamW (weight decay 0.01), cosine decay per epoch from 1e-3;
 * ``d``  scratch: the same network from random initialisation, everything trained,
   Adam 1e-3, ``--scratch-epochs`` epochs, standard augmentation;
-* ``e``  (a) + test-time augmentation, when ``tt.evaluate_model`` has ``tta``;
-  otherwise the script says "not available".
+* ``e``  (a) + test-time augmentation: the same run's model scored with
+  ``tt.evaluate_model(..., tta=True)`` (its time includes the run's training).
 
 Every recipe reads the images through ``tt.load_image_folder`` (decoded images
 cached in memory for b-d; ``train`` chooses for itself). Data sets: a folder with
@@ -38,7 +38,6 @@ Usage (from the repository root; the shared folders sit beside it)::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import random
@@ -97,6 +96,7 @@ def _accuracy(model, dataset) -> float:
 
 def recipe_kit(data: Path, size: int, seed: int, weights: Path, backbone: str, tmp: Path,
                tta: bool = False, overrides: dict | None = None) -> dict:
+    """(a); with ``tta`` the same run's model is also scored with TTA (``accuracy_tta``)."""
     import tfx_transfer as tt
 
     out = tmp / f"run_{backbone}_{seed}_{time.time_ns()}"
@@ -105,13 +105,19 @@ def recipe_kit(data: Path, size: int, seed: int, weights: Path, backbone: str, t
     record = {"accuracy": result["metrics"]["accuracy"],
               "settings": {k: result["config"].get(k) for k in sorted(result["config"])
                            if k not in ("class_names", "counts", "versions", "created", "data_dir")}}
+    history = (out / "history.csv").read_text().splitlines()
+    columns = history[0].split(",")
+    rows = [dict(zip(columns, line.split(","))) for line in history[1:]]
+    record["val_accuracy_per_epoch"] = [round(float(r["val_accuracy"]), 4) for r in rows]
+    record["best"] = result["best"]
     if tta:
-        model = tt.load_model(result["paths"]["model"]) if hasattr(tt, "load_model") else None
+        start = time.perf_counter()
+        model = tt.load_model(result["paths"]["model"])
         folder = _folder(data, size, seed)
         metrics = tt.evaluate_model(model, folder.validation, folder.class_names, tta=True,
                                     verbose=False)
-        record["accuracy_plain"] = record["accuracy"]
-        record["accuracy"] = metrics.get("tta", metrics)["accuracy"]
+        record["accuracy_tta"] = metrics["tta"]["accuracy"]
+        record["tta_seconds"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(out, ignore_errors=True)
     return record
 
@@ -170,8 +176,8 @@ def recipe_fastai(data: Path, size: int, seed: int, weights: Path, backbone: str
 
     history = tt.fine_tune(
         model, folder.train, folder.validation, head_epochs=head_epochs, fine_tune_epochs=epochs,
-        blocks="all", head_lr=2 * lr, fine_tune_lr=lr, discriminative=1.4, train_bn=True,
-        optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.01),
+        blocks="all", fine_tune_lr=lr, discriminative=1.4, train_bn=True,
+        optimizer=keras.optimizers.AdamW(learning_rate=2 * lr, weight_decay=0.01),
         callbacks=[keras.callbacks.LearningRateScheduler(schedule)], cache_features=False, verbose=0)
     return {"accuracy": _accuracy(model, folder.validation),
             "best_epoch_accuracy": max(history.history["val_accuracy"]),
@@ -198,12 +204,6 @@ def recipe_scratch(data: Path, size: int, seed: int, weights: Path, backbone: st
             "best_epoch_accuracy": max(history.history["val_accuracy"]),
             "settings": {"head": "avg + dropout 0.2", "epochs": f"{epochs} (all trained)",
                          "lr": "Adam 1e-3", "augmentation": "standard"}}
-
-
-def tta_available() -> bool:
-    import tfx_transfer as tt
-
-    return "tta" in inspect.signature(tt.evaluate_model).parameters
 
 
 def summarize(records: list[dict]) -> str:
@@ -267,21 +267,18 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         sys.exit(f"--recipes: unknown {unknown}; choose from {sorted(RECIPES)}.")
-    if "e" in recipes and not tta_available():
-        print("(e) kit train + TTA: not available (tt.evaluate_model has no tta option in this "
-              "version); skipped.", flush=True)
-        recipes.remove("e")
     per_class = tuple(int(v) for v in args.per_class.split(","))
     has_split = (args.data / "train").is_dir() and (args.data / "val").is_dir()
-    functions = {"a": lambda *a: recipe_kit(*a, overrides=args.kit_overrides), "b": recipe_keras_guide, "c": recipe_fastai,
-                 "d": lambda *a: recipe_scratch(*a, epochs=args.scratch_epochs),
-                 "e": lambda *a: recipe_kit(*a, tta=True, overrides=args.kit_overrides)}
+    tta = "e" in recipes
+    functions = {"a": lambda *a: recipe_kit(*a, tta=tta, overrides=args.kit_overrides),
+                 "b": recipe_keras_guide, "c": recipe_fastai,
+                 "d": lambda *a: recipe_scratch(*a, epochs=args.scratch_epochs)}
     records = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for seed in args.seeds:
             data = split_folder(args.data.resolve(), per_class, seed, tmp)
-            for recipe in recipes:
+            for recipe in [r for r in recipes if r != "e"] + (["a"] if tta and "a" not in recipes else []):
                 start = time.perf_counter()
                 record = functions[recipe](data, args.image_size, seed, args.weights.resolve(),
                                            args.backbone, tmp)
@@ -289,14 +286,20 @@ def main(argv: list[str] | None = None) -> None:
                               seed=seed, seconds=round(time.perf_counter() - start, 1),
                               per_class=None if has_split else list(per_class),
                               backbone=args.backbone, cpu_cores=os.cpu_count())
-                if recipe in "ae" and args.kit_overrides:
+                if recipe == "a" and args.kit_overrides:
                     record["overrides"] = args.kit_overrides
-                records.append(record)
-                print(f"seed {seed} ({recipe}) {RECIPES[recipe]}: accuracy {record['accuracy']:.4f} "
-                      f"in {record['seconds'] / 60:.1f} min", flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                runs = [record]
+                if recipe == "a" and tta:  # (e): the same run, scored with TTA
+                    runs.append(dict(record, recipe="e", accuracy=record["accuracy_tta"]))
+                    if "a" not in recipes:
+                        runs.pop(0)
+                for run in runs:
+                    records.append(run)
+                    print(f"seed {seed} ({run['recipe']}) {RECIPES[run['recipe']]}: accuracy "
+                          f"{run['accuracy']:.4f} in {run['seconds'] / 60:.1f} min", flush=True)
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(run) + "\n")
     print(summarize(records))
 
 

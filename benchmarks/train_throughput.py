@@ -25,7 +25,8 @@ Usage (from the repository root)::
 
     # a GPU through Keras on JAX (pip install "jax[cuda12]" keras; no TensorFlow needed)
     python benchmarks/train_throughput.py --backend jax --precision mixed_bfloat16 \\
-        --batch-size 256 --steps 50
+        --batch-size 128 256 512 --steps 50 --json throughput.jsonl
+    # the prepared one-call run for a lent H100/H200: benchmarks/gpu_throughput.sh
     # quick CPU check
     python benchmarks/train_throughput.py --image-size 96 --batch-size 8 --steps 3 --warmup 1
 """
@@ -71,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backbone", action="append",
                         help="registry name; repeat for several (default: resnet50 and vgg16)")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[64],
+                        help="one or more batch sizes: several make a sweep (e.g. 64 128 256)")
     parser.add_argument("--precision", default="float32",
                         choices=("float32", "mixed_float16", "mixed_bfloat16"))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per phase")
@@ -89,7 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the device's peak TFLOP/s at this precision (default: known GPUs)")
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
                         help="sets KERAS_BACKEND (default: the environment's, else tensorflow)")
-    parser.add_argument("--json", default=None, help="also append one JSON line per phase here")
+    parser.add_argument("--json", default=None,
+                        help="also append one JSON line per measurement here (device, backbone, "
+                        "image_size, phase, precision, batch_size, images_per_second, "
+                        "fraction_of_peak, ...)")
     return parser.parse_args(argv)
 
 
@@ -185,19 +190,19 @@ def epoch_timer():
     return EpochTimer()
 
 
-def run_phase(model, phase: int, args) -> float:
-    """Compile, warm up, time ``args.steps`` steps; returns images/s."""
+def run_phase(model, batch_size: int, args) -> float:
+    """Compile, warm up, time ``args.steps`` steps of ``batch_size``; returns images/s."""
     import keras
 
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy",
                   jit_compile=args.jit)
     size = args.image_size
-    model.fit(_data(args.batch_size, size, args.num_classes, args.warmup), epochs=1,
+    model.fit(_data(batch_size, size, args.num_classes, args.warmup), epochs=1,
               shuffle=False, verbose=0)
     timer = epoch_timer()
-    model.fit(_data(args.batch_size, size, args.num_classes, args.steps), epochs=1,
+    model.fit(_data(batch_size, size, args.num_classes, args.steps), epochs=1,
               shuffle=False, verbose=0, callbacks=[timer])
-    return args.steps * args.batch_size / timer.seconds
+    return args.steps * batch_size / timer.seconds
 
 
 def main(argv=None) -> int:
@@ -228,21 +233,25 @@ def main(argv=None) -> int:
                 blocks = (", ".join(tt.get_backbone(backbone).default_unfreeze)
                           if args.blocks == "default" else args.blocks)
                 what = f"{blocks} unfrozen, {len(layers)} layers"
-            rate = run_phase(model, phase, args)
             gflop = gflop_per_image(tt.get_backbone(backbone).name, args.image_size, phase,
                                     head_params)
-            tflops = None if gflop is None else rate * gflop / 1e3
-            fraction = "n/a" if tflops is None or peak is None else f"{100 * tflops / peak:.1f}%"
-            print(f"{backbone:>10} phase {phase} ({what}): {rate:.1f} img/s, "
-                  f"{'n/a' if tflops is None else f'{tflops:.2f}'} TFLOP/s, "
-                  f"{fraction} of peak")
-            if args.json:
-                record = dict(backbone=backbone, phase=phase, images_per_s=rate, tflops=tflops,
-                              peak_tflops=peak, device=device, backend=keras.backend.backend(),
-                              precision=precision, jit_compile=args.jit, batch=args.batch_size,
-                              image_size=args.image_size, steps=args.steps)
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            for batch_size in args.batch_size:
+                rate = run_phase(model, batch_size, args)
+                tflops = None if gflop is None else rate * gflop / 1e3
+                fraction = None if tflops is None or peak is None else tflops / peak
+                print(f"{backbone:>10} phase {phase} ({what}) batch {batch_size}: {rate:.1f} img/s, "
+                      f"{'n/a' if tflops is None else f'{tflops:.2f}'} TFLOP/s, "
+                      f"{'n/a' if fraction is None else f'{100 * fraction:.1f}%'} of peak",
+                      flush=True)
+                if args.json:
+                    record = dict(device=device, backbone=backbone, image_size=args.image_size,
+                                  phase=phase, precision=precision, batch_size=batch_size,
+                                  images_per_second=rate, fraction_of_peak=fraction,
+                                  tflops=tflops, peak_tflops=peak, unfrozen=what,
+                                  backend=keras.backend.backend(), jit_compile=args.jit,
+                                  steps=args.steps, warmup=args.warmup)
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(record) + "\n")
     print("\nPublished single-GPU training rates (all layers trained, 224 px) for comparison:")
     for backbone, rate, where in REFERENCES:
         print(f"  {backbone:>10}: {rate:>18}  {where}")

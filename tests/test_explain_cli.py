@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tfx_transfer.cli import main
+from tfx_transfer.finetune import DEFAULT_FINE_TUNE_LR
 from tfx_transfer.job import train
 from tests.helpers import write_class_folders
 from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
@@ -57,7 +58,7 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
     train_scalars = _scalars(run / "tensorboard" / "train")
     assert train_scalars["epoch_stage"] == {0: 0.0, 1: 0.0, 2: 1.0}  # both phases, one timeline
     rates = train_scalars["epoch_learning_rate"]
-    assert rates[0] == pytest.approx(config["head_lr"]) and rates[2] == pytest.approx(1e-4)  # the default fine_tune_lr
+    assert rates[0] == pytest.approx(config["head_lr"]) and rates[2] == pytest.approx(DEFAULT_FINE_TUNE_LR)
     assert set(_scalars(run / "tensorboard" / "validation")["epoch_loss"]) == {0, 1, 2}
 
     # evaluate --tta writes the same top-losses files for the folder it scores

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
+from tfx_transfer.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR
 from tfx_transfer import finetune as ft
 from tfx_transfer.callbacks import backup_epoch
 from tests.helpers import tiny_labels, tiny_pixels, weights_by_name
@@ -331,7 +332,8 @@ def test_fine_tune_two_phases_one_history():
                            blocks="block5", batch_size=BATCH, cache_features=False, verbose=0,
                            callbacks=[probe])
     assert history.epoch == [0, 1, 2, 3] and history.history["stage"] == [0, 0, 1, 1]
-    np.testing.assert_allclose(history.history["learning_rate"], [3e-3, 3e-3, 1e-4, 1e-4], rtol=1e-6)
+    head, tune = DEFAULT_HEAD_LR, DEFAULT_FINE_TUNE_LR
+    np.testing.assert_allclose(history.history["learning_rate"], [head, head, tune, tune], rtol=1e-6)
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.history)
     b5 = _block_keys(model, "block5")
     other = [w.path for w in tt.get_backbone_model(model).weights if w.path not in b5]
@@ -344,7 +346,7 @@ def test_fine_tune_stage_at_epoch_zero_when_no_head_phase():
     history = tt.fine_tune(model, _data(), head_epochs=0, fine_tune_epochs=1, batch_size=BATCH,
                            verbose=0)
     assert history.history["stage"] == [1]
-    assert history.history["learning_rate"][0] == pytest.approx(1e-4)
+    assert history.history["learning_rate"][0] == pytest.approx(DEFAULT_FINE_TUNE_LR)
 
 
 def test_cached_features_match_plain_training():
@@ -403,10 +405,11 @@ def test_fine_tune_with_checkpoint_early_stopping_reduce_lr(tmp_path):
     # EarlyStopping watched phase 2 only: epoch 2 sets its baseline, epoch 3 stops the run.
     assert history.epoch == [0, 1, 2, 3] and history.history["stage"] == [0, 0, 1, 1]
     # ReduceLROnPlateau halves after every epoch but the first (it logs the rate before
-    # halving); at epoch 2 the stage sets 1e-4 (the default), which is then halved twice.
+    # halving); at epoch 2 the stage sets the default fine_tune_lr, which is then halved twice.
     lrs = history.history["learning_rate"]
-    np.testing.assert_allclose(lrs, [3e-3, 3e-3, 1e-4, 5e-5], rtol=1e-6)
-    assert _lr(model) == pytest.approx(2.5e-5)
+    head, tune = DEFAULT_HEAD_LR, DEFAULT_FINE_TUNE_LR
+    np.testing.assert_allclose(lrs, [head, head, tune, tune / 2], rtol=1e-6)
+    assert _lr(model) == pytest.approx(tune / 4)
     best = keras.models.load_model(tmp_path / "best.keras")
     assert best.output.shape == model.output.shape
 
@@ -430,7 +433,8 @@ def test_cached_run_carries_reduced_learning_rate_into_phase_two_like_plain():
                                fine_tune_lr=None, batch_size=BATCH, cache_features=cache,
                                verbose=0, callbacks=[reduce])
         rates.append(history.history["learning_rate"])
-    np.testing.assert_allclose(rates[0], [3e-3, 3e-3, 1.5e-3], rtol=1e-6)
+    head = DEFAULT_HEAD_LR
+    np.testing.assert_allclose(rates[0], [head, head, head / 2], rtol=1e-6)
     np.testing.assert_allclose(rates[1], rates[0], rtol=1e-6)
 
 

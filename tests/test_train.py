@@ -16,6 +16,7 @@ from PIL import Image  # noqa: E402
 
 from tests.helpers import write_class_folders  # noqa: E402
 from tfx_transfer.cli import build_parser, main  # noqa: E402
+from tfx_transfer.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR  # noqa: E402
 from tfx_transfer.job import train  # noqa: E402
 
 CLASSES = ("cats", "dogs", "foxes")
@@ -108,7 +109,7 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     rows = read_csv(run / "history.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert [int(float(r["stage"])) for r in rows] == [0, 1]  # phase 1 (head), phase 2
-    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([3e-3, 1e-4])  # the defaults
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([DEFAULT_HEAD_LR, DEFAULT_FINE_TUNE_LR])  # the defaults
     best = json.loads((run / "best.json").read_text())
     val_losses = [float(r["val_loss"]) for r in rows]
     assert best["epoch"] == int(np.argmin(val_losses)) and best["value"] == pytest.approx(min(val_losses))

@@ -67,6 +67,8 @@ import numpy as np
 
 from tfx_transfer.backbones import get_backbone
 from tfx_transfer.evaluate import evaluate_model
+from tfx_transfer.finetune import (DEFAULT_FINE_TUNE_EPOCHS, DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_EPOCHS,
+                                   DEFAULT_HEAD_LR)
 from tfx_transfer.metrics import format_report
 from tfx_transfer.plots import HISTORY_PNG, plot_history
 from tfx_transfer.runlock import lock_run_folder
@@ -164,7 +166,7 @@ def train_defaults() -> dict[str, Any]:
 
     Example:
         >>> train_defaults()["fine_tune_lr"]
-        0.0001
+        1e-05
     """
     return {name: p.default for name, p in inspect.signature(train).parameters.items()
             if p.default is not inspect.Parameter.empty}
@@ -550,16 +552,16 @@ def train(
     backbone: str = "resnet50",
     weights: str | os.PathLike | None = "imagenet",
     image_size: int | Sequence[int] | None = 224,
-    head_epochs: int = 5,
-    fine_tune_epochs: int = 10,
+    head_epochs: int = DEFAULT_HEAD_EPOCHS,
+    fine_tune_epochs: int = DEFAULT_FINE_TUNE_EPOCHS,
     blocks: Any = "default",
     augmentation: str | None = "standard",
     batch_size: int = 32,
     head: str = "avg",
     units: int = 256,
     dropout: float | None = None,
-    head_lr: float | str = 3e-3,
-    fine_tune_lr: float = 1e-4,
+    head_lr: float | str = DEFAULT_HEAD_LR,
+    fine_tune_lr: float = DEFAULT_FINE_TUNE_LR,
     validation_split: float | None = 0.2,
     seed: int = 1337,
     cache_features: bool = True,
