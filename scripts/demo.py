@@ -35,6 +35,11 @@ SETTINGS = dict(
 )
 
 
+def cli_flags() -> str:
+    """SETTINGS as the flags of ``tfx-transfer train`` (one vocabulary: the same names)."""
+    return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in SETTINGS.items())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="run folder (replaced if it holds a run)")
@@ -53,9 +58,7 @@ def main() -> int:
 
     shown = " ".join(f"{k}={v}" for k, v in SETTINGS.items())
     print(f"demo: tfx_transfer.train({str(data)!r}, {str(out)!r}, {shown})\n"
-          "demo: (the same as: tfx-transfer train data_samples --backbone vgg16 --weights auto "
-          "--image-size 64 --augmentation none --head-epochs 15 --fine-tune-epochs 5 --cache-images memory "
-          f"--out {out})\n", flush=True)
+          f"demo: (the same as: tfx-transfer train {data} {cli_flags()} --out {out})\n", flush=True)
     result = train(data, out, **SETTINGS)
     trained = time.perf_counter()
 
@@ -78,7 +81,7 @@ def main() -> int:
     print(f"demo: weights used: {config['weights']} (requested {config['weights_requested']}: "
           f"{config.get('weights_note', '')})")
     print(f"demo: settings: {config['backbone']} {config['image_size'][0]}x{config['image_size'][1]} "
-          f"px, {config['epochs']} head + {config['fine_tune_epochs']} fine-tuning epochs; "
+          f"px, {config['head_epochs']} head + {config['fine_tune_epochs']} fine-tuning epochs; "
           f"best {result['best']['monitor']} {result['best']['value']:.4f} at epoch "
           f"{result['best']['epoch'] + 1}")
     print(f"demo: validation accuracy {result['metrics']['accuracy']:.4f}, top-"
