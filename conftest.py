@@ -28,7 +28,7 @@ def _doctest_sandbox(request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFX_TRANSFER_CACHE_DIR", str(tmp_path / "cache"))
     keras.utils.set_random_seed(0)
-    from tfx_transfer import backbones
+    from tfx_transfer.models import backbones
 
     registry = dict(backbones._REGISTRY)
     yield

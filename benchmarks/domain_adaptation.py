@@ -7,7 +7,7 @@ Protocol (every number is a flag):
    (``fine_tune(head_epochs=--epochs, fine_tune_epochs=0)``, frozen backbone, Adam
    1e-3, cached features, no augmentation). Source training images: the source's
    ``train/`` (or all class folders but the held-out split, see below).
-2. Each method adapts a copy of that model with ``tfx_transfer.adaptation.adapt`` on the
+2. Each method adapts a copy of that model with ``tfx_transfer.adaptation.adapt.adapt`` on the
    target's *training* images, whose labels are dropped before adaptation (the
    labelled ``tf.data`` is passed; ``adapt`` keeps only the images). CORAL methods
    also get the labelled source training images.
@@ -47,7 +47,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / \
 def _load(folder: str, image_size: int, batch_size: int, split: float, seed: int):
     import warnings
 
-    from tfx_transfer.data import load_image_folder
+    from tfx_transfer.data.folder import load_image_folder
 
     root = Path(folder)
     has_val = any((root / name).is_dir() for name in ("val", "validation"))
@@ -73,7 +73,7 @@ def run_seed(args, seed: int) -> dict[str, float]:
     import keras
 
     import tfx_transfer as tt
-    from tfx_transfer.adaptation import adapt
+    from tfx_transfer.adaptation.adapt import adapt
 
     source = _load(args.source, args.image_size, args.batch_size, args.validation_split, seed)
     target = _load(args.target, args.image_size, args.batch_size, args.validation_split, seed)
@@ -102,7 +102,7 @@ def run_seed(args, seed: int) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    from tfx_transfer.adaptation import DEFAULT_METHOD, METHODS
+    from tfx_transfer.adaptation.adapt import DEFAULT_METHOD, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", required=True, help="labelled source folder")

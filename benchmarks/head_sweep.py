@@ -54,7 +54,7 @@ def features(data: Path, size: int, per_class: int | None, weights: Path, backbo
     import numpy as np
 
     import tfx_transfer as tt
-    from tfx_transfer.model import get_backbone_model
+    from tfx_transfer.models.transfer_model import get_backbone_model
 
     if per_class is not None:  # a fixed pool of per_class images per class (seed 0), as symlinks
         import random

@@ -2,7 +2,7 @@
 
 Protocol (settings chosen for the time budget before the full run; every number below is a flag):
 
-1. Pretraining (once, cached): ``tfx_transfer.pretraining`` trains the backbone from
+1. Pretraining (once, cached): ``tfx_transfer.training.pretraining`` trains the backbone from
    random init on the source folder (default ``../shared/datasets/caltech101``,
    101 classes) with the kit's from-scratch recipe (AdamW 1e-3, weight decay
    0.05, 5% warmup + cosine, label smoothing 0.1, "standard" augmentation, 10%
@@ -116,7 +116,7 @@ def per_class(files: list[tuple[str, int]], count: int | None, seed: int, what: 
 
 def target_files(target: Path, image_size: int) -> tuple[dict, list[str]]:
     """The target's train/validation files: its own ``val/`` or a fixed 75/25 split."""
-    from tfx_transfer.data import load_image_folder
+    from tfx_transfer.data.folder import load_image_folder
 
     folder = load_image_folder(target, image_size=image_size)
     if folder.validation is None:
@@ -145,7 +145,7 @@ def source_folder(args, tmp: Path) -> Path:
 
 def pretrained_backbone(args, source: Path) -> tuple[Path, dict, bool]:
     """Path of the pretrained backbone, its description, and whether it came from the cache."""
-    from tfx_transfer.pretraining import pretrain, read_pretrain_info
+    from tfx_transfer.training.pretraining import pretrain, read_pretrain_info
 
     key = json.dumps([PROTOCOL, str(args.source.resolve()), args.source_classes,
                       args.source_per_class, args.backbone, args.image_size, args.pretrain_epochs,
@@ -189,8 +189,12 @@ def run_setting(args, view: Path, seed: int, weights: Path, info: dict, source_t
     import keras
 
     import tfx_transfer as tt
-    from tfx_transfer.joint import fit_joint
-    from tfx_transfer.pretraining import build_scratch_model, recalibrate_batchnorm, scratch_optimizer
+    from tfx_transfer.models.joint import fit_joint
+    from tfx_transfer.training.pretraining import (
+        build_scratch_model,
+        recalibrate_batchnorm,
+        scratch_optimizer,
+    )
 
     def load(augment):
         return tt.load_image_folder(view, image_size=args.image_size, batch_size=args.batch_size,
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     import keras
     import tensorflow as tf
 
-    from tfx_transfer.data import load_image_folder
+    from tfx_transfer.data.folder import load_image_folder
 
     tf.get_logger().setLevel("ERROR")  # retracing notices: every method builds new models
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")

@@ -54,7 +54,7 @@ def main() -> int:
         shutil.rmtree(out)
 
     import tfx_transfer as tt
-    from tfx_transfer.job import train
+    from tfx_transfer.training.job import train
 
     shown = " ".join(f"{k}={v}" for k, v in SETTINGS.items())
     print(f"demo: tfx_transfer.train({str(data)!r}, {str(out)!r}, {shown})\n"

@@ -12,3 +12,6 @@ os.environ.setdefault("TFX_TRANSFER_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# The "tinycam" backbone fixture, for every test module.
+from tests.tiny_backbone import tinycam  # noqa: E402,F401

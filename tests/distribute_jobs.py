@@ -90,8 +90,11 @@ def mirrored(out: str) -> None:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    from tfx_transfer.distribute import (
-        get_strategy, num_replicas, scaled_batch_size, strategy_scope,
+    from tfx_transfer.training.distribute import (
+        get_strategy,
+        num_replicas,
+        scaled_batch_size,
+        strategy_scope,
     )
 
     single = get_strategy("default")
@@ -110,8 +113,11 @@ def mirrored(out: str) -> None:
 
 def worker(out_dir: str) -> None:
     """One worker of a MultiWorkerMirroredStrategy run (TF_CONFIG from the parent)."""
-    from tfx_transfer.distribute import (
-        get_strategy, num_replicas, scaled_batch_size, strategy_scope,
+    from tfx_transfer.training.distribute import (
+        get_strategy,
+        num_replicas,
+        scaled_batch_size,
+        strategy_scope,
     )
 
     strategy = get_strategy("multiworker")  # first: before any other TensorFlow work
@@ -121,7 +127,7 @@ def worker(out_dir: str) -> None:
         model = build()
         init = _named(model, model.get_weights())
         history = train(model, scaled_batch_size(4, strategy))
-    from tfx_transfer.export import export_saved_model
+    from tfx_transfer.export.saved_model import export_saved_model
 
     # Every worker takes part in saving; only the chief's copy is kept.
     target = out / "export" if index == 0 else out / f"scratch_{index}"
@@ -137,7 +143,7 @@ def data_parallel(out: str) -> None:
     """No distribution vs. keras.distribution.DataParallel over 2 host devices (JAX)."""
     import keras
 
-    from tfx_transfer.distribute import get_strategy, num_replicas, scaled_batch_size
+    from tfx_transfer.training.distribute import get_strategy, num_replicas, scaled_batch_size
 
     one = build()
     init = one.get_weights()

@@ -1,4 +1,4 @@
-"""Unsupervised domain adaptation (tfx_transfer.adaptation) on small generated images."""
+"""Unsupervised domain adaptation (tfx_transfer.adaptation.adapt) on small generated images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tfx_transfer.model import get_backbone_model
+from tfx_transfer.models.transfer_model import get_backbone_model
 
 SIZE = 32
 CLASSES = ([200.0, 60.0, 60.0], [60.0, 60.0, 200.0])  # red-ish vs blue-ish scenes
@@ -46,8 +46,8 @@ def trained():
     import keras
 
     import tfx_transfer as tt
-    from tfx_transfer.adaptation import recompute_batchnorm
-    from tfx_transfer.model import get_backbone_model, get_head
+    from tfx_transfer.adaptation.adapt import recompute_batchnorm
+    from tfx_transfer.models.transfer_model import get_backbone_model, get_head
 
     keras.utils.set_random_seed(0)
     x, y = _domain(24, seed=0)
@@ -67,7 +67,7 @@ def small():
     import keras
 
     import tfx_transfer as tt
-    from tfx_transfer.adaptation import recompute_batchnorm
+    from tfx_transfer.adaptation.adapt import recompute_batchnorm
 
     keras.utils.set_random_seed(0)
     model = tt.build_transfer_model("mobilenetv2", 2, input_shape=SIZE, weights=None, head="avg")
@@ -77,7 +77,7 @@ def small():
 
 
 def test_adabn_recovers_accuracy_on_a_colour_shifted_target(trained):
-    from tfx_transfer.adaptation import adapt
+    from tfx_transfer.adaptation.adapt import adapt
 
     model, (xs, ys) = trained
     xt_train, _ = _domain(24, seed=20, shifted=True)
@@ -94,7 +94,7 @@ def test_adabn_recovers_accuracy_on_a_colour_shifted_target(trained):
 
 
 def test_adabn_changes_only_batchnorm_statistics(small):
-    from tfx_transfer.adaptation import adapt
+    from tfx_transfer.adaptation.adapt import adapt
 
     model, _ = small
     before = _weights(model)
@@ -113,7 +113,7 @@ def test_adabn_changes_only_batchnorm_statistics(small):
 
 def test_source_relative_adabn_on_the_source_itself_changes_nothing(trained):
     """With reference images equal to the target, the adapted model predicts as before."""
-    from tfx_transfer.adaptation import copy_model, recompute_batchnorm
+    from tfx_transfer.adaptation.adapt import copy_model, recompute_batchnorm
 
     model, (xs, _) = trained
     probe = _domain(6, seed=4)[0]
@@ -127,7 +127,7 @@ def test_source_relative_adabn_on_the_source_itself_changes_nothing(trained):
 
 def test_adabn_refuses_a_backbone_without_batchnorm():
     import tfx_transfer as tt
-    from tfx_transfer.adaptation import adapt
+    from tfx_transfer.adaptation.adapt import adapt
 
     model = tt.build_transfer_model("vgg16", 2, input_shape=SIZE, weights=None, head="avg")
     with pytest.raises(ValueError, match="no BatchNormalization.*method='coral'"):
@@ -135,7 +135,7 @@ def test_adabn_refuses_a_backbone_without_batchnorm():
 
 
 def test_bad_arguments_name_the_fix(small):
-    from tfx_transfer.adaptation import adapt
+    from tfx_transfer.adaptation.adapt import adapt
 
     model, (xs, _) = small
     with pytest.raises(ValueError, match="method='mmd'"):
@@ -150,7 +150,7 @@ def test_target_folders_labels_are_never_read(small, tmp_path):
     """A flat folder works; so does one whose class folders mean nothing to the model."""
     from PIL import Image
 
-    from tfx_transfer.adaptation import adapt, image_files
+    from tfx_transfer.adaptation.adapt import adapt, image_files
 
     model, _ = small
     xt, _ = _domain(4, seed=5, shifted=True)
@@ -171,7 +171,7 @@ def test_coral_is_one_fit_with_callbacks_and_returns_the_same_classifier(small):
     import keras
     import tensorflow as tf
 
-    from tfx_transfer.adaptation import adapt, build_alignment_model, coral_loss
+    from tfx_transfer.adaptation.adapt import adapt, build_alignment_model, coral_loss
 
     model, (xs, ys) = small
     x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")

@@ -12,8 +12,8 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from tfx_transfer.augment import Augmentation, preview_augmentation  # noqa: E402
-from tfx_transfer.augment_layers import (  # noqa: E402
+from tfx_transfer.data.augmentation import Augmentation, preview_augmentation  # noqa: E402
+from tfx_transfer.data.augmentation_layers import (  # noqa: E402
     RandomAffine,
     RandomBrightnessScale,
     RandomChannelShift,

@@ -2,8 +2,12 @@
 
 import pytest
 
-from tfx_transfer.backbones import (
-    BackboneSpec, backbone_blocks, get_backbone, list_backbones, register_backbone,
+from tfx_transfer.models.backbones import (
+    BackboneSpec,
+    backbone_blocks,
+    get_backbone,
+    list_backbones,
+    register_backbone,
 )
 
 # Families of keras.applications the registry must cover (issue #2).

@@ -4,7 +4,6 @@ no silent fallbacks, reproducible runs, JAX end to end."""
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import os
 import pkgutil
@@ -12,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import keras  # noqa: E402
 import tfx_transfer as tt  # noqa: E402
 from tests.helpers import write_class_folders  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
-from tfx_transfer.runlock import RunFolderLockedError, lock_run_folder  # noqa: E402
+from tfx_transfer.runs.lock import RunFolderLockedError, lock_run_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="mobilenetv2", weights="none", image_size=32, head="avg",
@@ -86,7 +84,7 @@ def test_cli_export_of_a_saved_ensemble(tmp_path):
 
 
 def _hold_lock(run: Path) -> subprocess.Popen:
-    code = ("import sys, time; from tfx_transfer.runlock import lock_run_folder\n"
+    code = ("import sys, time; from tfx_transfer.runs.lock import lock_run_folder\n"
             "with lock_run_folder(sys.argv[1], command='holder'):\n"
             "    print('locked', flush=True); time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE,
@@ -140,7 +138,7 @@ def test_evaluate_never_scores_training_images_unless_asked(tmp_path):
 
 
 def test_offline_probe_goes_through_the_https_proxy(monkeypatch):
-    from tfx_transfer.weights import _reachable
+    from tfx_transfer.models.weights import _reachable
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -191,7 +189,7 @@ def test_train_from_a_config_json_reproduces_its_settings(tmp_path):
     assert main(["train", "--config", str(tmp_path / "first" / "config.json"),
                  "--out", str(tmp_path / "again"), "--units", "64"]) == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
-    from tfx_transfer.job import RUN_SETTINGS
+    from tfx_transfer.training.job import RUN_SETTINGS
     assert {k: again[k] for k in RUN_SETTINGS if k != "units"} == \
         {k: first[k] for k in RUN_SETTINGS if k != "units"}
     assert again["units"] == 64 and again["data_dir"] == first["data_dir"]

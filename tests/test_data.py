@@ -12,8 +12,8 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from tfx_transfer import data as tdata  # noqa: E402
-from tfx_transfer.data import (  # noqa: E402
+from tfx_transfer.data import folder as tdata  # noqa: E402
+from tfx_transfer.data.folder import (  # noqa: E402
     ImageFolder,
     class_weights,
     decode_and_resize,
@@ -250,7 +250,7 @@ def test_shuffle_reshuffles_each_epoch_and_cache_modes(tmp_path):
 
 
 def test_dataset_side_augmentation_changes_train_batches_only(tmp_path):
-    from tfx_transfer.augment import Augmentation
+    from tfx_transfer.data.augmentation import Augmentation
 
     root = tmp_path / "photos"
     make_balanced_folder(root, (4, 4))

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 from tfx_transfer.cli import build_parser  # noqa: E402
-from tfx_transfer.job import RUN_SETTINGS, train_defaults  # noqa: E402
+from tfx_transfer.training.job import RUN_SETTINGS, train_defaults  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
 

@@ -11,9 +11,14 @@ import pytest
 
 import tfx_transfer as tt
 from tests.distribute_jobs import (
-    JOB_TIMEOUT_S, ROOT, assert_distributed_equals_single, job_env, load_runs, run_job,
+    JOB_TIMEOUT_S,
+    ROOT,
+    assert_distributed_equals_single,
+    job_env,
+    load_runs,
+    run_job,
 )
-from tfx_transfer.distribute import num_replicas, scaled_batch_size, strategy_scope
+from tfx_transfer.training.distribute import num_replicas, scaled_batch_size, strategy_scope
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="tf.distribute tests (jax: test_jax_backend.py)")
@@ -154,7 +159,7 @@ def test_multiworker_two_local_workers_phase_switch_and_export(tmp_path):
     np.testing.assert_array_equal(w0["worker"][below], w0["init"][below])
     # the chief's export serves the trained model
     from tests.distribute_jobs import data
-    from tfx_transfer.exported import load_exported
+    from tfx_transfer.export.exported import load_exported
 
     exported = load_exported(tmp_path / "export")
     x, _ = data()

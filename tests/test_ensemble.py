@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import keras
-import pytest
 import numpy as np
-import tfx_transfer as tt
+import pytest
 
+import tfx_transfer as tt
 from tests.helpers import tiny_pixels
-from tfx_transfer.ensembles import FuseProbabilities, ensemble
-from tfx_transfer.model import build_transfer_model
+from tfx_transfer.models.ensembles import FuseProbabilities, ensemble
+from tfx_transfer.models.transfer_model import build_transfer_model
 
 
 def _members(n=2, classes=3):
@@ -71,7 +71,7 @@ def test_keras_file_round_trip(tmp_path):
 
 
 def test_exports_as_one_saved_model(tmp_path):
-    export = pytest.importorskip("tfx_transfer.export")
+    export = pytest.importorskip("tfx_transfer.export.saved_model")
     a, b = _members()
     fused = ensemble([a, b])
     x = tiny_pixels(4, 32)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfx_transfer.evaluate import evaluate_model
-from tfx_transfer.metrics import (
+from tfx_transfer.evaluation.evaluate import evaluate_model
+from tfx_transfer.evaluation.metrics import (
     classification_metrics,
     confusion_matrix,
     default_top_k,
@@ -17,7 +17,12 @@ from tfx_transfer.metrics import (
     precision_recall_f1,
     top_k_accuracy,
 )
-from tfx_transfer.plots import plot_confusion_matrix, plot_history, plot_predictions, read_history_csv
+from tfx_transfer.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_history,
+    plot_predictions,
+    read_history_csv,
+)
 
 NAMES = ["cat", "dog", "fox"]
 # 6 samples; argmax predictions: cat, dog, dog, fox, cat, cat
@@ -177,7 +182,7 @@ def test_evaluate_model_on_arrays_writes_the_report(tmp_path):
 
 
 def test_evaluate_model_on_a_folder_matches_classes_by_name(tmp_path):
-    pytest.importorskip("tensorflow")  # the folder is read by tfx_transfer.data (tf.data)
+    pytest.importorskip("tensorflow")  # the folder is read by tfx_transfer.data.folder (tf.data)
     for name, label, count in (("fox", 2, 3), ("cat", 0, 2)):  # no "dog" folder
         (tmp_path / "test" / name).mkdir(parents=True)
         for i, pixels in enumerate(colour_images([label] * count, seed=label)):
@@ -193,8 +198,8 @@ def test_evaluate_model_on_a_folder_matches_classes_by_name(tmp_path):
 
 def test_evaluate_model_through_an_export_equals_keras(tmp_path):
     pytest.importorskip("tensorflow")
-    from tfx_transfer.export import export_saved_model
-    from tfx_transfer.exported import load_exported
+    from tfx_transfer.export.exported import load_exported
+    from tfx_transfer.export.saved_model import export_saved_model
 
     model = tiny_classifier()
     y = np.array([0, 1, 2, 2, 1, 0])

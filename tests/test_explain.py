@@ -1,4 +1,4 @@
-"""Grad-CAM on nested transfer models (tfx_transfer.gradcam): exact, localising, every backbone.
+"""Grad-CAM on nested transfer models (tfx_transfer.evaluation.gradcam): exact, localising, every backbone.
 
 Backend-neutral except the GradientTape cross-check (TensorFlow only); ``make test-jax``
 runs the rest under KERAS_BACKEND=jax.
@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
-from tfx_transfer.gradcam import gradcam
 from tests.helpers import tiny_pixels
-from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
+from tfx_transfer.evaluation.gradcam import gradcam
 
 PATCH = 10
 SIZE = 48

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfx_transfer.cli import main
-from tfx_transfer.finetune import DEFAULT_FINE_TUNE_LR
-from tfx_transfer.job import train
 from tests.helpers import write_class_folders
-from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
+from tfx_transfer.cli import main
+from tfx_transfer.training.finetune import DEFAULT_FINE_TUNE_LR
+from tfx_transfer.training.job import train
 
 
 def _scalars(folder: Path) -> dict[str, dict[int, float]]:

@@ -18,11 +18,11 @@ from PIL import Image  # noqa: E402
 
 from tests.helpers import tiny_pixels  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
-from tfx_transfer.data import TENSORFLOW_DECODES_WEBP, decode_and_resize  # noqa: E402
-from tfx_transfer.export import SERVING_FORMATS, export_saved_model  # noqa: E402
-from tfx_transfer.exported import load_exported, predict_files  # noqa: E402
-from tfx_transfer.tflite import TFLITE_TOLERANCE, export_tflite  # noqa: E402
-from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head  # noqa: E402
+from tfx_transfer.data.folder import TENSORFLOW_DECODES_WEBP, decode_and_resize  # noqa: E402
+from tfx_transfer.export.exported import load_exported, predict_files  # noqa: E402
+from tfx_transfer.export.saved_model import SERVING_FORMATS, export_saved_model  # noqa: E402
+from tfx_transfer.export.tflite import TFLITE_TOLERANCE, export_tflite  # noqa: E402
+from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head  # noqa: E402
 
 CLASSES = ["daisy", "rose", "tulip"]
 SIZE = 32
@@ -321,7 +321,7 @@ def test_tflite_parity_failure_writes_nothing(tmp_path, monkeypatch):
     x = keras.layers.Conv2D(4, 3)(inputs)
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
     small = keras.Model(inputs, outputs)
-    import tfx_transfer.tflite as export
+    import tfx_transfer.export.tflite as export
 
     real = export._tflite_probabilities
     monkeypatch.setattr(export, "_tflite_probabilities", lambda c, p: real(c, p) + 0.1)

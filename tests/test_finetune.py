@@ -7,17 +7,16 @@ the core tests use in-memory numpy data; tests needing tf.data skip without it.
 from __future__ import annotations
 
 import importlib.util
-import re
 
 import keras
 import numpy as np
 import pytest
 
 import tfx_transfer as tt
-from tfx_transfer.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR
-from tfx_transfer import finetune as ft
-from tfx_transfer.callbacks import backup_epoch
 from tests.helpers import tiny_labels, tiny_pixels, weights_by_name
+from tfx_transfer.training import finetune as ft
+from tfx_transfer.training.callbacks import backup_epoch
+from tfx_transfer.training.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR
 
 BACKEND = keras.backend.backend()
 needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None
@@ -197,7 +196,7 @@ def _tiny_bn_backbone(include_top=False, weights=None, input_shape=(32, 32, 3)):
 @pytest.fixture
 def tinybn():
     """A registered two-block conv+BN backbone, removed again after the test."""
-    from tfx_transfer import backbones
+    from tfx_transfer.models import backbones
 
     tt.register_backbone(tt.BackboneSpec("tinybn", _tiny_bn_backbone, "tf", 32, 8,
                                          blocks=(("low", "^low_"), ("top", "^top_"))))

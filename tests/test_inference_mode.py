@@ -1,12 +1,12 @@
 """The backbone runs in inference mode while frozen and after unfreeze() (issue: frozen means frozen)."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import tfx_transfer as tt
-from tfx_transfer.backbones import get_backbone, list_backbones
-from tfx_transfer.model import get_backbone_layer
+from tfx_transfer.models.backbones import get_backbone, list_backbones
+from tfx_transfer.models.transfer_model import get_backbone_layer
 
 
 def _one_per_family() -> list[str]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tfx_transfer as tt
 import pytest
 
+import tfx_transfer as tt
 from tests.helpers import tiny_pixels, write_class_folders
-from tfx_transfer.data import load_image_folder
-from tfx_transfer.freezing import unfreeze
-from tfx_transfer.joint import SOURCE_HEAD_NAME, build_joint_model, fit_joint
-from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head
+from tfx_transfer.data.folder import load_image_folder
+from tfx_transfer.models.freezing import unfreeze
+from tfx_transfer.models.joint import SOURCE_HEAD_NAME, build_joint_model, fit_joint
+from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head
 
 
 def _snapshot(layer):
@@ -96,7 +96,7 @@ def test_target_model_keeps_only_the_target_head_and_exports(folders, tmp_path):
     np.testing.assert_allclose(joint.predict({"target": x, "source": x}, verbose=0)["target"],
                                probs, rtol=1e-5, atol=1e-6)
 
-    export = pytest.importorskip("tfx_transfer.export")
+    export = pytest.importorskip("tfx_transfer.export.saved_model")
     path = export.export_saved_model(model, tmp_path / "export", target_data.class_names)
     served = tt.load_exported(path)
     np.testing.assert_allclose(served.probabilities(x), probs, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,4 @@
-"""The learning-rate finder (tfx_transfer.lr_finder): ramp, divergence, valley, nothing changed.
+"""The learning-rate finder (tfx_transfer.training.lr_finder): ramp, divergence, valley, nothing changed.
 
 Backend-neutral: ``make test-jax`` runs it under KERAS_BACKEND=jax too.
 """
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
-from tfx_transfer.lr_finder import valley
-from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
+from tfx_transfer.training.lr_finder import valley
 
 
 def _colour_data(n=32, seed=0):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
-from tfx_transfer import weights as weights_mod
 from tests.helpers import tiny_labels, tiny_pixels, weights_by_name
+from tfx_transfer.models import weights as weights_mod
 
 
 def _fit_briefly(model, x, y, epochs=2):
@@ -202,7 +202,7 @@ def test_import_registers_custom_objects_and_keeps_tensorflow_parts_lazy():
             "names = keras.saving.get_custom_objects(); "
             "print(all(f'tfx_transfer>{n}' in names for n in ('Preprocess', 'Backbone', "
             "'TransferModel', 'FuseProbabilities', 'DiscriminativeOptimizer', 'Augmentation')), "
-            "'tfx_transfer.data' in sys.modules, 'tfx_transfer.export' in sys.modules)")
+            "'tfx_transfer.data.folder' in sys.modules, 'tfx_transfer.export.saved_model' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["True", "False", "False"]

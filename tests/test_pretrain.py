@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from tests.helpers import tiny_pixels, write_class_folders
-from tfx_transfer.model import build_transfer_model, get_backbone_model, get_head
-from tfx_transfer.pretraining import (build_scratch_model, output_paths, pretrain,
-                                   read_pretrain_info, recalibrate_batchnorm, scratch_optimizer)
+from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head
+from tfx_transfer.training.pretraining import (
+    build_scratch_model,
+    output_paths,
+    pretrain,
+    read_pretrain_info,
+    recalibrate_batchnorm,
+    scratch_optimizer,
+)
 
 
 class KeepModel(keras.callbacks.Callback):
@@ -160,7 +166,7 @@ def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(tmp_path):
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
-    from tfx_transfer.pretraining import _write_atomic
+    from tfx_transfer.training.pretraining import _write_atomic
 
     target = tmp_path / "x.weights.h5"
     target.write_text("previous")

@@ -32,9 +32,9 @@ import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tfx_transfer.cli import main  # noqa: E402
-from tfx_transfer.export import export_saved_model  # noqa: E402
-from tfx_transfer.model import build_transfer_model, get_head  # noqa: E402
-from tfx_transfer.serving import MicroBatcher, ModelServer  # noqa: E402
+from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
+from tfx_transfer.models.transfer_model import build_transfer_model, get_head  # noqa: E402
+from tfx_transfer.serving.server import MicroBatcher, ModelServer  # noqa: E402
 
 CLASSES = ["daisy", "rose", "tulip"]
 SIZE = 32

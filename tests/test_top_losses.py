@@ -1,4 +1,4 @@
-"""The mislabeled-image finder (tfx_transfer.mislabeled): ranking, inputs, files."""
+"""The mislabeled-image finder (tfx_transfer.evaluation.mislabeled): ranking, inputs, files."""
 
 import csv
 
@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
-from tfx_transfer.mislabeled import plot_top_losses, write_top_losses
 from tests.helpers import tiny_pixels, write_class_folders
-from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
+from tfx_transfer.evaluation.mislabeled import plot_top_losses, write_top_losses
 
 
 def _model(num_classes=2, trainable=False):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from PIL import Image  # noqa: E402
 
 from tests.helpers import write_class_folders  # noqa: E402
 from tfx_transfer.cli import build_parser, main  # noqa: E402
-from tfx_transfer.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR  # noqa: E402
-from tfx_transfer.job import train  # noqa: E402
+from tfx_transfer.training.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR  # noqa: E402
+from tfx_transfer.training.job import train  # noqa: E402
 
 CLASSES = ("cats", "dogs", "foxes")
 TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--head", "avg",
@@ -48,7 +47,7 @@ def assert_png(path: Path) -> None:
 
 def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
     from tfx_transfer.cli import TRAIN_FLAGS
-    from tfx_transfer.job import RUN_SETTINGS, train_defaults
+    from tfx_transfer.training.job import RUN_SETTINGS, train_defaults
 
     assert set(RUN_SETTINGS) <= set(TRAIN_FLAGS)
     args = build_parser().parse_args(["train", "data", "--out", "run"])
@@ -115,8 +114,8 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     assert best["epoch"] == int(np.argmin(val_losses)) and best["value"] == pytest.approx(min(val_losses))
 
     # metrics.json == an independent evaluation of the exported SavedModel on the same files
-    from tfx_transfer.data import load_image_folder
-    from tfx_transfer.exported import load_exported
+    from tfx_transfer.data.folder import load_image_folder
+    from tfx_transfer.export.exported import load_exported
 
     with pytest.warns(UserWarning, match="broken.jpg"):
         files = load_image_folder(data, image_size=32, validation_split=0.25,
@@ -144,8 +143,8 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     assert exported.metadata["checkpoint"]["epoch"] == best["epoch"]
 
     # model.keras is the best checkpoint and predicts what the export predicts
-    import tfx_transfer.augment  # noqa: F401
-    import tfx_transfer.layers  # noqa: F401
+    import tfx_transfer.data.augmentation  # noqa: F401
+    import tfx_transfer.models.layers  # noqa: F401
 
     model = keras.saving.load_model(run / "model.keras", compile=False)
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p, _ in files])

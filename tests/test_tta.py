@@ -1,4 +1,4 @@
-"""Test-time augmentation (tfx_transfer.tta) and evaluate_model(..., tta=True)."""
+"""Test-time augmentation (tfx_transfer.evaluation.tta) and evaluate_model(..., tta=True)."""
 
 import importlib.util
 
@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
-from tfx_transfer.evaluate import evaluate_model
-from tfx_transfer.tta import tta_views
 from tests.helpers import tiny_pixels
-from tests.tiny_backbone import tinycam  # noqa: F401  (fixture)
+from tfx_transfer.evaluation.evaluate import evaluate_model
+from tfx_transfer.evaluation.tta import tta_views
 
 
 def _model(tinycam):

@@ -21,7 +21,7 @@ def tiny_cnn(include_top=False, weights=None, input_shape=(48, 48, 3)):
 @pytest.fixture
 def tinycam():
     """Registers the backbone as "tinycam" for the test, removes it afterwards."""
-    from tfx_transfer import backbones
+    from tfx_transfer.models import backbones
 
     tt.register_backbone(tt.BackboneSpec(NAME, tiny_cnn, "tf", 48, 16,
                                          blocks=(("b1", "^b1_"), ("b2", "^b2_"), ("b3", "^b3_"))),

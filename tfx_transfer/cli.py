@@ -15,8 +15,9 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_weights(args: argparse.Namespace) -> int:
-    from tfx_transfer.weights import fetch_weights, keras_cache_dir
+    from tfx_transfer.models.weights import fetch_weights, keras_cache_dir
 
     if args.weights_command == "where":
         print(keras_cache_dir())
@@ -82,7 +83,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from tfx_transfer.pretraining import output_paths, pretrain, read_pretrain_info
+    from tfx_transfer.training.pretraining import output_paths, pretrain, read_pretrain_info
 
     weights = output_paths(args.out, args.backbone)["weights"]
     backup = weights.with_name(f".{weights.name[: -len('.weights.h5')]}.pretrain-backup")
@@ -127,7 +128,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     import json
 
-    from tfx_transfer.exported import predict_files
+    from tfx_transfer.export.exported import predict_files
 
     skipped: list = []
     rows = predict_files(args.export_dir, args.images, top_k=args.top_k,
@@ -189,9 +190,9 @@ def _run_export(args: argparse.Namespace) -> int:
     else:
         class_names = [name.strip() for name in args.class_names.split(",")]
 
-    from tfx_transfer.export import export_saved_model
-    from tfx_transfer.tflite import export_tflite
-    from tfx_transfer.saving import load_model
+    from tfx_transfer.export.saved_model import export_saved_model
+    from tfx_transfer.export.tflite import export_tflite
+    from tfx_transfer.models.saving import load_model
 
     model = load_model(args.model, compile=False)
     path = export_saved_model(model, args.export_dir, class_names, version=args.version,
@@ -214,7 +215,7 @@ def _lr_arg(value: str):
     try:
         return float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a learning rate; pass e.g. 1e-3 or auto")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a learning rate; pass e.g. 1e-3 or auto") from None
 
 
 def _blocks_arg(value: str):
@@ -288,7 +289,7 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from tfx_transfer.job import RUN_SETTINGS, train_defaults
+    from tfx_transfer.training.job import RUN_SETTINGS, train_defaults
 
     missing = sorted(set(RUN_SETTINGS) - set(TRAIN_FLAGS))
     assert not missing, f"train() settings without a CLI flag: {missing}"
@@ -329,7 +330,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import json
 
-    from tfx_transfer.job import RUN_SETTINGS, train
+    from tfx_transfer.training.job import RUN_SETTINGS, train
 
     settings: dict[str, Any] = {}
     data_dir = args.data_dir
@@ -379,8 +380,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tfx_transfer.evaluate import evaluate_model
-    from tfx_transfer.metrics import format_report
+    from tfx_transfer.evaluation.evaluate import evaluate_model
+    from tfx_transfer.evaluation.metrics import format_report
 
     source, test_dir = Path(args.source), Path(args.test_dir)
     if not source.exists():
@@ -391,9 +392,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     name = f"evaluate-{test_dir.resolve().name}"
     is_run = (source / "config.json").is_file() and (source / "model.keras").is_file()
     out = Path(args.out) if args.out else (source / name if is_run else Path(name))
-    from tfx_transfer.evaluate import load_for_evaluation
-    from tfx_transfer.mislabeled import write_top_losses
-    from tfx_transfer.tta import format_tta
+    from tfx_transfer.evaluation.evaluate import load_for_evaluation
+    from tfx_transfer.evaluation.mislabeled import write_top_losses
+    from tfx_transfer.evaluation.tta import format_tta
 
     metrics = evaluate_model(source, test_dir, top_k=args.top_k, out=out,
                              batch_size=args.batch_size, max_images=args.max_images,
@@ -432,7 +433,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 def _run_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tfx_transfer.gradcam import explain_files
+    from tfx_transfer.evaluation.gradcam import explain_files
 
     if not Path(args.run).exists():
         raise FileNotFoundError(f"{args.run!r} does not exist (a run folder or .keras file).")
@@ -482,9 +483,9 @@ def _run_find_lr(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"data folder {args.data_dir!r} does not exist.")
     import keras
 
-    from tfx_transfer.data import load_image_folder
-    from tfx_transfer.lr_finder import find_head_lr
-    from tfx_transfer.model import build_transfer_model
+    from tfx_transfer.data.folder import load_image_folder
+    from tfx_transfer.models.transfer_model import build_transfer_model
+    from tfx_transfer.training.lr_finder import find_head_lr
 
     folder = load_image_folder(args.data_dir, image_size=args.image_size,
                                batch_size=args.batch_size, seed=args.seed)
@@ -538,7 +539,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     try:
-        from tfx_transfer.serving import serve
+        from tfx_transfer.serving.server import serve
         serve(args.model_base_dir, args.model_name, host=args.host, port=args.port,
               max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
               poll_interval=args.poll_interval, max_request_bytes=args.max_request_bytes)
@@ -580,7 +581,7 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
-    from tfx_transfer.adaptation import adapt_run, format_adaptation_report
+    from tfx_transfer.adaptation.adapt import adapt_run, format_adaptation_report
 
     report = adapt_run(args.run_dir, args.target, args.out, method=args.method,
                        source=args.source, epochs=args.epochs, lr=args.lr,
