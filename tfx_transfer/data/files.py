@@ -10,7 +10,7 @@ Example:
     >>> from pathlib import Path
     >>> root = Path(tempfile.mkdtemp())
     >>> for name in ("b.jpg", "a.TIF", ".DS_Store", "notes.txt"):
-    ...     (root / name).write_bytes(b"x")
+    ...     _ = (root / name).write_bytes(b"x")
     >>> files, skipped = find_images(root)
     >>> [p.name for p in files], skipped[0][1]
     (['a.TIF', 'b.jpg'], "not an image file (extension '.txt')")
@@ -122,7 +122,7 @@ def find_images(
     Example:
         >>> import tempfile
         >>> root = Path(tempfile.mkdtemp())
-        >>> (root / "x").mkdir(); (root / "x" / "1.png").write_bytes(b"x")
+        >>> (root / "x").mkdir(); _ = (root / "x" / "1.png").write_bytes(b"x")
         >>> [p.name for p in find_images([root])[0]]
         ['1.png']
     """
