@@ -1,7 +1,21 @@
-"""The backbone registry: every keras.applications CNN builds small and splits into blocks."""
+"""The backbone registry, and one sweep over its families: blocks, inference mode, Grad-CAM.
 
+The sweep builds the smallest member of every family (members share their family's
+block regexes) plus an EfficientNetV2, once each, and checks on that one build what
+depends on the backbone: the blocks partition its layers, it ignores the training flag
+while frozen and after ``unfreeze`` (:class:`tfx_transfer.Backbone`), and Grad-CAM finds
+the class evidence in it. ``TFX_TEST_ALL_BACKBONES=1`` sweeps all 38 (minutes: the
+large members build slowly on a CPU); do it when the registry changes.
+"""
+
+import os
+
+import keras
+import numpy as np
 import pytest
 
+import tfx_transfer as tt
+from tfx_transfer.evaluation.gradcam import gradcam
 from tfx_transfer.models.backbones import (
     BackboneSpec,
     backbone_blocks,
@@ -9,6 +23,7 @@ from tfx_transfer.models.backbones import (
     list_backbones,
     register_backbone,
 )
+from tfx_transfer.models.transfer_model import get_backbone_layer
 
 # Families of keras.applications the registry must cover (issue #2).
 EXPECTED = [
@@ -51,19 +66,106 @@ def test_register_rejects_duplicate_and_bad_mode():
         BackboneSpec("x", "VGG16", "bgr", 224, 32, ())
 
 
-@pytest.mark.parametrize("name", EXPECTED)
-def test_every_backbone_builds_small_and_partitions_into_blocks(name):
-    spec = get_backbone(name)
-    size = max(spec.min_size, 32)
-    base = spec.build((size, size, 3))
-    assert base.name == spec.name
-    assert base.output.shape[-1] > 0 and len(base.output.shape) == 4
+# The smallest member of each family, and EfficientNetV2 (same block regexes as EfficientNet,
+# other layers: fused MBConv, another default_unfreeze).
+FAMILIES = ("vgg16", "resnet50", "resnet50v2", "xception", "inceptionv3", "inceptionresnetv2",
+            "mobilenet", "mobilenetv2", "mobilenetv3small", "densenet121", "efficientnetb0",
+            "efficientnetv2b0", "convnexttiny")
+SWEEP = EXPECTED if os.environ.get("TFX_TEST_ALL_BACKBONES") == "1" else FAMILIES
+# The smallest side with a feature map of at least 2x2 (64 px for the stride-32 families).
+SIDES = {"xception": 71, "inceptionv3": 107, "inceptionresnetv2": 107}
+
+
+def test_the_sweep_covers_every_family():
+    family = {name: id(get_backbone(name).blocks) for name in EXPECTED}
+    assert {family[name] for name in FAMILIES} == set(family.values())
+
+
+def _pixels(side: int, n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3)).astype("float32")
+
+
+def _check_blocks(spec: BackboneSpec, base: keras.Model) -> None:
+    """Every non-input layer in exactly one block, in the spec's order; the top one trains."""
     blocks = backbone_blocks(spec, base)
-    # every non-input layer is in exactly one block, blocks keep the spec's order
     layers = [layer for block in blocks.values() for layer in block]
     assert len(layers) == len({id(layer) for layer in layers}) == len(base.layers) - 1
     assert list(blocks) == [b for b in spec.block_names if b in blocks]
     assert len(blocks) >= 4
     assert set(spec.default_unfreeze) & set(blocks)
-    # the last block holds weights (so unfreezing it trains something)
     assert any(layer.weights for layer in blocks[list(blocks)[-1]])
+
+
+def _check_inference_mode(model: keras.Model, x: np.ndarray) -> None:
+    """Features (not probabilities: noise shows at full scale) ignore ``training``."""
+    layer = get_backbone_layer(model)
+    features = keras.Model(model.input, layer.output)
+    inner, preprocess = tt.get_backbone_model(model), model.get_layer("preprocess")
+    if any(isinstance(sub, keras.layers.Dropout) and sub.rate > 0
+           for sub in inner._flatten_layers()):  # drop-connect: the wrapper keeps it off
+        scaled = preprocess(x)
+        assert not np.allclose(np.asarray(inner(scaled, training=True)),
+                               np.asarray(inner(scaled, training=False)), rtol=1e-3, atol=0)
+    np.testing.assert_array_equal(np.asarray(features(x, training=True)),
+                                  np.asarray(features(x, training=False)))
+    np.testing.assert_array_equal(np.asarray(model(x, training=True)),
+                                  np.asarray(model(x, training=False)))
+    tt.unfreeze(model, "all")
+    assert layer.inference_mode and tt.get_backbone_model(model).trainable
+    np.testing.assert_array_equal(np.asarray(features(x, training=True)),
+                                  np.asarray(features(x, training=False)))
+
+
+def _patch_images(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grey images with a noise patch in the top-left (image 0) / bottom-right (image 1)
+    quadrant, and the quadrants' masks."""
+    half = side // 2
+    images = np.full((2, side, side, 3), 128, np.float32)
+    masks = np.zeros((2, side, side), bool)
+    masks[0, :half, :half] = masks[1, side - half:, side - half:] = True
+    noise = np.random.default_rng(1).integers(0, 256, (2, side, side, 3))
+    images[masks] = noise[masks]
+    return images, masks
+
+
+def _check_gradcam(model: keras.Model, side: int) -> None:
+    """Class i's weights point at image i's patch features: each heatmap must find its patch."""
+    images, masks = _patch_images(side)
+    features = keras.ops.convert_to_numpy(
+        tt.get_backbone_model(model)(model.get_layer("preprocess")(images)))
+    n, h, w, _ = features.shape
+    cells = np.zeros((n, h, w), bool)  # feature cells whose centre lies in the patch
+    rows, cols = ((np.arange(k) + 0.5) * side / k for k in (h, w))
+    for i, mask in enumerate(masks):
+        cells[i] = mask[rows.astype(int)][:, cols.astype(int)]
+    evidence = np.stack([features[i][cells[i]].mean(0) - features[i][~cells[i]].mean(0)
+                         for i in range(n)], axis=1)  # (channels, classes)
+    tt.get_head(model).get_layer("predictions").kernel.assign(evidence.astype("float32"))
+
+    maps, _, classes = gradcam(model, images, class_index=[0, 1])
+    assert classes.tolist() == [0, 1]
+    cam = np.maximum(np.einsum("nhwk,kn->nhw", features, evidence), 0)  # GAP head: the CAM
+    cam /= cam.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(maps, cam, atol=1e-3)
+    for low, patch in zip(maps, cells):  # the patch's cells are the hottest
+        assert low[patch].min() > low[~patch].max(), low
+    heatmaps = tt.explain(model, images, class_index=[0, 1])
+    assert heatmaps.shape == (2, side, side) and np.isfinite(heatmaps).all()
+    for heatmap, mask in zip(heatmaps, masks):  # resized to the input: still on the patch
+        assert heatmap.max() == pytest.approx(1, abs=1e-3)
+        assert mask.flat[heatmap.argmax()], "the hottest pixel is not on the patch"
+        assert heatmap[mask].mean() > 1.25 * heatmap[~mask].mean(), "the heat is not on the patch"
+
+
+@pytest.mark.slow  # 13 backbone builds, the Inception ones slow on 2 CPU cores
+@pytest.mark.parametrize("name", SWEEP)
+def test_family_blocks_inference_mode_and_gradcam(name):
+    spec = get_backbone(name)
+    side = max(SIDES.get(name, 64), spec.min_size)
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model(name, 2, input_shape=side, weights=None, head="avg", dropout=0)
+    base = tt.get_backbone_model(model)
+    assert base.name == spec.name and len(base.output.shape) == 4
+    _check_blocks(spec, base)
+    _check_gradcam(model, side)
+    _check_inference_mode(model, _pixels(side))

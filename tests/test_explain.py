@@ -1,7 +1,8 @@
-"""Grad-CAM on nested transfer models (tfx_transfer.evaluation.gradcam): exact, localising, every backbone.
+"""Grad-CAM on nested transfer models (tfx_transfer.evaluation.gradcam): exact and localising.
 
-Backend-neutral except the GradientTape cross-check (TensorFlow only); ``make test-jax``
-runs the rest under KERAS_BACKEND=jax.
+Every backbone family: tests/test_backbones.py's sweep. Backend-neutral except the
+GradientTape cross-check (TensorFlow only); ``make test-jax`` runs the rest under
+KERAS_BACKEND=jax.
 """
 
 import keras
@@ -54,7 +55,7 @@ def test_avg_head_gradcam_is_the_class_activation_map(tinycam):
     assert heatmaps.min() >= 0 and np.allclose(heatmaps.max(axis=(1, 2)), 1, atol=1e-3)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.GradientTape cross-check")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow backend only: a tf.GradientTape cross-check")
 def test_matches_an_independent_gradient_tape_on_a_flatten_head(tinycam):
     """The nonlinear flatten head (Dense-ReLU-Dense): the keras.io recipe written out with a tape."""
     import tensorflow as tf
@@ -117,21 +118,3 @@ def test_class_index_forms_errors_and_a_reloaded_model(tinycam, tmp_path):
     with pytest.raises(ValueError, match="does not look like a build_transfer_model"):
         tt.explain(keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),
                                      keras.layers.Dense(2)]), images)
-
-
-# One member of each registry family (every one of the 38 passed when run with
-# tt.list_backbones() here; the big ones take minutes to build on 2 CPU cores).
-FAMILIES = ("vgg16", "resnet50", "resnet50v2", "xception", "inceptionv3", "inceptionresnetv2",
-            "mobilenet", "mobilenetv2", "mobilenetv3small", "densenet121", "efficientnetb0",
-            "efficientnetv2b0", "convnexttiny")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", FAMILIES)
-def test_every_backbone_family(name):
-    spec = tt.get_backbone(name)
-    side = max(32, spec.min_size)
-    model = tt.build_transfer_model(name, 2, input_shape=(side, side, 3), weights=None, head="max")
-    heatmaps = tt.explain(model, tiny_pixels(2, side))
-    assert heatmaps.shape == (2, side, side)
-    assert np.all(np.isfinite(heatmaps)) and heatmaps.min() >= 0 and heatmaps.max() <= 1

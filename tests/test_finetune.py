@@ -183,27 +183,6 @@ def test_model_save_after_stage_and_reload(tmp_path):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
 
-def _tiny_bn_backbone(include_top=False, weights=None, input_shape=(32, 32, 3)):
-    """conv + BatchNormalization in two blocks: a fast stand-in for ResNet."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(4, 3, name="low_conv")(inputs)
-    x = keras.layers.BatchNormalization(name="low_bn")(x)
-    x = keras.layers.Conv2D(4, 3, name="top_conv")(x)
-    x = keras.layers.BatchNormalization(name="top_bn")(x)
-    return keras.Model(inputs, x, name="tinybn")
-
-
-@pytest.fixture
-def tinybn():
-    """A registered two-block conv+BN backbone, removed again after the test."""
-    from tfx_transfer.models import backbones
-
-    tt.register_backbone(tt.BackboneSpec("tinybn", _tiny_bn_backbone, "tf", 32, 8,
-                                         blocks=(("low", "^low_"), ("top", "^top_"))))
-    yield "tinybn"
-    backbones._REGISTRY.pop("tinybn")
-
-
 def test_batchnorm_frozen_unless_train_bn_inside_one_fit(tinybn):
     """Unfrozen blocks' BatchNormalization stays frozen: no weight, no moving statistic moves.
 

@@ -1,6 +1,13 @@
-"""A three-convolution backbone registered for a test: trains in seconds, 12x12 map at 48 px."""
+"""Tiny backbones registered for a test, for plumbing that does not depend on the backbone.
+
+``tinycam``: three convolutions, trains in seconds, a 12x12 map at 48 px (Grad-CAM).
+``tinybn``: convolution + BatchNormalization in two blocks, a fast stand-in for ResNet.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import keras
 import pytest
@@ -18,13 +25,44 @@ def tiny_cnn(include_top=False, weights=None, input_shape=(48, 48, 3)):
     return keras.Model(inputs, x, name=NAME)
 
 
-@pytest.fixture
-def tinycam():
-    """Registers the backbone as "tinycam" for the test, removes it afterwards."""
+@contextlib.contextmanager
+def registered() -> Iterator[str]:
+    """Registers the backbone as "tinycam" inside the ``with`` block, removes it afterwards."""
     from tfx_transfer.models import backbones
 
     tt.register_backbone(tt.BackboneSpec(NAME, tiny_cnn, "tf", 48, 16,
                                          blocks=(("b1", "^b1_"), ("b2", "^b2_"), ("b3", "^b3_"))),
                          overwrite=True)
-    yield NAME
-    backbones._REGISTRY.pop(NAME)
+    try:
+        yield NAME
+    finally:
+        backbones._REGISTRY.pop(NAME, None)
+
+
+@pytest.fixture
+def tinycam():
+    """Registers the backbone as "tinycam" for the test, removes it afterwards."""
+    with registered() as name:
+        yield name
+
+
+def tiny_bn_backbone(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    """conv + BatchNormalization in two blocks: a fast stand-in for ResNet."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(4, 3, name="low_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="low_bn")(x)
+    x = keras.layers.Conv2D(4, 3, name="top_conv")(x)
+    x = keras.layers.BatchNormalization(name="top_bn")(x)
+    return keras.Model(inputs, x, name="tinybn")
+
+
+@pytest.fixture
+def tinybn():
+    """A registered two-block conv+BN backbone, removed again after the test."""
+    from tfx_transfer.models import backbones
+
+    tt.register_backbone(tt.BackboneSpec("tinybn", tiny_bn_backbone, "tf", 32, 8,
+                                         blocks=(("low", "^low_"), ("top", "^top_"))),
+                         overwrite=True)
+    yield "tinybn"
+    backbones._REGISTRY.pop("tinybn", None)
