@@ -79,14 +79,14 @@ class TinyRun:
     """A finished run folder (read it, never write into it: copy it first)."""
 
     data: Path  # class folders cats/, dogs/: 6 images each, 40 px
-    run: Path  # the run folder: tinycam at 32 px, 1 head epoch + 1 fine-tuning epoch
+    run: Path  # the run folder: tinycam at 32 px, 1 head epoch + 2 fine-tuning epochs
     settings: dict  # the train() arguments
     epochs_at_kill: list  # epochs in history.csv when the first process died
     resumed_epochs: list  # epochs the resumed train() ran
 
 
 TINY_RUN_SETTINGS = dict(backbone="tinycam", weights="none", image_size=32, head="avg",
-                         augmentation="none", batch_size=4, head_epochs=1, fine_tune_epochs=1,
+                         augmentation="none", batch_size=4, head_epochs=1, fine_tune_epochs=2,
                          validation_split=0.34, verbose=0)
 
 
@@ -98,11 +98,11 @@ def _make_tiny_run(root: Path) -> dict:
     from tfx_transfer.training.job import train
 
     class KillAt(keras.callbacks.Callback):
-        """The process dies at the start of epoch 1 (the fine-tuning phase)."""
+        """The process dies at the start of epoch 2 (the 2nd fine-tuning epoch)."""
 
         def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt("simulated kill at epoch 1")
+            if epoch == 2:
+                raise KeyboardInterrupt("simulated kill at epoch 2")
 
     class Record(keras.callbacks.Callback):
         def __init__(self):
@@ -129,7 +129,7 @@ def _make_tiny_run(root: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
-    """One tiny ``train()`` run, killed at the start of its fine-tuning epoch and resumed.
+    """One tiny ``train()`` run, killed at the start of its 2nd fine-tuning epoch and resumed.
 
     Made once per ``pytest`` session, shared by the xdist workers (a file lock: the
     first worker trains, the others wait and reuse the folder). For tests that need *a*

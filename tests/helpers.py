@@ -37,3 +37,11 @@ def write_class_folders(root: Path, classes=("cats", "dogs"), per_class: int = 4
             ext = "png" if i % 2 else "jpg"
             Image.fromarray(img).save(folder / f"{name}_{i}.{ext}")
     return Path(root)
+
+
+def predict_any(model, x: np.ndarray) -> np.ndarray:
+    """Probabilities of any model the kit saves (a joint model: both outputs, target first)."""
+    if isinstance(model.input, dict):
+        out = model.predict({"target": x, "source": x}, verbose=0)
+        return np.concatenate([out["target"], out["source"]], axis=1)
+    return model.predict(x, verbose=0)

@@ -1,8 +1,9 @@
 """Core promises: names that cannot collide, one loader, one process per run folder,
-no silent fallbacks, reproducible runs, JAX end to end."""
+no silent fallbacks, reproducible runs, a killed run resumes, JAX end to end."""
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import types
 from pathlib import Path
 
@@ -21,13 +23,14 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 import tfx_transfer as tt  # noqa: E402
-from tests.helpers import write_class_folders  # noqa: E402
+from tests.helpers import predict_any, write_class_folders  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.runs.lock import RunFolderLockedError, lock_run_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(backbone="mobilenetv2", weights="none", image_size=32, head="avg",
+TINY = dict(backbone="tinycam", weights="none", image_size=32, head="avg",
             augmentation="none", batch_size=8, head_epochs=1, fine_tune_epochs=1, verbose=0)
+X = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
 
 
 def test_no_public_function_is_shadowed_by_a_submodule():
@@ -40,14 +43,15 @@ def test_no_public_function_is_shadowed_by_a_submodule():
 
 
 def _saved_kinds(folder: Path) -> dict[str, Path]:
-    """One .keras file of every kind the kit writes."""
-    model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None, head="avg",
+    """One .keras file of every kind the kit writes (tinycam: the kinds, not the backbone)."""
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model("tinycam", 2, input_shape=32, weights=None, head="avg",
                                     augmentation="standard", class_names=["a", "b"])
-    other = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None, head="avg")
+    other = tt.build_transfer_model("tinycam", 2, input_shape=32, weights=None, head="avg")
     joint = tt.build_joint_model(other, 3)
-    disc = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
-    tt.unfreeze(disc, "block5")
-    disc.compile(tt.DiscriminativeOptimizer(keras.optimizers.Adam(1e-3), {"block5": 0.1}),
+    disc = tt.build_transfer_model("tinycam", 2, input_shape=32, weights=None, head="avg")
+    tt.unfreeze(disc, "b3")
+    disc.compile(tt.DiscriminativeOptimizer(keras.optimizers.Adam(1e-3), {"b3": 0.1}),
                  "sparse_categorical_crossentropy")
     x, y = np.zeros((2, 32, 32, 3), "uint8"), np.array([0, 1])
     disc.fit(x, y, verbose=0)
@@ -59,13 +63,26 @@ def _saved_kinds(folder: Path) -> dict[str, Path]:
     return files
 
 
-def test_every_saved_kind_loads_in_a_new_process_with_plain_keras(tmp_path):
+def test_every_saved_kind_loads_in_a_new_process_with_plain_keras_and_predicts_the_same(
+        tmp_path, tinycam):
     files = _saved_kinds(tmp_path)
-    code = ("import sys, keras, tfx_transfer; "
-            "[print(type(keras.saving.load_model(p)).__name__) for p in sys.argv[1:]]")
-    out = subprocess.run([sys.executable, "-c", code, *map(str, files.values())], check=True,
-                         capture_output=True, text=True, cwd=ROOT).stdout.split()
+    np.save(tmp_path / "x.npy", X)
+    code = textwrap.dedent("""
+        import sys, keras, numpy as np, tfx_transfer
+        from tests.helpers import predict_any as _predict
+        x = np.load(sys.argv[1])
+        for path in sys.argv[2:]:
+            model = keras.saving.load_model(path)
+            print(type(model).__name__)
+            np.save(path + ".npy", _predict(model, x))
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"),
+                          *map(str, files.values())], check=True, capture_output=True, text=True,
+                         cwd=ROOT).stdout.split()
     assert out == ["TransferModel", "TransferModel", "Functional", "TransferModel"]
+    for path in files.values():  # the same predictions as the model in this process
+        expected = predict_any(keras.saving.load_model(path), X)
+        np.testing.assert_allclose(np.load(f"{path}.npy"), expected, atol=1e-6, err_msg=path.name)
     loaded = tt.load_model(files["discriminative"])
     assert isinstance(loaded.optimizer, tt.DiscriminativeOptimizer)
     assert tt.transfer_config(tt.load_model(files["transfer"]))["class_names"] == ["a", "b"]
@@ -77,10 +94,33 @@ def test_every_saved_kind_loads_in_a_new_process_with_plain_keras(tmp_path):
         tt.load_model(tmp_path / "missing.keras")
 
 
-def test_cli_export_of_a_saved_ensemble(tmp_path):
-    files = _saved_kinds(tmp_path)
-    assert main(["export", str(files["ensemble"]), str(tmp_path / "exp"), "--class-names", "a,b"]) == 0
-    assert (tmp_path / "exp" / "1" / "saved_model.pb").is_file()
+def test_cli_export_of_a_saved_ensemble(tmp_path, tinycam):
+    keras.utils.set_random_seed(0)
+    members = [tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, head="avg")
+               for _ in range(2)]
+    fused = tt.ensemble(members)
+    fused.save(tmp_path / "ensemble.keras")
+    assert main(["export", str(tmp_path / "ensemble.keras"), str(tmp_path / "exp"),
+                 "--class-names", "a,b"]) == 0
+    served = tt.load_exported(tmp_path / "exp")
+    assert served.class_names == ["a", "b"]
+    np.testing.assert_allclose(served.probabilities(X), fused.predict(X, verbose=0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_epoch_and_serves_its_best_model(tiny_run):
+    assert tiny_run.epochs_at_kill == [0, 1]  # died at the start of the 2nd fine-tuning epoch
+    assert tiny_run.resumed_epochs == [2]  # only the missing epoch ran again
+    with open(tiny_run.run / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert [int(float(row["stage"])) for row in rows] == [0, 1, 1]
+    assert json.loads((tiny_run.run / "best.json").read_text())["finished"] is True
+    assert not (tiny_run.run / "backup").exists()
+    model = tt.load_model(tiny_run.run)  # model.keras: the best checkpoint
+    exported = tt.load_exported(tiny_run.run / "export")
+    assert exported.class_names == ["cats", "dogs"]
+    np.testing.assert_allclose(exported.probabilities(X), model.predict(X, verbose=0), atol=1e-5)
 
 
 def _hold_lock(run: Path) -> subprocess.Popen:
@@ -93,7 +133,7 @@ def _hold_lock(run: Path) -> subprocess.Popen:
     return proc
 
 
-def test_one_process_per_run_folder_and_stale_locks_are_taken_over(tmp_path):
+def test_one_process_per_run_folder_and_stale_locks_are_taken_over(tmp_path, tinycam):
     run = tmp_path / "run"
     holder = _hold_lock(run)
     try:
@@ -107,9 +147,9 @@ def test_one_process_per_run_folder_and_stale_locks_are_taken_over(tmp_path):
         assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
 
 
-def test_a_given_optimizer_keeps_its_learning_rate_or_conflicts_loudly():
+def test_a_given_optimizer_keeps_its_learning_rate_or_conflicts_loudly(tinycam):
     x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
-    model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+    model = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, head="avg")
     history = tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=0,
                            optimizer=keras.optimizers.SGD(0.01), verbose=0)
     assert history.history["learning_rate"] == pytest.approx([0.01])
@@ -127,9 +167,9 @@ def test_staged_unfreeze_refuses_a_model_it_cannot_read():
                   callbacks=[tt.StagedUnfreeze({0: "all"})])
 
 
-def test_evaluate_never_scores_training_images_unless_asked(tmp_path):
+def test_evaluate_never_scores_training_images_unless_asked(tmp_path, tinycam):
     write_class_folders(tmp_path / "only" / "train", per_class=2)
-    model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg",
+    model = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, head="avg",
                                     class_names=["cats", "dogs"])
     with pytest.raises(ValueError, match="only a train/ split"):
         tt.evaluate_model(model, tmp_path / "only", verbose=False)
@@ -154,13 +194,11 @@ def test_offline_probe_goes_through_the_https_proxy(monkeypatch):
         server.close()
 
 
-def test_predict_prints_rows_and_plain_skip_lines_then_exits_1(tmp_path, capfd):
-    model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg",
-                                    class_names=["cats", "dogs"])
-    tt.export_saved_model(model, tmp_path / "exp")
+@pytest.mark.slow
+def test_predict_prints_rows_and_plain_skip_lines_then_exits_1(tmp_path, capfd, tiny_run):
     images = write_class_folders(tmp_path / "imgs", per_class=1)
     (images / "cats" / "bad.jpg").write_bytes(b"not an image")
-    assert main(["predict", str(tmp_path / "exp"), str(images)]) == 1
+    assert main(["predict", str(tiny_run.run / "export"), str(images)]) == 1
     out, err = capfd.readouterr()
     assert "cats_0.jpg" in out and "dogs_0.jpg" in out
     assert "skipped " in err and "bad.jpg" in err and "Warning" not in err
@@ -170,44 +208,79 @@ def _history(run: Path) -> str:
     return (run / "history.csv").read_text()
 
 
-def test_deterministic_runs_write_identical_history(tmp_path):
+_DETERMINISM_JOB = textwrap.dedent("""
+    import json, sys, time
+    import tensorflow as tf
+    import tfx_transfer as tt
+    from tests.tiny_backbone import registered
+
+    with registered():
+        tt.train(sys.argv[1], sys.argv[2], deterministic=sys.argv[3] == "1", **json.loads(sys.argv[4]))
+
+    def work(i):  # uneven: a parallel map finishes the odd elements first, unless kept in order
+        time.sleep(0.03 if i % 2 == 0 else 0.0)
+        return i
+
+    probe = tf.data.Dataset.range(12).map(lambda i: tf.numpy_function(work, [i], tf.int64),
+                                          num_parallel_calls=4, deterministic=False)
+    print("in order:", [int(i) for i in probe] == list(range(12)))
+""")
+
+
+@pytest.mark.slow
+def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_them(tmp_path):
+    """Two ``deterministic=True`` runs write the same history.csv; the flag is what turns
+    TensorFlow's op determinism on (a parallel, unevenly slow tf.data map keeps its order).
+
+    The control run without the flag shows the order changing, not a different history: on
+    CPU, runs without the flag differ only now and then (oneDNN threads: one of four tiny
+    runs differed in the 6th digit), too rarely to test.
+    """
     data = write_class_folders(tmp_path / "data", per_class=6)
-    code = ("import sys, tfx_transfer as tt, json; "
-            "tt.train(sys.argv[1], sys.argv[2], deterministic=True, **json.loads(sys.argv[3]))")
-    for run in ("a", "b"):  # separate processes: op determinism is process-wide
-        subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / run), json.dumps(TINY)],
-                       check=True, cwd=ROOT, capture_output=True)
+    jobs = {run: subprocess.Popen(  # separate processes: op determinism is process-wide
+        [sys.executable, "-c", _DETERMINISM_JOB, str(data), str(tmp_path / run), flag,
+         json.dumps(TINY)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for run, flag in (("a", "1"), ("b", "1"), ("control", "0"))}
+    outputs = {run: job.communicate(timeout=600)[0] for run, job in jobs.items()}
+    for run, job in jobs.items():
+        assert job.returncode == 0, outputs[run][-3000:]
     assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    assert "in order: True" in outputs["a"] and "in order: True" in outputs["b"]
+    assert "in order: False" in outputs["control"]
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["deterministic"] is True and config["seed"] == 1337
+    control = json.loads((tmp_path / "control" / "config.json").read_text())
+    assert control["deterministic"] is False
 
 
-def test_train_from_a_config_json_reproduces_its_settings(tmp_path):
-    data = write_class_folders(tmp_path / "data", per_class=4)
-    tt.train(data, tmp_path / "first", **{**TINY, "fine_tune_epochs": 0, "head_lr": 3e-3})
-    first = json.loads((tmp_path / "first" / "config.json").read_text())
-    assert main(["train", "--config", str(tmp_path / "first" / "config.json"),
-                 "--out", str(tmp_path / "again"), "--units", "64"]) == 0
+@pytest.mark.slow
+def test_train_from_a_config_json_reproduces_its_settings(tmp_path, tiny_run, tinycam):
+    first = json.loads((tiny_run.run / "config.json").read_text())
+    assert main(["train", "--config", str(tiny_run.run / "config.json"),
+                 "--out", str(tmp_path / "again"), "--units", "64", "--verbose", "0"]) == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     from tfx_transfer.training.job import RUN_SETTINGS
     assert {k: again[k] for k in RUN_SETTINGS if k != "units"} == \
         {k: first[k] for k in RUN_SETTINGS if k != "units"}
     assert again["units"] == 64 and again["data_dir"] == first["data_dir"]
+    assert (again["batch_size"], again["validation_split"]) == (4, 0.34)  # not the defaults
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_jax_backend_trains_and_exports_end_to_end(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=4)
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    args = ["train", str(data), "--out", str(tmp_path / "run"), "--backbone", "mobilenetv2",
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--backbone", "tinycam",
             "--weights", "none", "--image-size", "32", "--head", "avg", "--augmentation", "none",
             "--batch-size", "8", "--head-epochs", "1", "--fine-tune-epochs", "1", "--verbose", "0"]
-    subprocess.run([sys.executable, "-m", "tfx_transfer.cli", *args], check=True, env=env,
-                   cwd=ROOT, capture_output=True, text=True)
+    code = ("import sys; from tests.tiny_backbone import registered; from tfx_transfer.cli import main\n"
+            "with registered():\n    sys.exit(main(sys.argv[1:]))")
+    subprocess.run([sys.executable, "-c", code, *args], check=True, env=env, cwd=ROOT,
+                   capture_output=True, text=True)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["versions"]["backend"] == "jax"
     exported = tt.load_exported(tmp_path / "run" / "export")
     keras_model = tt.load_model(tmp_path / "run")
-    x = np.random.RandomState(0).randint(0, 256, (2, 32, 32, 3)).astype("uint8")
-    np.testing.assert_allclose(exported.probabilities(x), keras_model.predict(x, verbose=0),
+    np.testing.assert_allclose(exported.probabilities(X), keras_model.predict(X, verbose=0),
                                atol=1e-5)

@@ -14,11 +14,11 @@ from tfx_transfer.models.transfer_model import build_transfer_model
 
 def _members(n=2, classes=3):
     keras.utils.set_random_seed(0)
-    return [build_transfer_model("vgg16", classes, input_shape=(32, 32, 3), weights=None,
+    return [build_transfer_model("tinycam", classes, input_shape=(32, 32, 3), weights=None,
                                  head="avg", dropout=0.0) for _ in range(n)]
 
 
-def test_mean_and_weighted_mean_of_member_probabilities():
+def test_mean_and_weighted_mean_of_member_probabilities(tinycam):
     a, b = _members()
     x = tiny_pixels(6, 32)
     pa, pb = a.predict(x, verbose=0), b.predict(x, verbose=0)
@@ -47,7 +47,7 @@ def test_vote_shares_and_tie_breaking():
     assert FuseProbabilities("vote", [3, 1])([a[:1], b[:1]]).numpy().argmax(-1).tolist() == [0]
 
 
-def test_errors_name_the_problem():
+def test_errors_name_the_problem(tinycam):
     a, b = _members()
     with pytest.raises(ValueError, match="at least 2"):
         ensemble([a])
@@ -55,12 +55,12 @@ def test_errors_name_the_problem():
         ensemble([a, b], method="median")
     with pytest.raises(ValueError, match="3 entries for 2"):
         ensemble([a, b], member_weights=[1, 1, 1])
-    other = build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None, head="avg")
+    other = build_transfer_model(tinycam, 2, input_shape=(32, 32, 3), weights=None, head="avg")
     with pytest.raises(ValueError, match="share the input shape and number of classes"):
         ensemble([a, other])
 
 
-def test_keras_file_round_trip(tmp_path):
+def test_keras_file_round_trip(tmp_path, tinycam):
     fused = ensemble(_members(), method="vote", member_weights=[2, 1])
     x = tiny_pixels(3, 32)
     fused.save(tmp_path / "fused.keras")
@@ -70,7 +70,7 @@ def test_keras_file_round_trip(tmp_path):
     assert loaded.get_layer("fuse").get_config()["member_weights"] == [2.0, 1.0]
 
 
-def test_exports_as_one_saved_model(tmp_path):
+def test_exports_as_one_saved_model(tmp_path, tinycam):
     export = pytest.importorskip("tfx_transfer.export.saved_model")
     a, b = _members()
     fused = ensemble([a, b])
@@ -80,4 +80,4 @@ def test_exports_as_one_saved_model(tmp_path):
     np.testing.assert_allclose(served.probabilities(x),
                                (a.predict(x, verbose=0) + b.predict(x, verbose=0)) / 2,
                                rtol=1e-5, atol=1e-6)
-    assert served.metadata["backbone"] == "vgg16" and served.class_names == ["x", "y", "z"]
+    assert served.metadata["backbone"] == tinycam and served.class_names == ["x", "y", "z"]

@@ -26,11 +26,11 @@ def tiny_cnn(include_top=False, weights=None, input_shape=(48, 48, 3)):
 
 
 @contextlib.contextmanager
-def registered() -> Iterator[str]:
+def registered(preprocessing: str = "tf") -> Iterator[str]:
     """Registers the backbone as "tinycam" inside the ``with`` block, removes it afterwards."""
     from tfx_transfer.models import backbones
 
-    tt.register_backbone(tt.BackboneSpec(NAME, tiny_cnn, "tf", 48, 16,
+    tt.register_backbone(tt.BackboneSpec(NAME, tiny_cnn, preprocessing, 48, 16,
                                          blocks=(("b1", "^b1_"), ("b2", "^b2_"), ("b3", "^b3_"))),
                          overwrite=True)
     try:
