@@ -1,19 +1,53 @@
-"""`train(cache_images="auto")`: decoded images in memory when they fit the budget, else streamed."""
+"""`train(cache_images=...)`: decoded images in memory or in cache files are really reused;
+"auto" picks memory when they fit the budget, else streams them from disk."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-pytest.importorskip("tensorflow")
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
 
 from tests.helpers import write_class_folders  # noqa: E402
 from tfx_transfer.cli import build_parser  # noqa: E402
 from tfx_transfer.training.job import choose_image_cache, train, train_defaults  # noqa: E402
 
-TINY = dict(backbone="mobilenet", weights="none", image_size=32, head="avg",
-            augmentation="none", batch_size=8, head_epochs=1, fine_tune_epochs=0, verbose=1)
+# Two head epochs on the images themselves (no feature cache): the 2nd epoch reads the images
+# again, from the cache if there is one.
+TINY = dict(backbone="tinycam", weights="none", image_size=32, head="avg", augmentation="none",
+            batch_size=8, head_epochs=2, fine_tune_epochs=0, cache_features=False,
+            validation_split=0.34, verbose=1)
+
+
+class HideImagesAfterFirstEpoch(keras.callbacks.Callback):
+    """Moves the data folder away once epoch 0 (train and validation) has read every image,
+    and back when training ends: epoch 1 can only read what was cached."""
+
+    def __init__(self, data: Path):
+        super().__init__()
+        self.data, self.hidden = data, data.with_name(data.name + "-hidden")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.data.rename(self.hidden)
+
+    def on_train_end(self, logs=None):
+        self.restore()
+
+    def restore(self):
+        if self.hidden.exists():
+            self.hidden.rename(self.data)
+
+
+def _train_hiding_images(data: Path, run: Path, **kwargs) -> dict:
+    hide = HideImagesAfterFirstEpoch(data)
+    try:
+        return train(data, run, callbacks=[hide], **{**TINY, **kwargs})
+    finally:
+        hide.restore()
 
 
 def test_choose_image_cache_compares_decoded_bytes_with_the_budget():
@@ -25,19 +59,35 @@ def test_choose_image_cache_compares_decoded_bytes_with_the_budget():
     assert used == "none" and "streamed" in why and "cache_budget_gb" in why
 
 
-@pytest.mark.parametrize("budget, expected", [(1e-6, "none"), (2.0, "memory")])
-def test_train_picks_the_input_path_by_budget_and_says_so(tmp_path, capsys, budget, expected):
+@pytest.mark.slow  # two tiny end-to-end runs
+def test_auto_keeps_images_in_memory_within_the_budget_and_streams_them_beyond(
+        tmp_path, capsys, tinycam):
     data = write_class_folders(tmp_path / "data", classes=("red", "blue"), per_class=6, size=36)
-    result = train(data, tmp_path / "run", cache_budget_gb=budget, validation_split=0.34, **TINY)
-    out = capsys.readouterr().out
-    assert f"data: cache_images=auto -> {expected} (decoded images 0.00 GB" in out
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["cache_images"] == "auto" and saved["cache_images_used"] == expected
+    result = _train_hiding_images(data, tmp_path / "memory", cache_budget_gb=2.0)
+    assert "data: cache_images=auto -> memory (decoded images 0.00 GB" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "memory" / "config.json").read_text())
+    assert saved["cache_images"] == "auto" and saved["cache_images_used"] == "memory"
     assert saved["cache_images_reason"] == result["config"]["cache_images_reason"]
-    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    assert len(result["metrics"]["per_class"]) == 2  # trained 2 epochs without the files
+
+    with pytest.raises(tf.errors.NotFoundError):  # streamed: epoch 1 reads the files again
+        _train_hiding_images(data, tmp_path / "streamed", cache_budget_gb=1e-6)
+    assert "data: cache_images=auto -> none (decoded images 0.00 GB" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "streamed" / "config.json").read_text())
+    assert saved["cache_images_used"] == "none"
 
 
-def test_cache_images_flags_and_bad_budget(tmp_path):
+@pytest.mark.slow  # one tiny end-to-end run
+def test_a_cache_folder_holds_both_splits_and_epoch_two_reads_no_image(tmp_path, tinycam):
+    data = write_class_folders(tmp_path / "data", classes=("red", "blue"), per_class=6, size=36)
+    cache = tmp_path / "cache"
+    result = _train_hiding_images(data, tmp_path / "run", cache_images=str(cache), verbose=0)
+    assert result["config"]["cache_images_used"] == str(cache)
+    files = {p.name.split("-")[0] for p in cache.iterdir() if p.name.endswith(".index")}
+    assert files == {"train", "validation"}
+
+
+def test_cache_images_flags_and_bad_budget(tmp_path, tinycam):
     args = build_parser().parse_args(["train", "d", "--out", "r", "--cache-images", "none",
                                       "--cache-budget-gb", "0.5"])
     assert (args.cache_images, args.cache_budget_gb) == (None, 0.5)  # none: train() says "none"
