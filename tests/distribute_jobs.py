@@ -9,8 +9,8 @@ so each job is a fresh process:
     XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax \\
         python -m tests.distribute_jobs data_parallel OUT.npz
 
-Every job trains the same tiny model (VGG16 at 32 px, random init, pooled
-head without dropout) with :func:`tfx_transfer.fine_tune`: one epoch on the frozen
+Every job trains the same tiny model (tests/tiny_backbone.py's tinycam at 32 px, random init,
+pooled head without dropout) with :func:`tfx_transfer.fine_tune`: one epoch on the frozen
 backbone, then one epoch with the default top blocks unfrozen (a StagedUnfreeze
 phase switch), and saves its weights for the test to compare.
 """
@@ -27,7 +27,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFX_TRANSFER_OFFLINE", "1")
 
-BACKBONE, SIZE, CLASSES, N = "vgg16", 32, 2, 16
+BACKBONE, SIZE, CLASSES, N = "tinycam", 32, 2, 16
 
 
 def data(n: int = N) -> tuple[np.ndarray, np.ndarray]:
@@ -200,11 +200,11 @@ def assert_distributed_equals_single(path: Path) -> dict:
     runs, info = load_runs(path)
     assert info["replicas"] == 2 and info["stage"] == [0, 1]
     assert info["trainable_single"] == info["trainable_distributed"]
-    assert "block5_conv3/kernel" in info["trainable_distributed"]
+    assert "b3_conv/kernel" in info["trainable_distributed"]
     init, single = runs["init"], runs["single"]
     changed = [k for k in init if not np.array_equal(init[k], single[k])]
-    assert "head/predictions/kernel" in changed and "block5_conv1/kernel" in changed
-    assert not any(k.startswith("block4_") for k in changed)
+    assert "head/predictions/kernel" in changed and "b3_conv/kernel" in changed
+    assert not any(k.startswith(("b1_", "b2_")) for k in changed)
     for key in single:
         np.testing.assert_allclose(runs["distributed"][key], single[key], rtol=1e-4, atol=1e-6,
                                    err_msg=key)
@@ -212,5 +212,8 @@ def assert_distributed_equals_single(path: Path) -> dict:
 
 
 if __name__ == "__main__":
+    from tests.tiny_backbone import registered
+
     job, target = sys.argv[1], sys.argv[2]
-    {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}[job](target)
+    with registered():
+        {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}[job](target)

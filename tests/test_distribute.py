@@ -72,19 +72,19 @@ def test_get_strategy_names_and_errors(monkeypatch):
 # --- mixed precision and XLA ------------------------------------------------------------------
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_float32_outputs_and_trains(policy, float32_after):
+def test_mixed_precision_float32_outputs_and_trains(policy, float32_after, tinycam):
     tt.set_precision(policy)
     compute = policy.split("_")[1]
-    model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None,
+    model = tt.build_transfer_model(tinycam, 2, input_shape=(32, 32, 3), weights=None,
                                     head="avg", dropout=0.0)
     base, head = tt.get_backbone_model(model), tt.get_head(model)
-    assert base.get_layer("block5_conv3").compute_dtype == compute
+    assert base.get_layer("b3_conv").compute_dtype == compute
     assert head.get_layer("predictions").compute_dtype == "float32"
     assert model.output.dtype == "float32"
     assert all(w.dtype == "float32" for w in model.weights)  # variables stay float32
     x, y = _learnable()
     before = {w.path: w.numpy().copy() for w in model.weights}
-    history = tt.fine_tune(model, (x, y), head_epochs=3, fine_tune_epochs=1, blocks="block5",
+    history = tt.fine_tune(model, (x, y), head_epochs=3, fine_tune_epochs=1, blocks="b3",
                            optimizer="adam", head_lr=1e-2, fine_tune_lr=1e-4, batch_size=8,
                            cache_features=False, verbose=0)
     loss = history.history["loss"]
@@ -94,24 +94,24 @@ def test_mixed_precision_float32_outputs_and_trains(policy, float32_after):
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (
         policy == "mixed_float16")
     changed = {w.path for w in model.weights if not np.array_equal(before[w.path], w.numpy())}
-    assert {"head/predictions/kernel", "block5_conv3/kernel"} <= changed
-    assert not any(p.startswith("block4_") for p in changed)
+    assert {"head/predictions/kernel", "b3_conv/kernel"} <= changed
+    assert not any(p.startswith(("b1_", "b2_")) for p in changed)
     probs = model.predict(x[:4], verbose=0)
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_xla_compiled_train_step_survives_phase_switch():
-    model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None,
+def test_xla_compiled_train_step_survives_phase_switch(tinycam):
+    model = tt.build_transfer_model(tinycam, 2, input_shape=(32, 32, 3), weights=None,
                                     head="avg", dropout=0.0)
     model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy", jit_compile=True)
     x, y = _learnable(8)
-    kernel = tt.get_backbone_model(model).get_layer("block5_conv3").kernel
+    kernel = tt.get_backbone_model(model).get_layer("b3_conv").kernel
     start = kernel.numpy().copy()
-    stage = tt.StagedUnfreeze({1: "block5"}, learning_rates={1: 0.05}, verbose=0)
+    stage = tt.StagedUnfreeze({1: "b3"}, learning_rates={1: 0.05}, verbose=0)
     model.fit(x, y, batch_size=4, epochs=2, callbacks=[stage], verbose=0)
     assert model.jit_compile is True
-    assert not np.array_equal(start, kernel.numpy())  # the rebuilt XLA step trains block5
+    assert not np.array_equal(start, kernel.numpy())  # the rebuilt XLA step trains b3
 
 
 # --- tf.distribute ----------------------------------------------------------------------------
@@ -150,12 +150,12 @@ def test_multiworker_two_local_workers_phase_switch_and_export(tmp_path):
     (w0, info0), (w1, info1) = (load_runs(tmp_path / f"worker_{i}.npz") for i in range(2))
     assert info0["replicas"] == info1["replicas"] == 2
     assert info0["stage"] == info1["stage"] == [0, 1]
-    assert "block5_conv3/kernel" in info0["trainable"]
+    assert "b3_conv/kernel" in info0["trainable"]
     for key in w0["worker"]:  # synchronous training: both workers hold the same weights
         np.testing.assert_array_equal(w0["worker"][key], w1["worker"][key], err_msg=key)
-    for key in ("head/predictions/kernel", "block5_conv3/kernel"):
+    for key in ("head/predictions/kernel", "b3_conv/kernel"):
         assert not np.array_equal(w0["worker"][key], w0["init"][key]), key
-    below = "block4_conv3/kernel"
+    below = "b2_conv/kernel"
     np.testing.assert_array_equal(w0["worker"][below], w0["init"][below])
     # the chief's export serves the trained model
     from tests.distribute_jobs import data

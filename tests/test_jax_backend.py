@@ -16,6 +16,7 @@ import pytest
 import tfx_transfer as tt
 from tests.distribute_jobs import assert_distributed_equals_single, run_job
 from tests.helpers import tiny_labels, tiny_pixels
+from tests.tiny_backbone import registered
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax",
@@ -28,15 +29,21 @@ def float32_after():
     tt.set_precision(None)
 
 
-def _vgg(**kwargs):
+@pytest.fixture(autouse=True)
+def _tinycam():
+    with registered():
+        yield
+
+
+def _tiny(**kwargs):
     keras.utils.set_random_seed(0)
-    return tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None,
+    return tt.build_transfer_model("tinycam", 2, input_shape=(32, 32, 3), weights=None,
                                    head="avg", dropout=0.0, **kwargs)
 
 
 def test_no_tensorflow_anywhere():
     assert importlib.util.find_spec("tensorflow") is None, "the JAX venv must not have TensorFlow"
-    model = _vgg()
+    model = _tiny()
     assert model.predict(tiny_pixels(2), verbose=0).shape == (2, 2)
     assert "tensorflow" not in sys.modules
     assert tt.list_backbones() and tt.get_backbone("resnet50").block_names[-1] == "conv5"
@@ -53,7 +60,7 @@ def test_tf_only_parts_say_what_they_need():
 
 
 def test_fine_tune_on_a_python_generator_switches_phase():
-    model = _vgg()
+    model = _tiny()
     base = tt.get_backbone_model(model)
     x, y = tiny_pixels(8), tiny_labels(8)
 
@@ -62,9 +69,9 @@ def test_fine_tune_on_a_python_generator_switches_phase():
             for i in range(0, 8, 4):
                 yield x[i:i + 4], y[i:i + 4]
 
-    top, below = base.get_layer("block5_conv3").kernel, base.get_layer("block4_conv3").kernel
+    top, below = base.get_layer("b3_conv").kernel, base.get_layer("b2_conv").kernel
     top0, below0 = np.array(top.numpy()), np.array(below.numpy())
-    history = tt.fine_tune(model, batches(), head_epochs=1, fine_tune_epochs=1, blocks="block5",
+    history = tt.fine_tune(model, batches(), head_epochs=1, fine_tune_epochs=1, blocks="b3",
                            steps_per_epoch=2, shuffle=False, optimizer="sgd", head_lr=0.1,
                            fine_tune_lr=0.05, verbose=0)
     assert history.history["stage"] == [0, 1]
@@ -74,8 +81,8 @@ def test_fine_tune_on_a_python_generator_switches_phase():
 
 def test_mixed_bfloat16_float32_outputs_and_trains(float32_after):
     tt.set_precision("mixed_bfloat16")
-    model = _vgg()
-    assert tt.get_backbone_model(model).get_layer("block5_conv3").compute_dtype == "bfloat16"
+    model = _tiny()
+    assert tt.get_backbone_model(model).get_layer("b3_conv").compute_dtype == "bfloat16"
     assert tt.get_head(model).get_layer("predictions").compute_dtype == "float32"
     rng = np.random.default_rng(1)
     y = np.arange(16) % 2
@@ -103,7 +110,11 @@ def test_train_without_tensorflow_says_so_before_training(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
-def test_a_saved_model_loads_on_jax(tmp_path):
-    model = _vgg(class_names=["a", "b"])
+def test_a_saved_model_loads_on_jax_and_predicts_the_same(tmp_path):
+    model = _tiny(class_names=["a", "b"], augmentation="light")
     model.save(tmp_path / "m.keras")
-    assert tt.transfer_config(tt.load_model(tmp_path / "m.keras"))["class_names"] == ["a", "b"]
+    loaded = tt.load_model(tmp_path / "m.keras")
+    assert tt.transfer_config(loaded)["class_names"] == ["a", "b"]
+    x = tiny_pixels(3)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
