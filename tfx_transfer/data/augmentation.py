@@ -369,6 +369,10 @@ class Augmentation(keras.layers.Layer):
         if mixing == "mixup":
             self.mixer = keras.layers.MixUp(alpha=0.2, seed=mixer_seed, dtype="float32")
         elif mixing == "cutmix":
+            if not hasattr(keras.layers, "CutMix"):
+                raise ValueError(f"mixing='cutmix' needs keras.layers.CutMix, which Keras "
+                                 f"{keras.__version__} does not have: pip install -U keras, or "
+                                 "use mixing='mixup'.")
             self.mixer = keras.layers.CutMix(seed=mixer_seed, dtype="float32")
         self._warned_mixing = False
 

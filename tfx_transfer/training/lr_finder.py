@@ -233,6 +233,7 @@ def find_lr(
         for step, rate in enumerate(rates):
             x, y = next(batches)
             ramp_optimizer.learning_rate = float(rate)
+            model.reset_metrics()  # else Keras 3.8 reports the mean over all calls so far
             value = float(np.asarray(model.train_on_batch(x, y, return_dict=True)["loss"]))
             if not math.isfinite(value):
                 stopped = "nan"
