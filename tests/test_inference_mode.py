@@ -53,7 +53,7 @@ def test_cached_and_plain_phase_one_train_the_same_head_with_drop_connect():
     """A backbone with drop-connect and BatchNorm: cached features == the plain path."""
     from tfx_transfer.models import backbones
 
-    tt.register_backbone(tt.BackboneSpec("tinydrop", _drop_connect_backbone, "none", 32, 8,
+    tt.register_backbone(tt.BackboneSpec("tinydrop", _drop_connect_backbone, "tf", 32, 8,
                                          blocks=(("b1", "^b1_"), ("b2", "^b2_"))), overwrite=True)
     try:
         _cached_equals_plain("tinydrop")
