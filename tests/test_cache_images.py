@@ -10,7 +10,8 @@ pytest.importorskip("tensorflow")
 
 from tests.helpers import write_class_folders  # noqa: E402
 from tfx_transfer.cli import build_parser  # noqa: E402
-from tfx_transfer.training.job import choose_image_cache, train, train_defaults  # noqa: E402
+from tfx_transfer.data.image_cache import choose_image_cache  # noqa: E402
+from tfx_transfer.training.job import train, train_defaults  # noqa: E402
 
 TINY = dict(backbone="mobilenet", weights="none", image_size=32, head="avg",
             augmentation="none", batch_size=8, head_epochs=1, fine_tune_epochs=0, verbose=1)

@@ -46,10 +46,10 @@ def assert_png(path: Path) -> None:
 
 
 def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
-    from tfx_transfer.cli import TRAIN_FLAGS
+    from tfx_transfer.cli import train_flags
     from tfx_transfer.training.job import RUN_SETTINGS, train_defaults
 
-    assert set(RUN_SETTINGS) <= set(TRAIN_FLAGS)
+    assert set(RUN_SETTINGS) <= set(train_flags())
     args = build_parser().parse_args(["train", "data", "--out", "run"])
     assert not set(vars(args)) & set(RUN_SETTINGS)  # flags not given leave train()'s defaults
     with pytest.raises(SystemExit):
@@ -66,6 +66,8 @@ def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
         ["train", "d", "--out", "r", "--blocks", "block4,block5"]).blocks == ["block4", "block5"]
     assert build_parser().parse_args(
         ["train", "d", "--out", "r", "--no-cache-features"]).cache_features is False
+    assert defaults["cache_features"] == "auto" and defaults["seed"] == 1337
+
 
 def test_resume_refuses_other_settings_and_a_missing_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="Nothing to resume"):
@@ -181,7 +183,7 @@ def test_evaluate_cli_on_a_run_and_on_an_export(trained, tmp_path, capsys, monke
     assert_png(out_dir / "confusion_matrix.png")
 
     assert main(["evaluate", str(run), str(tmp_path / "missing")]) == 2
-    assert "test folder" in capsys.readouterr().err
+    assert "missing' does not exist" in capsys.readouterr().err
 
 
 class Kill(keras.callbacks.Callback):

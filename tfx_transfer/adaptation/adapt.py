@@ -697,22 +697,23 @@ def adapt_run(
     from tfx_transfer.data.folder import split_folders
     from tfx_transfer.evaluation.evaluate import evaluate_model, load_for_evaluation
     from tfx_transfer.export.saved_model import export_saved_model
+    from tfx_transfer.runs.layout import CONFIG_FILE, EXPORT_DIR, MODEL_FILE
 
     run, target_dir, out_dir = Path(run_dir), Path(target), Path(out)
-    if not (run / "config.json").is_file() or not (run / "model.keras").is_file():
+    if not (run / CONFIG_FILE).is_file() or not (run / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{str(run)!r} is not a run folder (config.json + model.keras "
                                 "from 'tfx-transfer train').")
     if not target_dir.is_dir():
         raise FileNotFoundError(f"Target folder {str(target_dir)!r} does not exist.")
-    if (out_dir / "model.keras").exists():
+    if (out_dir / MODEL_FILE).exists():
         raise ValueError(f"{str(out_dir)!r} already holds a model; choose another --out.")
     if out_dir.resolve() == run.resolve():
         raise ValueError("--out must be a new folder, not the run folder itself.")
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / CONFIG_FILE).read_text())
     model, class_names = load_for_evaluation(run)
     class_names = list(class_names or config.get("class_names") or [])
     if not class_names:
-        raise ValueError(f"{run / 'config.json'} has no class_names; cannot export the model.")
+        raise ValueError(f"{run / CONFIG_FILE} has no class_names; cannot export the model.")
     if source is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
         source = config["data_dir"]
     chosen = DEFAULT_METHOD if method == "default" else method
@@ -730,7 +731,7 @@ def adapt_run(
         keep = ("num_samples", "accuracy", "macro_avg")
         scores = {"before": {k: before[k] for k in keep}, "after": {k: after[k] for k in keep}}
     out_dir.mkdir(parents=True, exist_ok=True)
-    adapted.save(out_dir / "model.keras")
+    adapted.save(out_dir / MODEL_FILE)
     report = {
         "method": chosen,
         "run": str(run.resolve()),
@@ -744,10 +745,10 @@ def adapt_run(
         "settings": {k: v for k, v in kwargs.items() if k != "callbacks"},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    export = export_saved_model(adapted, out_dir / "export", class_names, version=1,
+    export = export_saved_model(adapted, out_dir / EXPORT_DIR, class_names, version=1,
                                 overwrite=True, metadata={"adaptation": report})
     report["export"] = str(export)
-    (out_dir / "config.json").write_text(json.dumps({**config, "adaptation": report}, indent=2))
+    (out_dir / CONFIG_FILE).write_text(json.dumps({**config, "adaptation": report}, indent=2))
     (out_dir / "adaptation.json").write_text(json.dumps(report, indent=2))
     (out_dir / "adaptation.txt").write_text(format_adaptation_report(report) + "\n")
     return report

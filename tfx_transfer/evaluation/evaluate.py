@@ -24,11 +24,15 @@ import numpy as np
 from tfx_transfer.evaluation.metrics import as_int_labels, classification_metrics, format_report
 from tfx_transfer.evaluation.plots import plot_confusion_matrix, plot_predictions
 from tfx_transfer.models.saving import load_model
+from tfx_transfer.runs.layout import (
+    CONFIG_FILE,
+    CONFUSION_PNG,
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_PNG,
+    REPORT_FILE,
+)
 
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.txt"
-CONFUSION_PNG = "confusion_matrix.png"
-PREDICTIONS_PNG = "predictions.png"
 
 def _is_exported(obj: Any) -> bool:
     return hasattr(obj, "saved_model") and hasattr(obj, "class_names") and hasattr(obj, "metadata")
@@ -57,9 +61,9 @@ def load_for_evaluation(source: Any) -> tuple[Any, list[str] | None]:
             (getattr(source, "transfer_config", None) or {}).get("class_names")
         return source, names
     path = Path(source)
-    if path.is_dir() and (path / "config.json").is_file() and (path / "model.keras").is_file():
-        config = json.loads((path / "config.json").read_text())
-        return load_model(path / "model.keras", compile=False), config.get("class_names")
+    if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
+        config = json.loads((path / CONFIG_FILE).read_text())
+        return load_model(path / MODEL_FILE, compile=False), config.get("class_names")
     if path.is_file() and path.suffix == ".keras":
         model = load_model(path, compile=False)
         return model, (getattr(model, "transfer_config", None) or {}).get("class_names")
@@ -227,8 +231,8 @@ def evaluate_model(
             raise ValueError("Pass class_names= to evaluate a folder with a model that does not "
                              "record its classes.")
         trained_on = None
-        if isinstance(model_or_export, (str, os.PathLike)) and (Path(model_or_export) / "config.json").is_file():
-            trained_on = json.loads((Path(model_or_export) / "config.json").read_text()).get("data_dir")
+        if isinstance(model_or_export, (str, os.PathLike)) and (Path(model_or_export) / CONFIG_FILE).is_file():
+            trained_on = json.loads((Path(model_or_export) / CONFIG_FILE).read_text()).get("data_dir")
         batches = _folder_batches(data, image_size, names, batch_size, verbose, split, trained_on)
     else:
         batches = _batches(data, batch_size)

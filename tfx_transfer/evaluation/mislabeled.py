@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 from tfx_transfer.evaluation.plots import save_figure
+from tfx_transfer.runs.layout import TOP_LOSSES_CSV, TOP_LOSSES_PNG
 
-TOP_LOSSES_PNG = "top_losses.png"
-TOP_LOSSES_CSV = "top_losses.csv"
 CSV_COLUMNS = ("rank", "index", "path", "true_class", "predicted_class", "probability",
                "p_true", "loss")
 _EPS = 1e-7
