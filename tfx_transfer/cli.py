@@ -244,13 +244,14 @@ EVALUATE_OPTIONS = {
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     from tfx_transfer.evaluation.evaluate import evaluate_model
+    from tfx_transfer.runs.report import evaluate_run
 
     p.add_argument("model", metavar="RUN_DIR|EXPORT_DIR|MODEL",
                    help="run folder, export folder (or version folder) or .keras file")
     p.add_argument("data", metavar="DATA_DIR", help="folder of labelled class folders")
-    p.add_argument("--out", default=None,
-                   help="folder for the report (default: RUN_DIR/evaluate-<DATA_DIR name> for a "
-                   "run, ./evaluate-<DATA_DIR name> otherwise)")
+    _add_options(p, signature_defaults(evaluate_run), {"out": dict(
+        help="folder for the report (none: RUN_DIR/evaluate-<DATA_DIR name> for a run, "
+        "./evaluate-<DATA_DIR name> otherwise)")})
     _add_options(p, signature_defaults(evaluate_model), EVALUATE_OPTIONS)
 
 
@@ -659,7 +660,7 @@ def _command_in(argv: Sequence[str]) -> list[str]:
 
 # absl ("I0000 00:00:1796215712.361443   14528 port.cc:153] ...") and TensorFlow's own
 # ("2025-01-01 12:00:00.000000: I tensorflow/...") native log lines, and their severity
-_NATIVE_LINE = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]|"
+_NATIVE_LINE = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]|"
                           r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) \S+:\d+\])")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 # lines of TensorFlow's start-up log without that prefix, and their severity
