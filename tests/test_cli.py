@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import write_class_folders
-from tfx_transfer.cli import COMMANDS, _is_native_noise, build_parser, signature_defaults
+from tfx_transfer.cli import COMMANDS, _is_native_noise, build_parser
+from tfx_transfer.commands.flags import signature_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE_NOISE = re.compile(r"oneDNN|cuda|absl|^[IWE]\d{4} \d\d:\d\d:\d\d", re.IGNORECASE | re.MULTILINE)

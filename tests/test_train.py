@@ -46,7 +46,7 @@ def assert_png(path: Path) -> None:
 
 
 def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
-    from tfx_transfer.cli import train_flags
+    from tfx_transfer.commands.jobs import train_flags
     from tfx_transfer.training.job import RUN_SETTINGS, train_defaults
 
     assert set(RUN_SETTINGS) <= set(train_flags())
