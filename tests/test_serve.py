@@ -31,6 +31,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
 from tfx_transfer.models.transfer_model import build_transfer_model, get_head  # noqa: E402
@@ -60,11 +61,11 @@ def images(n: int = 3, seed: int = 0) -> list[bytes]:
             for i in range(n)]
 
 
-def tiny_model(seed: int = 0):
-    """Random-init VGG16 at 32 px (fast at this size), classifier sharpened so that noise
-    images spread over the classes."""
+def tiny_model(backbone: str, seed: int = 0):
+    """Random-init tiny backbone at 32 px, classifier sharpened so that noise images spread
+    over the classes."""
     keras.utils.set_random_seed(seed)
-    model = build_transfer_model("vgg16", len(CLASSES), input_shape=(SIZE, SIZE, 3), weights=None,
+    model = build_transfer_model(backbone, len(CLASSES), input_shape=(SIZE, SIZE, 3), weights=None,
                                  head="avg")
     dense = get_head(model).get_layer("predictions")
     dense.kernel.assign(dense.kernel * 30.0)
@@ -104,7 +105,8 @@ def running(export_dir: Path, name: str = "flowers", **options):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(0)
+    with tinycam_registered() as backbone:  # for the whole module: version 2 is exported later
+        yield tiny_model(backbone, 0)
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +292,12 @@ def test_new_version_is_picked_up_and_broken_folders_are_never_served(model, exp
         (model_dir / "3" / "variables").mkdir(parents=True)  # half-copied: no saved_model.pb yet
         (model_dir / "4").mkdir()
         (model_dir / "4" / "saved_model.pb").write_bytes(b"not a SavedModel")
-        time.sleep(1.0)  # several polls
-        assert "version 4" in caplog.text and "did not load" in caplog.text
+        deadline = time.monotonic() + 60
+        while "did not load" not in caplog.text:
+            assert time.monotonic() < deadline, "the broken version 4 was not reported"
+            time.sleep(0.05)
+        time.sleep(0.6)  # three more polls: version 4 is not retried while its files stay the same
+        assert caplog.text.count("did not load") == 1 and "version 4 at" in caplog.text, caplog.text
         assert httpx.get(f"{url}/v1/models/flowers").json()["model_version_status"][0]["version"] == "1"
         assert httpx.post(f"{url}/v1/models/flowers:predict", json=body).json()["predictions"][0] == first
         shutil.rmtree(model_dir / "3")

@@ -103,11 +103,14 @@ class ModelServer:
         poll_interval: seconds between looks for a new version (0: never look again).
         max_request_bytes: larger request bodies get 413.
 
-    Example:
-        >>> import tempfile, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
-        >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
-        >>> server = ModelServer(path.parent, "flowers", max_batch_size=16)
+    Example (any SavedModel in a numbered folder; :func:`create_app` serves an export of ours):
+        >>> import tempfile, tensorflow as tf
+        >>> module = tf.Module()
+        >>> module.double = tf.function(lambda x: {"y": 2 * x},
+        ...                             input_signature=[tf.TensorSpec([None], tf.float32)])
+        >>> export_dir = Path(tempfile.mkdtemp()) / "doubler"
+        >>> tf.saved_model.save(module, str(export_dir / "1"), signatures=module.double)
+        >>> server = ModelServer(export_dir, "doubler", max_batch_size=16)
         >>> server.start()  # what the app's lifespan does before the first request
         >>> server.poller.current.version
         1

@@ -227,7 +227,8 @@ def predict_response(outputs: dict[str, np.ndarray], row_form: bool) -> dict:
         RequestError: 400 when a row-form answer is asked of outputs of different batch sizes.
 
     Example:
-        >>> outputs = {"scores": np.array([[0.9], [0.6]]), "names": np.array([[b"rose"], [b"tulip"]])}
+        >>> outputs = {"scores": np.array([[0.9], [0.6]]),
+        ...            "names": np.array([[b"rose"], [b"tulip"]], object)}  # tf.string as numpy
         >>> predict_response(outputs, row_form=True)
         {'predictions': [{'names': ['rose'], 'scores': [0.9]}, {'names': ['tulip'], 'scores': [0.6]}]}
         >>> predict_response({"y": np.array([1, 2])}, row_form=False)

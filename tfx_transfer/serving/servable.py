@@ -22,13 +22,16 @@ def _tiny_png() -> bytes:
 def signature_defs(path: str | Path) -> dict:
     """The SignatureDefMap of ``<path>/saved_model.pb`` as TF Serving's JSON (proto field names).
 
-    Example:
-        >>> import tempfile, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
-        >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
+    Example (any SavedModel):
+        >>> import tempfile, tensorflow as tf
+        >>> module = tf.Module()
+        >>> module.double = tf.function(lambda x: {"y": 2 * x},
+        ...                             input_signature=[tf.TensorSpec([None], tf.float32)])
+        >>> path = tempfile.mkdtemp()
+        >>> tf.saved_model.save(module, path, signatures=module.double)
         >>> defs = signature_defs(path)
-        >>> defs["serving_default"]["inputs"]["images"]["dtype"]
-        'DT_STRING'
+        >>> list(defs), defs["serving_default"]["inputs"]["x"]["dtype"]  # TF Serving lists both
+        (['__saved_model_init_op', 'serving_default'], 'DT_FLOAT')
     """
     from google.protobuf import json_format
     from tensorflow.core.protobuf import saved_model_pb2

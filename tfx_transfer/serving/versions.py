@@ -39,16 +39,20 @@ class VersionPoller:
     logged and retried when its files change, while the current version keeps
     serving.
 
-    Example:
-        >>> import tempfile, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None)
-        >>> path = tt.export_saved_model(model, tempfile.mkdtemp() + "/flowers", ["daisy", "rose"])
-        >>> poller = VersionPoller(path.parent)
+    Example (versions written by ``tf.saved_model.save``; ``export_saved_model`` numbers them too):
+        >>> import tempfile, tensorflow as tf
+        >>> module = tf.Module()
+        >>> module.double = tf.function(lambda x: {"y": 2 * x},
+        ...                             input_signature=[tf.TensorSpec([None], tf.float32)])
+        >>> export_dir = Path(tempfile.mkdtemp())
+        >>> tf.saved_model.save(module, str(export_dir / "1"), signatures=module.double)
+        >>> poller = VersionPoller(export_dir)
         >>> poller.poll().version
         1
-        >>> _ = tt.export_saved_model(model, path.parent, ["daisy", "rose"])  # version 2
-        >>> poller.poll().version
-        2
+        >>> (export_dir / "3").mkdir()  # being written: no saved_model.pb yet, so not a candidate
+        >>> tf.saved_model.save(module, str(export_dir / "2"), signatures=module.double)
+        >>> poller.poll().version, poller.candidates()
+        (2, [1, 2])
     """
 
     def __init__(self, export_dir: str | os.PathLike,
