@@ -78,7 +78,7 @@ def _functions() -> dict[str, list]:
     from tfx_transfer.export.tflite import export_tflite
     from tfx_transfer.models.weights import fetch_weights
     from tfx_transfer.runs.report import evaluate_run
-    from tfx_transfer.serving.server import ModelServer, serve
+    from tfx_transfer.serving.app import ModelServer, serve
     from tfx_transfer.training.job import train
     from tfx_transfer.training.lr_finder import find_lr
     from tfx_transfer.training.pretraining import pretrain

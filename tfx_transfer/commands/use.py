@@ -4,7 +4,7 @@ and ``weights`` (the ImageNet weights cache).
 Each calls one library function (:func:`~tfx_transfer.runs.report.evaluate_run`,
 :func:`~tfx_transfer.evaluation.gradcam.explain_files`,
 :func:`tfx_transfer.predict_files`, :func:`tfx_transfer.export_saved_model` (and
-:func:`tfx_transfer.export_tflite`), :func:`~tfx_transfer.serving.server.serve`,
+:func:`tfx_transfer.export_tflite`), :func:`~tfx_transfer.serving.app.serve`,
 :func:`tfx_transfer.fetch_weights`) and prints what it returns.
 
 Example:
@@ -248,7 +248,7 @@ SERVER_OPTIONS = {
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
-    from tfx_transfer.serving.server import ModelServer, serve
+    from tfx_transfer.serving.app import ModelServer, serve
 
     p.add_argument("export_dir", metavar="EXPORT_DIR",
                    help="folder of numbered versions (TF Serving layout)")
@@ -259,7 +259,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     try:
-        from tfx_transfer.serving.server import serve
+        from tfx_transfer.serving.app import serve
 
         serve(args.export_dir, args.model_name, **given(args, {**SERVE_OPTIONS, **SERVER_OPTIONS}))
     except ImportError as exc:  # the [serve] extra is not installed: the message says how
