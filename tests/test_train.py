@@ -86,7 +86,7 @@ def trained(tmp_path_factory):
     data = make_data(root / "data")
     run = root / "run"
     status = main(["train", str(data), "--out", str(run), "--head-epochs", "1",
-                   "--fine-tune-epochs", "1", *TINY])
+                   "--fine-tune-epochs", "1", "--top-k", "2", *TINY])
     assert status == 0
     return data, run
 
@@ -134,7 +134,7 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
     assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(6), labels])), rel=1e-4)
     top2 = np.argsort(-probs, axis=1)[:, :2]
-    assert metrics["top_k"] == 2
+    assert metrics["top_k"] == 2  # --top-k 2 (of 3 classes)
     assert metrics["top_k_accuracy"] == pytest.approx(np.mean((top2 == labels[:, None]).any(1)))
     for c, name in enumerate(CLASSES):
         tp = cm[c][c]
