@@ -96,7 +96,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         args.source, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
-        augmentation=None if args.augmentation.lower() == "none" else args.augmentation,
+        augmentation=args.augmentation,
         head=args.head, validation_split=args.validation_split or None,
         cache_images=args.cache_images, seed=args.seed,
         backup_dir=backup,
@@ -118,7 +118,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("export_dir", help="export folder (TF Serving layout) or one version folder")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--top-k", type=int, default=None,
-                   help="classes shown per image (default: 3, or the number of classes if fewer)")
+                   help="classes shown per image (default min(5, classes))")
     p.add_argument("--batch-size", type=int, default=32, help="images per call (default 32)")
     p.add_argument("--json", action="store_true",
                    help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]}')
@@ -276,7 +276,7 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "monitor": dict(choices=("val_loss", "val_accuracy"), help="what the best checkpoint is "
                     "chosen by"),
     "top_k": dict(type=_optional(int), help="k of the reported top-k accuracy (none: "
-                  "min(5, classes - 1))"),
+                  "min(5, classes); not reported when k >= classes)"),
     "train_bn": dict(action=argparse.BooleanOptionalAction, help="also train BatchNorm in phase 2, "
                      "running the backbone in training mode"),
     "deterministic": dict(action=argparse.BooleanOptionalAction, help="deterministic TensorFlow "
@@ -362,7 +362,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="RUN_DIR|EXPORT_DIR", help="run folder, export folder or .keras file")
     p.add_argument("test_dir", metavar="TEST_DIR", help="folder of labelled class folders")
     p.add_argument("--top-k", type=int, default=None,
-                   help="k of the top-k accuracy (None: min(5, classes - 1))")
+                   help="k of the top-k accuracy (default min(5, classes); not reported when k >= "
+                        "classes)")
     p.add_argument("--out", default=None,
                    help="folder for the report files (default: RUN_DIR/evaluate-<TEST_DIR name> "
                    "for a run, ./evaluate-<TEST_DIR name> otherwise)")
@@ -425,7 +426,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="run folder of 'tfx-transfer train' or a .keras file")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--top-k", type=int, default=3, help="class scores shown per image")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="class scores shown per image (default min(5, classes))")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_run_explain)
 

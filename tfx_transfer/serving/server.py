@@ -22,7 +22,7 @@ How it runs (versions as TF Serving's defaults):
 
 * **Images.** For an export of ours, each request's images are decoded and
   resized in the request's thread with the function the export's graph uses
-  (:func:`tfx_transfer.data.folder.decode_and_resize`) and batched as pixels into the
+  (:func:`tfx_transfer.data.decode.decode_and_resize`) and batched as pixels into the
   export's ``predict_pixels_uint8`` signature: the same network, the same
   outputs (tested within 1e-5 of calling ``serving_default`` in process), a bad
   image fails its own request before batching, and decoding runs in parallel
@@ -148,7 +148,7 @@ class Servable:
     For an export of :func:`tfx_transfer.export_saved_model` (it has
     ``assets.extra/metadata.json``), a ``serving_default`` request is
     :meth:`prepare`-d in the request's thread: each image is decoded and
-    resized with :func:`tfx_transfer.data.folder.decode_and_resize` -- the very
+    resized with :func:`tfx_transfer.data.decode.decode_and_resize` -- the very
     function the export's graph runs, at the export's ``input_size`` and
     ``crop_to_aspect_ratio`` -- and the ``uint8`` pixels go to the export's
     ``predict_pixels_uint8`` signature, which passes pixels at the model size
@@ -185,7 +185,7 @@ class Servable:
     def __init__(self, path: Path, version: int) -> None:
         import tensorflow as tf
 
-        from tfx_transfer.data.folder import decode_and_resize
+        from tfx_transfer.data.decode import decode_and_resize
         from tfx_transfer.export.saved_model import (
             METADATA_FILE,
             SIGNATURE_IMAGES,
