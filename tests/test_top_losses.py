@@ -112,7 +112,7 @@ def test_top_losses_follows_evaluates_rule_on_training_images(tinycam, tmp_path)
     with pytest.raises(ValueError) as refused_by_top_losses:
         tt.top_losses(model, root, class_names=names)
     assert str(refused_by_top_losses.value) == str(refused_by_evaluate.value)
-    assert "only training images" in str(refused_by_evaluate.value)
+    assert "only a train/ split" in str(refused_by_evaluate.value)
     assert "train/ folder itself" in str(refused_by_evaluate.value)
 
     metrics = tt.evaluate_model(model, root / "train", names, verbose=False)
@@ -142,9 +142,9 @@ def test_an_image_folder_is_scored_on_its_validation_split(tinycam, tmp_path):
     assert tt.evaluate_model(model, data, verbose=False)["num_samples"] == 4
 
     train_only = tt.load_image_folder(root, image_size=48)  # no validation split: training images
-    with pytest.raises(ValueError, match="only training images"):
+    with pytest.raises(ValueError, match="only a train/ split"):
         tt.top_losses(model, train_only)
-    with pytest.raises(ValueError, match="only training images"):
+    with pytest.raises(ValueError, match="only a train/ split"):
         tt.evaluate_model(model, train_only, ["cats", "dogs"], verbose=False)
     rows = tt.top_losses(model, train_only, k=None, split="train")  # read at the model's 32 px
     assert len(rows) == 16 and rows[0]["image"].shape == (32, 32, 3)

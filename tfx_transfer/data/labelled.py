@@ -89,9 +89,10 @@ def choose_split(available: Sequence[str], split: str | None, *, plain: bool, wh
             return name
     if not plain:
         raise ValueError(
-            f"{what} has only training images (a train/ split, no val/ or test/). Pass a folder "
-            "of held-out images (with val/ or test/), or, to score the training images anyway, "
-            "the train/ folder itself or split='train' (--split train).")
+            f"{what} has only a train/ split: those are training images. Pass held-out images (a "
+            "folder with val/ or test/, or an ImageFolder loaded with validation_split=), or, to "
+            "score the training images anyway, the train/ folder itself or split='train' "
+            "(--split train).")
     if trained_on_it:
         raise ValueError(
             f"{what} is the folder the run trained on: its images include the training images. "

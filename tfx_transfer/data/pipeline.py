@@ -110,7 +110,7 @@ def make_dataset(
             label = tf.one_hot(label, num_classes, dtype=tf.float32)
         return image, label
 
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels, use_pil))
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), labels, use_pil))
     if shuffle and not cache:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
