@@ -517,13 +517,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve an export over TF Serving's REST API (and a drop-an-image page)",
-        description="Serve MODEL_BASE_DIR (numbered version folders, as 'tfx-transfer export' / "
+        description="Serve EXPORT_DIR (numbered version folders, as 'tfx-transfer export' / "
         "export_saved_model() write them) with TF Serving's REST API: GET /v1/models/NAME"
         "[/versions/V][/metadata], POST /v1/models/NAME[/versions/V]:predict; a page at /. "
         "Serves the highest version and picks up new ones while running; concurrent requests "
         "are micro-batched. Needs: pip install 'tfx_transfer[serve]'.",
     )
-    p.add_argument("model_base_dir", help="folder of numbered versions (TF Serving layout)")
+    p.add_argument("export_dir", help="folder of numbered versions (TF Serving layout)")
     p.add_argument("--model-name", required=True, help="NAME in /v1/models/NAME")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
@@ -541,8 +541,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     try:
-        from tfx_transfer.serving.server import serve
-        serve(args.model_base_dir, args.model_name, host=args.host, port=args.port,
+        from tfx_transfer.serving.app import serve
+        serve(args.export_dir, args.model_name, host=args.host, port=args.port,
               max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
               poll_interval=args.poll_interval, max_request_bytes=args.max_request_bytes)
     except ImportError as exc:
