@@ -74,7 +74,7 @@ def train_flags() -> dict[str, dict[str, Any]]:
                              help="weight classes by inverse frequency (imbalanced data)"),
         "monitor": dict(choices=MONITORS, help="what the best checkpoint is chosen by"),
         "top_k": dict(type=optional(int), help="k of the reported top-k accuracy (none: "
-                      "min(5, classes))"),
+                      "min(5, classes); not reported when k >= classes)"),
         "train_bn": dict(action=argparse.BooleanOptionalAction, help="also train BatchNorm in "
                          "phase 2, running the backbone in training mode"),
         "deterministic": dict(action=argparse.BooleanOptionalAction, help="deterministic "

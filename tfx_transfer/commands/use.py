@@ -28,7 +28,8 @@ from tfx_transfer.commands.flags import (
 )
 
 EVALUATE_OPTIONS = {
-    "top_k": dict(type=optional(int), help="k of the top-k accuracy (none: min(5, classes))"),
+    "top_k": dict(type=optional(int), help="k of the top-k accuracy (none: min(5, classes); not "
+                  "reported when k >= classes)"),
     "batch_size": dict(type=int, help="images per batch"),
     "max_images": dict(type=int, help="images in predictions.png"),
     "split": dict(type=optional(str), choices=(None, "test", "val", "train", "all"),
@@ -80,7 +81,8 @@ EVALUATE = Command(
 
 
 EXPLAIN_OPTIONS = {
-    "top_k": dict(type=int, help="class scores shown per image"),
+    "top_k": dict(type=optional(int), help="class scores shown per image (none: "
+                  "min(5, classes))"),
     "batch_size": dict(type=int, help="images per batch"),
 }
 

@@ -22,7 +22,7 @@ How it runs (versions as TF Serving's defaults):
 
 * **Images.** For an export of ours, each request's images are decoded and
   resized in the request's thread with the function the export's graph uses
-  (:func:`tfx_transfer.data.folder.decode_and_resize`) and batched as pixels into the
+  (:func:`tfx_transfer.data.decode.decode_and_resize`) and batched as pixels into the
   export's ``predict_pixels_uint8`` signature: the same network, the same
   outputs (tested within 1e-5 of calling ``serving_default`` in process), a bad
   image fails its own request before batching, and decoding runs in parallel

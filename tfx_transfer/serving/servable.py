@@ -52,7 +52,7 @@ class Servable:
     For an export of :func:`tfx_transfer.export_saved_model` (it has
     ``assets.extra/metadata.json``), a ``serving_default`` request is
     :meth:`prepare`-d in the request's thread: each image is decoded and
-    resized with :func:`tfx_transfer.data.folder.decode_and_resize` -- the very
+    resized with :func:`tfx_transfer.data.decode.decode_and_resize` -- the very
     function the export's graph runs, at the export's ``image_size`` and
     ``crop_to_aspect_ratio`` -- and the ``uint8`` pixels go to the export's
     ``predict_pixels_uint8`` signature, which passes pixels at the model size
@@ -88,7 +88,7 @@ class Servable:
     def __init__(self, path: str | Path, version: int) -> None:
         import tensorflow as tf
 
-        from tfx_transfer.data.folder import decode_and_resize
+        from tfx_transfer.data.decode import decode_and_resize
         from tfx_transfer.export.saved_model import (
             METADATA_FILE,
             SIGNATURE_IMAGES,

@@ -173,7 +173,8 @@ def train(
         class_weight: ``"balanced"`` to weight classes by inverse frequency.
         monitor: ``"val_loss"`` (default) or ``"val_accuracy"`` for the best checkpoint.
         top_k: k of the reported top-k accuracy (default
-            :func:`tfx_transfer.defaults.default_top_k`).
+            :func:`tfx_transfer.defaults.default_top_k`, ``min(5, classes)``; not reported
+            when ``k >= classes``).
         train_bn: also train BatchNormalization scale/offset in phase 2.
         resume: continue the interrupted run in ``out`` from its last
             completed epoch, with the configuration saved in its ``config.json``
