@@ -80,6 +80,15 @@ def test_resume_refuses_other_settings_and_a_missing_run(tmp_path):
         train(tmp_path, tmp_path, head_epochs=1)
 
 
+def test_cache_features_takes_auto_true_or_false_and_is_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="cache_features=True is not possible with "
+                                         "augmentation='light'"):
+        train(tmp_path, tmp_path / "run", cache_features=True, augmentation="light")
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match=r"cache_features='yes': use 'auto'"):
+        train(tmp_path, tmp_path / "run", cache_features="yes")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
