@@ -572,20 +572,27 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
                    choices=("default", "adabn", "coral", "adabn+coral"))
     p.add_argument("--source", default=None, metavar="DIR",
                    help="labelled source folder (default: the run's data_dir)")
-    p.add_argument("--epochs", type=int, default=10, help="CORAL epochs")
-    p.add_argument("--lr", type=float, default=1e-4, help="CORAL Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    # Unset flags keep tfx_transfer.adapt()'s defaults (its signature is their one home).
+    unset = dict(default=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=int, **unset, help="CORAL epochs (default: adapt()'s)")
+    p.add_argument("--lr", type=float, **unset,
+                   help="CORAL Adam learning rate (default: adapt()'s)")
+    p.add_argument("--loss-weight", type=float, **unset,
+                   help="weight of the CORAL loss term (default: adapt()'s)")
+    p.add_argument("--batch-size", type=int, **unset, help="images per batch (default: adapt()'s)")
+    p.add_argument("--seed", type=int, **unset,
+                   help="seed of shuffling and training (default: adapt()'s, the kit's seed)")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
     p.set_defaults(func=_run_adapt)
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
-    from tfx_transfer.adaptation.adapt import adapt_run, format_adaptation_report
+    from tfx_transfer.adaptation.run import adapt_run, format_adaptation_report
 
+    settings = {name: getattr(args, name)
+                for name in ("epochs", "lr", "loss_weight", "batch_size", "seed") if name in args}
     report = adapt_run(args.run_dir, args.target, args.out, method=args.method,
-                       source=args.source, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.batch_size, seed=args.seed, verbose=args.verbose)
+                       source=args.source, verbose=args.verbose, **settings)
     print(format_adaptation_report(report))
     print(f"  {'run folder':<17}{args.out}")
     print(f"  {'export':<17}{report['export']}")

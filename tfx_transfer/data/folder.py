@@ -538,6 +538,73 @@ def load_image_folder(
     )
 
 
+def load_image_files(
+    paths: Sequence[str | os.PathLike],
+    image_size: int | Sequence[int],
+    batch_size: int = 32,
+    *,
+    shuffle: bool = False,
+    seed: int = 1337,
+    verify: bool = True,
+) -> tuple[tf.data.Dataset, list[str], list[tuple[str, str]]]:
+    """Batched ``uint8`` images, without labels, from image files: decoded as :func:`load_image_folder` does.
+
+    Each file is decoded with the loader's decoder (TensorFlow, or Pillow for TIFF
+    and palette BMP), and with ``verify`` every file is decoded once first (same
+    cache as the loader), so an undecodable file is left out instead of failing
+    mid-iteration.
+
+    Args:
+        paths: image files (e.g. :func:`~tfx_transfer.data.files.find_images`'s).
+        image_size: ``(height, width)`` or one int; every image is resized to it.
+        batch_size: images per batch (the last batch may be smaller).
+        shuffle: reshuffle the files every iteration (with ``seed``).
+        seed: seed of the shuffling.
+        verify: decode every file once first and leave out the ones that fail.
+
+    Returns:
+        ``(dataset of (B, H, W, 3) uint8 batches, the files used, the files left out
+        as (path, reason))``.
+
+    Raises:
+        ValueError: no file given, or none can be decoded.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("a.png", "b.tif"):
+        ...     Image.new("RGB", (40, 30)).save(folder / name)
+        >>> _ = (folder / "c.jpg").write_bytes(b"not a jpeg")
+        >>> images, used, skipped = load_image_files(sorted(folder.iterdir()), 32)
+        >>> [Path(p).name for p in used], Path(skipped[0][0]).name, next(iter(images)).shape
+        (['a.png', 'b.tif'], 'c.jpg', TensorShape([2, 32, 32, 3]))
+    """
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise ValueError("load_image_files: no image file given.")
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if verify:
+        routes = _verify(paths, Path(os.path.commonpath([os.path.abspath(p) for p in paths])))
+    else:
+        routes = {p: "pil" if _needs_pil(p) else "tf" for p in paths}
+    used = [p for p in paths if routes[p] in ("tf", "pil")]
+    skipped = [(p, routes[p]) for p in paths if routes[p] not in ("tf", "pil")]
+    if not used:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:5])
+        raise ValueError(f"None of the {len(paths)} image file(s) can be decoded ({reasons}"
+                         f"{' ...' if len(skipped) > 5 else ''}); pass readable images.")
+    dataset = _make_dataset(
+        [(p, 0) for p in used], routes, split="images", num_classes=1, image_size=image_size,
+        batch_size=batch_size, label_mode="int", shuffle=shuffle, seed=seed, cache=None,
+        crop_to_aspect_ratio=False, augmentation=None,
+    )
+    return dataset.map(lambda images, _: images), used, skipped
+
+
 def class_weights(folder_or_labels: ImageFolder | str | os.PathLike | Sequence[int] | np.ndarray) -> dict[int, float]:
     """Balanced class weights ``n_samples / (n_classes * count_c)`` (sklearn's formula).
 
