@@ -94,6 +94,7 @@ def test_adabn_recovers_accuracy_on_a_colour_shifted_target(trained):
     assert adapted._tfx_adaptation["method"] == "adabn"  # what "default" is
 
 
+@pytest.mark.filterwarnings("ignore:adapt\\(method='adabn'\\) without source")
 def test_adabn_changes_only_batchnorm_statistics(small):
     from tfx_transfer.adaptation.adapt import adapt
 
@@ -148,6 +149,7 @@ def test_bad_arguments_name_the_fix(small):
         adapt(model, np.zeros((2, 64, 64, 3), "uint8"), "adabn")
 
 
+@pytest.mark.filterwarnings("ignore:adapt\\(method='adabn'\\) without source")
 def test_target_folders_labels_are_never_read(small, tmp_path):
     """A flat folder works; so does one whose class folders mean nothing to the model."""
     from PIL import Image
@@ -239,6 +241,7 @@ def test_coral_is_one_fit_with_callbacks_and_returns_the_same_classifier(small):
     assert not get_backbone_model(adapted).trainable_weights  # frozen again, as given
 
 
+@pytest.mark.filterwarnings("ignore:adapt\\(method='adabn'\\) without source")
 def test_cli_adapt_writes_a_run_folder(small, tmp_path):
     from PIL import Image
 
