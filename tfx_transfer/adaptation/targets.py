@@ -84,15 +84,26 @@ def check_image_size(got: Sequence[int], want: Sequence[int], what: str) -> None
 
 def _folder_dataset(folder: str | os.PathLike, image_size: tuple[int, int], batch_size: int,
                     seed: int, shuffle: bool) -> tuple[Any, int]:
-    from tfx_transfer.data.folder import load_image_files
+    """The folder's images decoded as the loader decodes them (TensorFlow, or Pillow for TIFF)."""
+    from tfx_transfer.data.pipeline import make_dataset
+    from tfx_transfer.data.verify import ROUTES, verify_images
 
-    images, used, skipped = load_image_files(image_files(folder), image_size, batch_size,
-                                             shuffle=shuffle, seed=seed)
+    paths = image_files(folder)
+    routes = verify_images(paths, folder)
+    used = [p for p in paths if routes[p] in ROUTES]
+    skipped = [p for p in paths if routes[p] not in ROUTES]
     if skipped:
         warnings.warn(f"Skipped {len(skipped)} target file(s) that cannot be decoded: "
-                      + ", ".join(p for p, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
+                      + ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
                       UserWarning, stacklevel=4)
-    return images, len(used)
+    if not used:
+        raise ValueError(f"No decodable image in the target folder {str(folder)!r} "
+                         f"({routes[skipped[0]]}); the target needs readable images.")
+    images = make_dataset([(p, 0) for p in used], routes, split="target", num_classes=1,
+                          image_size=image_size, batch_size=batch_size, label_mode="int",
+                          shuffle=shuffle, seed=seed, cache=None, crop_to_aspect_ratio=False,
+                          augmentation=None)
+    return images.map(lambda x, _: x), len(used)
 
 
 def target_dataset(target: Any, image_size: tuple[int, int], batch_size: int = 32,
