@@ -70,7 +70,8 @@ def test_commands_register_the_kits_keras_objects_when_they_run():
 
 def _functions() -> dict[str, list]:
     """The library functions each command calls, whose signatures give its defaults."""
-    from tfx_transfer.adaptation.adapt import adapt, adapt_run
+    from tfx_transfer.adaptation.adapt import adapt
+    from tfx_transfer.adaptation.run import adapt_run
     from tfx_transfer.evaluation.evaluate import evaluate_model
     from tfx_transfer.evaluation.gradcam import explain_files
     from tfx_transfer.export.exported import predict_files

@@ -2,7 +2,7 @@
 
 Each calls one library function (:func:`tfx_transfer.train`,
 :func:`~tfx_transfer.training.job.find_lr_for_folder`, :func:`tfx_transfer.pretrain`,
-:func:`~tfx_transfer.adaptation.adapt.adapt_run`) with the flags given; ``find-lr``
+:func:`~tfx_transfer.adaptation.run.adapt_run`) with the flags given; ``find-lr``
 takes ``train``'s build settings and defaults, so it builds what ``train`` builds.
 
 Example:
@@ -191,6 +191,7 @@ FIND_LR = Command(
 ADAPT_OPTIONS = {
     "epochs": dict(type=int, help="CORAL epochs"),
     "lr": dict(type=float, help="CORAL Adam learning rate"),
+    "loss_weight": dict(type=float, help="weight of the CORAL loss term"),
     "batch_size": dict(type=int, help="images per batch"),
     "seed": dict(type=int, help="seed of shuffling and initialisation"),
     "verbose": dict(type=int, choices=(0, 1, 2), help="0 quiet, 1 progress bars, 2 one line "
@@ -199,7 +200,8 @@ ADAPT_OPTIONS = {
 
 
 def _add_adapt(p: argparse.ArgumentParser) -> None:
-    from tfx_transfer.adaptation.adapt import adapt, adapt_run
+    from tfx_transfer.adaptation.adapt import adapt
+    from tfx_transfer.adaptation.run import adapt_run
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder of 'tfx-transfer train'")
     p.add_argument("target", metavar="TARGET_FOLDER",
@@ -214,7 +216,7 @@ def _add_adapt(p: argparse.ArgumentParser) -> None:
 
 
 def _run_adapt(args: argparse.Namespace) -> None:
-    from tfx_transfer.adaptation.adapt import adapt_run, format_adaptation_report
+    from tfx_transfer.adaptation.run import adapt_run, format_adaptation_report
 
     report = adapt_run(args.run_dir, args.target, args.out, method=args.method,
                        source=args.source, **given(args, ADAPT_OPTIONS))
