@@ -87,7 +87,8 @@ class ExportedModel:
             )
         self.class_names = labels.read_text(encoding="utf-8").splitlines()
         self.metadata = json.loads(meta.read_text(encoding="utf-8"))
-        self.image_size = tuple(self.metadata["input_size"])
+        # "input_size" in exports written before the vocabulary settled on image_size
+        self.image_size = tuple(self.metadata.get("image_size", self.metadata.get("input_size")))
         self.saved_model = tf.saved_model.load(str(self.path))
 
     def __repr__(self) -> str:

@@ -284,7 +284,7 @@ def _metadata(model: Any, class_names: list[str], image_size: tuple[int, int], t
         "format": "tfx_transfer-savedmodel-1",
         "backbone": backbone,
         "head": config.get("head"),
-        "input_size": list(image_size),
+        "image_size": list(image_size),
         "num_classes": len(class_names),
         "class_names": class_names,
         "top_k": top_k,
