@@ -54,14 +54,8 @@ import numpy as np
 from keras import ops
 
 from tfx_transfer.data.files import IMAGE_EXTENSIONS, find_images, split_folders, visible_dirs
-from tfx_transfer.models.transfer_model import (
-    AUGMENT_NAME,
-    PREPROCESS_NAME,
-    TransferModel,
-    get_backbone_layer,
-    get_backbone_model,
-    get_head,
-)
+from tfx_transfer.models.parts import model_parts
+from tfx_transfer.models.transfer_model import TransferModel, get_backbone_model
 
 METHODS = ("adabn", "coral", "adabn+coral")
 DEFAULT_METHOD = "adabn"
@@ -224,8 +218,8 @@ def batchnorm_input_stats(model: keras.Model, images: Any,
         >>> stats[0][0].shape
         (32,)
     """
-    backbone = get_backbone_model(model)
-    preprocess = model.get_layer(PREPROCESS_NAME)
+    parts = model_parts(model)
+    backbone, preprocess = parts.backbone_model, parts.preprocess
     layers = _require_batchnorm(model)
     try:
         probe = keras.Model(backbone.inputs, [layer.input for layer in layers])
@@ -300,8 +294,8 @@ def recompute_batchnorm(model: keras.Model, images: Any, reference: Any = None,
         >>> recompute_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 2)
         8
     """
-    backbone = get_backbone_model(model)
-    preprocess = model.get_layer(PREPROCESS_NAME)
+    parts = model_parts(model)
+    backbone, preprocess = parts.backbone_model, parts.preprocess
     layers = _require_batchnorm(model)
     old = [(_numpy(layer.moving_mean), _numpy(layer.moving_variance))
            for layer in layers]
@@ -434,10 +428,9 @@ def build_alignment_model(model: keras.Model, weight: float = DEFAULT_CORAL_WEIG
         >>> build_alignment_model(model).output.shape
         (None, 2)
     """
-    backbone = get_backbone_layer(model)  # the Backbone layer: inference mode as in the model
-    preprocess = model.get_layer(PREPROCESS_NAME)
-    augmentation = next((l for l in model.layers if l.name == AUGMENT_NAME), None)
-    head = get_head(model)
+    parts = model_parts(model)
+    backbone = parts.backbone  # the Backbone layer: inference mode as in the model
+    preprocess, augmentation, head = parts.preprocess, parts.augmentation, parts.head
     head_layers = [l for l in head.layers if type(l).__name__ != "InputLayer"]
     classifier = head_layers[-1]
     body = [l for l in head_layers[:-1] if not isinstance(l, keras.layers.Dropout)]

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from tfx_transfer._compat import raw_learning_rate
-from tfx_transfer.models.freezing import block_layers
+from tfx_transfer.models.parts import model_parts
 
 
 def _set_config_lr(config: dict, learning_rate: float) -> None:
@@ -200,7 +200,7 @@ def discriminative_multipliers(model: keras.Model, factor: float) -> dict[str, f
     if not factor or factor < 1:
         raise ValueError(f"discriminative={factor!r}: the per-block factor must be >= 1 "
                          "(e.g. 2.6: each block down trains 2.6x slower).")
-    named = block_layers(model)
+    named = model_parts(model).blocks
     out: dict[str, float] = {}
     for depth, block in enumerate(reversed(list(named.values())), start=1):
         for layer in block:
