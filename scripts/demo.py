@@ -65,7 +65,7 @@ def main() -> int:
     export = result["paths"]["export"]
     print(f"\ndemo: evaluating the export {export} on {data / 'val'} through the SavedModel")
     exported = tt.load_exported(export)
-    again = tt.evaluate_model(exported, data / "val", top_k=result["metrics"]["top_k"], verbose=False)
+    again = tt.evaluate_model(exported, data / "val", top_k=result["metrics"].get("top_k"), verbose=False)
     print(f"demo: export accuracy {again['accuracy']:.4f} (metrics.json: "
           f"{result['metrics']['accuracy']:.4f}); confusion matrix {again['confusion_matrix']}")
 
@@ -84,8 +84,9 @@ def main() -> int:
           f"px, {config['head_epochs']} head + {config['fine_tune_epochs']} fine-tuning epochs; "
           f"best {result['best']['monitor']} {result['best']['value']:.4f} at epoch "
           f"{result['best']['epoch'] + 1}")
-    print(f"demo: validation accuracy {result['metrics']['accuracy']:.4f}, top-"
-          f"{result['metrics']['top_k']} {result['metrics']['top_k_accuracy']:.4f}, macro F1 "
+    top = (f"top-{result['metrics']['top_k']} {result['metrics']['top_k_accuracy']:.4f}, "
+           if "top_k_accuracy" in result["metrics"] else "")  # none when k >= classes
+    print(f"demo: validation accuracy {result['metrics']['accuracy']:.4f}, {top}macro F1 "
           f"{result['metrics']['macro_avg']['f1']:.4f}")
     print(f"demo: pictures: {out / 'history.png'}, {out / 'confusion_matrix.png'}, "
           f"{out / 'predictions.png'}")

@@ -131,9 +131,7 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     assert metrics["confusion_matrix"] == cm
     assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
     assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(6), labels])), rel=1e-4)
-    top2 = np.argsort(-probs, axis=1)[:, :2]
-    assert metrics["top_k"] == 2
-    assert metrics["top_k_accuracy"] == pytest.approx(np.mean((top2 == labels[:, None]).any(1)))
+    assert "top_k" not in metrics and "top_k_accuracy" not in metrics  # top-3 of 3 classes: always 1
     for c, name in enumerate(CLASSES):
         tp = cm[c][c]
         recall = tp / sum(cm[c])

@@ -53,7 +53,7 @@ _EXPORTS = {
     "load_image_folder": "data.folder",
     "ImageFolder": "data.folder",
     "class_weights": "data.folder",
-    "decode_and_resize": "data.folder",
+    "decode_and_resize": "data.decode",
     # augmentation
     "Augmentation": "data.augmentation",
     "preview_augmentation": "data.augmentation",

@@ -96,7 +96,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         args.source, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
-        augmentation=None if args.augmentation.lower() == "none" else args.augmentation,
+        augmentation=args.augmentation,
         head=args.head, validation_split=args.validation_split or None,
         cache_images=args.cache_images, seed=args.seed,
         backup_dir=backup,
@@ -118,7 +118,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("export_dir", help="export folder (TF Serving layout) or one version folder")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--top-k", type=int, default=None,
-                   help="classes shown per image (default: 3, or the number of classes if fewer)")
+                   help="classes shown per image (default min(5, classes))")
     p.add_argument("--batch-size", type=int, default=32, help="images per call (default 32)")
     p.add_argument("--json", action="store_true",
                    help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]}')
@@ -276,7 +276,7 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "monitor": dict(choices=("val_loss", "val_accuracy"), help="what the best checkpoint is "
                     "chosen by"),
     "top_k": dict(type=_optional(int), help="k of the reported top-k accuracy (none: "
-                  "min(5, classes - 1))"),
+                  "min(5, classes); not reported when k >= classes)"),
     "train_bn": dict(action=argparse.BooleanOptionalAction, help="also train BatchNorm in phase 2, "
                      "running the backbone in training mode"),
     "deterministic": dict(action=argparse.BooleanOptionalAction, help="deterministic TensorFlow "
@@ -362,7 +362,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="RUN_DIR|EXPORT_DIR", help="run folder, export folder or .keras file")
     p.add_argument("test_dir", metavar="TEST_DIR", help="folder of labelled class folders")
     p.add_argument("--top-k", type=int, default=None,
-                   help="k of the top-k accuracy (None: min(5, classes - 1))")
+                   help="k of the top-k accuracy (default min(5, classes); not reported when k >= "
+                        "classes)")
     p.add_argument("--out", default=None,
                    help="folder for the report files (default: RUN_DIR/evaluate-<TEST_DIR name> "
                    "for a run, ./evaluate-<TEST_DIR name> otherwise)")
@@ -425,7 +426,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="run folder of 'tfx-transfer train' or a .keras file")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--top-k", type=int, default=3, help="class scores shown per image")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="class scores shown per image (default min(5, classes))")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_run_explain)
 
@@ -515,13 +517,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve an export over TF Serving's REST API (and a drop-an-image page)",
-        description="Serve MODEL_BASE_DIR (numbered version folders, as 'tfx-transfer export' / "
+        description="Serve EXPORT_DIR (numbered version folders, as 'tfx-transfer export' / "
         "export_saved_model() write them) with TF Serving's REST API: GET /v1/models/NAME"
         "[/versions/V][/metadata], POST /v1/models/NAME[/versions/V]:predict; a page at /. "
         "Serves the highest version and picks up new ones while running; concurrent requests "
         "are micro-batched. Needs: pip install 'tfx_transfer[serve]'.",
     )
-    p.add_argument("model_base_dir", help="folder of numbered versions (TF Serving layout)")
+    p.add_argument("export_dir", help="folder of numbered versions (TF Serving layout)")
     p.add_argument("--model-name", required=True, help="NAME in /v1/models/NAME")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
@@ -539,8 +541,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     try:
-        from tfx_transfer.serving.server import serve
-        serve(args.model_base_dir, args.model_name, host=args.host, port=args.port,
+        from tfx_transfer.serving.app import serve
+        serve(args.export_dir, args.model_name, host=args.host, port=args.port,
               max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
               poll_interval=args.poll_interval, max_request_bytes=args.max_request_bytes)
     except ImportError as exc:

@@ -120,7 +120,7 @@ def target_dataset(target: Any, image_size: tuple[int, int], batch_size: int = 3
     """
     import tensorflow as tf
 
-    from tfx_transfer.data.folder import decode_and_resize
+    from tfx_transfer.data.decode import decode_and_resize
 
     if isinstance(target, (str, os.PathLike)):
         paths = image_files(target)

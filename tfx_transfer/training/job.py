@@ -66,6 +66,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfx_transfer.data.image_cache import choose_image_cache, parse_cache_images
 from tfx_transfer.evaluation.evaluate import evaluate_model
 from tfx_transfer.evaluation.metrics import format_report
 from tfx_transfer.evaluation.plots import HISTORY_PNG, plot_history
@@ -90,7 +91,6 @@ EXPORT_DIR = "export"
 TENSORBOARD_DIR = "tensorboard"
 LR_FINDER_PNG = "lr_finder.png"
 AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
-CACHE_MODES = ("auto", "memory", "none")
 # The settings that define a run: train()'s arguments, the CLI's flags and config.json's keys.
 RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
              "augmentation", "batch_size", "head", "units", "dropout", "head_lr", "fine_tune_lr",
@@ -202,9 +202,7 @@ def _normalise(name: str, value: Any) -> Any:
                              "learning-rate finder picks it).")
         return "auto"
     if name == "cache_images":
-        if value is None or str(value).lower() in CACHE_MODES:
-            return "none" if value is None else str(value).lower()
-        return os.fspath(value)
+        return parse_cache_images(value)
     if name == "weights":
         return "none" if value is None else os.fspath(value) if isinstance(value, os.PathLike) else value
     return _as_jsonable(value)
@@ -338,32 +336,6 @@ def _load_data(config: dict[str, Any], verbose: Any):
     config["cache_images_used"], config["cache_images_reason"] = used, reason
     _say(verbose, f"data: cache_images=auto -> {used} ({reason})")
     return folder if used == "none" else load(used)
-
-
-def choose_image_cache(counts: dict[str, dict[str, int]], image_size: Sequence[int],
-                       budget_gb: float) -> tuple[str, str]:
-    """``("memory", why)`` when the decoded images fit ``budget_gb``, else ``("none", why)``.
-
-    Decoded images cost ``height * width * 3`` bytes each (uint8), over every split.
-    Cached in memory, each image is decoded and resized once and the epochs after
-    the first only run the batched augmentation (``benchmarks/data_pipeline.py``
-    measures both paths: about 140x less host CPU per image); past the budget,
-    images are streamed (decoded every epoch).
-
-    Example:
-        >>> choose_image_cache({"train": {"a": 800, "b": 800}, "validation": {"a": 200, "b": 200}},
-        ...                    (224, 224), budget_gb=2.0)
-        ('memory', 'decoded images 0.30 GB <= budget 2 GB: decoded once, kept in memory')
-        >>> choose_image_cache({"train": {"a": 800}}, (224, 224), budget_gb=0.1)[0]
-        'none'
-    """
-    images = sum(sum(per_class.values()) for per_class in counts.values())
-    need = images * int(image_size[0]) * int(image_size[1]) * 3 / 1e9
-    if need <= budget_gb:
-        return "memory", (f"decoded images {need:.2f} GB <= budget {budget_gb:g} GB: decoded once, "
-                          "kept in memory")
-    return "none", (f"decoded images {need:.2f} GB > budget {budget_gb:g} GB: streamed from disk "
-                    "(decoded every epoch); raise cache_budget_gb or pass cache_images=DIR")
 
 
 def _build(config: dict[str, Any], num_classes: int, verbose: Any) -> keras.Model:
@@ -502,7 +474,7 @@ def _final_model(run: Path, model: keras.Model) -> keras.Model:
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("num_samples", "accuracy", "top_k", "top_k_accuracy", "loss", "macro_avg")
-    return {key: metrics[key] for key in keys}
+    return {key: metrics[key] for key in keys if key in metrics}  # no top-k when k >= classes
 
 
 def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any], run: Path,
@@ -632,7 +604,8 @@ def train(
             uint8 pixels (``images * height * width * 3`` bytes).
         class_weight: ``"balanced"`` to weight classes by inverse frequency.
         monitor: ``"val_loss"`` (default) or ``"val_accuracy"`` for the best checkpoint.
-        top_k: k of the reported top-k accuracy (default ``min(5, classes - 1)``).
+        top_k: k of the reported top-k accuracy (default ``min(5, classes)``; not
+            reported when ``k >= classes``).
         train_bn: also train BatchNormalization scale/offset in phase 2.
         resume: continue the interrupted run in ``out`` from its last
             completed epoch, with the configuration saved in its ``config.json``

@@ -219,21 +219,6 @@ def recalibrate_batchnorm(model: keras.Model, data: Any, max_batches: int | None
     return count
 
 
-def _as_augmentation(augment: Any) -> Any:
-    if augment is None or hasattr(augment, "map_dataset"):
-        return augment
-    from tfx_transfer.data.augmentation import Augmentation
-
-    if isinstance(augment, str):
-        return None if augment.lower() == "none" else Augmentation(preset=augment)
-    if isinstance(augment, dict):
-        return Augmentation(**augment)
-    raise ValueError(
-        f"augment={augment!r}: pass a preset name ('light', 'standard', 'heavy'), a dict of "
-        "ImageDataGenerator keywords, an Augmentation, or None."
-    )
-
-
 def output_paths(out_path: str | os.PathLike, backbone: str) -> dict[str, Path]:
     """Where :func:`pretrain` writes: ``{"weights", "head", "info"}`` paths.
 
@@ -367,7 +352,8 @@ def pretrain(
         recalibrate_batches: after training, recompute the BatchNorm moving
             statistics on up to this many un-augmented training batches
             (:func:`recalibrate_batchnorm`; default 100, 0 to skip).
-        cache_images: ``load_image_folder`` cache (``None``, ``"memory"`` or a folder).
+        cache_images: decoded-image cache: ``None``/``"none"``, ``"memory"``, ``"auto"``
+            or a folder (:mod:`tfx_transfer.data.image_cache`).
         callbacks: extra Keras callbacks (``TerminateOnNaN`` is always added).
         backup_dir: folder for ``keras.callbacks.BackupAndRestore`` (weights,
             optimizer state, epoch; saved every epoch). An interrupted run called
@@ -398,6 +384,7 @@ def pretrain(
         >>> model = build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
     """
     from tfx_transfer import __version__
+    from tfx_transfer.data.augmentation import as_augmentation
     from tfx_transfer.data.folder import load_image_folder
 
     spec = get_backbone(backbone)
@@ -412,7 +399,7 @@ def pretrain(
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
-    augmenter = _as_augmentation(augmentation)
+    augmenter = as_augmentation(augmentation)
     folder = load_image_folder(
         source, image_size=image_size, batch_size=batch_size, validation_split=validation_split,
         seed=0 if seed is None else seed, label_mode="categorical", cache_images=cache_images,
