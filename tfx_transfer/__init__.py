@@ -40,12 +40,14 @@ _EXPORTS = {
     "Backbone": "models.layers",
     # model
     "build_transfer_model": "models.transfer_model",
-    "build_head": "models.transfer_model",
+    "build_head": "models.heads",
     "get_backbone_model": "models.transfer_model",
     "get_backbone_layer": "models.transfer_model",
     "get_head": "models.transfer_model",
     "TransferModel": "models.transfer_model",
     "transfer_config": "models.transfer_model",
+    "ModelParts": "models.parts",
+    "model_parts": "models.parts",
     "load_model": "models.saving",
     # weights
     "WeightsUnavailableError": "models.weights",

@@ -24,13 +24,7 @@ import keras
 from keras import ops
 
 from tfx_transfer.defaults import DEFAULT_SEED
-from tfx_transfer.models.transfer_model import (
-    AUGMENT_NAME,
-    PREPROCESS_NAME,
-    get_backbone_layer,
-    get_backbone_model,
-    get_head,
-)
+from tfx_transfer.models.parts import model_parts
 
 DEFAULT_LOSS_WEIGHT = 10.0
 
@@ -102,10 +96,10 @@ def build_alignment_model(model: keras.Model,
         >>> build_alignment_model(model).output.shape
         (None, 2)
     """
-    backbone = get_backbone_layer(model)  # the Backbone layer: inference mode as in the model
-    preprocess = model.get_layer(PREPROCESS_NAME)
-    augmentation = next((l for l in model.layers if l.name == AUGMENT_NAME), None)
-    head_layers = [l for l in get_head(model).layers if type(l).__name__ != "InputLayer"]
+    parts = model_parts(model)
+    backbone = parts.backbone  # the Backbone layer: inference mode as in the model
+    preprocess, augmentation, head = parts.preprocess, parts.augmentation, parts.head
+    head_layers = [l for l in head.layers if type(l).__name__ != "InputLayer"]
     classifier = head_layers[-1]
     body = [l for l in head_layers[:-1] if not isinstance(l, keras.layers.Dropout)]
     dropout = [l for l in head_layers[:-1] if isinstance(l, keras.layers.Dropout)]
@@ -212,7 +206,7 @@ def fit_coral(model: keras.Model, source: Any, target: Any, *, epochs: int = 10,
     if n_source <= 0:
         raise ValueError("The source dataset has no known number of batches; pass a folder.")
     steps = max(n_source, int(target.cardinality()))
-    backbone = get_backbone_model(model)
+    backbone = model_parts(model).backbone_model
     flags = (backbone.trainable, [layer.trainable for layer in backbone.layers])
     if blocks:
         unfreeze(model, blocks)

@@ -8,8 +8,8 @@ the outer model's). Here the model is split where our models are split anyway::
     features = backbone(preprocess(pixels))      # the backbone's output feature map
     score    = head(features)[class]              # the class logit (softmax input)
 
-Both halves are the model's own layers (:func:`tfx_transfer.get_backbone_model`,
-:func:`tfx_transfer.get_head`), called directly: no graph is re-wired. The
+Both halves are the model's own layers (its parts, :func:`tfx_transfer.model_parts`:
+backbone, preprocessing and head), called directly: no graph is re-wired. The
 augmentation layer is skipped (it is identity at inference anyway). The
 gradient of the score with respect to the feature map, averaged over space, weighs
 the feature channels (Selvaraju et al. 2017); the ReLU of the weighted sum,
@@ -41,17 +41,16 @@ from keras import ops
 
 from tfx_transfer.defaults import default_top_k
 from tfx_transfer.evaluation.plots import save_figure
-from tfx_transfer.models.transfer_model import PREPROCESS_NAME, get_backbone_model, get_head
+from tfx_transfer.models.parts import model_parts
 
 
 def _preprocess(model: keras.Model) -> Callable[[Any], Any]:
     try:
-        layer = model.get_layer(PREPROCESS_NAME)
+        return model_parts(model).preprocess
     except ValueError as exc:
-        raise ValueError(f"Model {model.name!r} has no {PREPROCESS_NAME!r} layer; explain() takes "
+        raise ValueError(f"Model {model.name!r} has no Preprocess layer; explain() takes "
                          "a build_transfer_model() model (or one loaded from a run's "
                          "model.keras).") from exc
-    return layer
 
 
 def class_logits(head: keras.Model, features: Any) -> Any:
@@ -176,7 +175,8 @@ def gradcam(model: keras.Model, images: Any, class_index: Any = None,
         raise ValueError(f"images of shape {images.shape}: pass a batch (N, {expected[0]}, "
                          f"{expected[1]}, 3) of RGB pixels in 0..255 at the model's input size "
                          "(tfx_transfer.decode_and_resize reads and resizes files).")
-    backbone, head = get_backbone_model(model), get_head(model)
+    parts = model_parts(model)
+    backbone, head = parts.backbone_model, parts.head
     # the compiled predict step (inference mode): as fast as the model's own forward pass
     features = backbone.predict_on_batch(_preprocess(model)(images))
     features = np.asarray(ops.convert_to_numpy(features), np.float32)

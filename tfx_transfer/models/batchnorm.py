@@ -35,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from tfx_transfer.models.layers import Backbone
-from tfx_transfer.models.transfer_model import PREPROCESS_NAME, get_backbone_model
+from tfx_transfer.models.parts import model_parts
 
 POOLS = ("images", "batches")
 
@@ -73,14 +73,15 @@ def batchnorm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormal
 
 def _backbone_batchnorm(model: keras.Model) -> tuple[keras.Model, Any, list]:
     """``(backbone, preprocess layer, its BatchNorm layers)``, or a ValueError naming the fix."""
-    backbone = get_backbone_model(model)
+    parts = model_parts(model)
+    backbone = parts.backbone_model
     layers = batchnorm_layers(backbone)
     if not layers:
         raise ValueError(
             f"Backbone {backbone.name!r} has no BatchNormalization layer, so it has no BatchNorm "
             "statistics to re-estimate; use a backbone with BatchNorm (resnet50, mobilenetv2, "
             "efficientnetb0, densenet121...).")
-    return backbone, model.get_layer(PREPROCESS_NAME), layers
+    return backbone, parts.preprocess, layers
 
 
 def _numpy(variable: Any, dtype: Any = np.float64) -> np.ndarray:

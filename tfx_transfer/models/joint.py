@@ -46,13 +46,9 @@ from typing import Any
 import keras
 
 from tfx_transfer.defaults import DEFAULT_SEED
-from tfx_transfer.models.transfer_model import (
-    PREPROCESS_NAME,
-    build_head,
-    get_backbone_layer,
-    get_backbone_model,
-    transfer_config,
-)
+from tfx_transfer.models.heads import build_head
+from tfx_transfer.models.parts import model_parts
+from tfx_transfer.models.transfer_model import get_backbone_model, transfer_config
 
 SOURCE_HEAD_NAME = "source_head"
 DEFAULT_LOSS_WEIGHT = 0.5
@@ -93,8 +89,8 @@ def build_joint_model(
             f"num_source_classes={num_source_classes!r}: need the number of source classes "
             "(an integer of at least 2)."
         )
-    backbone = get_backbone_model(target_model)
-    preprocess = target_model.get_layer(PREPROCESS_NAME)
+    parts = model_parts(target_model)
+    backbone, preprocess = parts.backbone_model, parts.preprocess
     config = transfer_config(target_model)
     source_head = build_head(
         tuple(backbone.output.shape[1:]), num_source_classes, config.get("head", "avg"),
@@ -120,7 +116,7 @@ def build_joint_model(
     for layer in target_model.layers:
         if not isinstance(layer, keras.layers.InputLayer):
             target = layer(target)
-    features = get_backbone_layer(target_model)(preprocess(inputs["source"]))
+    features = parts.backbone(preprocess(inputs["source"]))
     outputs = {"target": target, "source": source_head(features)}
     return keras.Model(inputs, outputs, name=name)
 
