@@ -35,6 +35,7 @@ Usage (from the repository root; needs scipy for the legacy generator)::
     python benchmarks/data_pipeline.py                      # ../shared/datasets/caltech101
     python benchmarks/data_pipeline.py --data DIR --batches 50 --images 1000
     python benchmarks/data_pipeline.py --per-core --images 1000 --batches 30
+    python benchmarks/data_pipeline.py --smoke [--per-core]   # seconds, data_samples/ at 32 px
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_DATA = ROOT / ".." / "shared" / "datasets" / "caltech101"
+SAMPLES = ROOT / "data_samples" / "train"
 IDG_KWARGS = dict(
     rotation_range=20, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.15, horizontal_flip=True
 )
@@ -122,7 +124,7 @@ def per_core(data: Path, size: int, batch_size: int, n_batches: int, target: flo
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of class folders")
     parser.add_argument("--batches", type=int, default=100, help="timed batches per pipeline")
@@ -131,7 +133,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=None, help="use only about this many images (quick runs)")
     parser.add_argument("--per-core", action="store_true",
                         help="only the per-core figures of the streaming and cached paths")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: data_samples/ at 32 px, batches of 8, 2 timed batches "
+                        "(checks that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.data, args.size, args.batch_size, args.batches, args.images = SAMPLES, 32, 8, 2, None
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if not args.data.is_dir():
         sys.exit(
             f"Image folder {args.data} not found. Pass --data DIR (a folder of class folders); the default "

@@ -16,6 +16,7 @@ Usage (from the repository root)::
 
     python benchmarks/explain_cost.py                                 # mobilenet, 160 px, batch 16
     python benchmarks/explain_cost.py --backbone resnet50 --image-size 224 --batch-size 32
+    python benchmarks/explain_cost.py --smoke          # seconds: 32 px, batch 4, one round
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head", default="avg", choices=("flatten", "avg", "max"))
     parser.add_argument("--repeats", type=int, default=5)
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: 32 px, batch 4, one round (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.image_size, args.batch_size, args.repeats = 32, 4, 1
+    return args
 
 
 def best_times(fns: dict, repeats: int) -> dict[str, float]:

@@ -18,6 +18,7 @@ Usage (from the repository root)::
 
     python benchmarks/fit_overhead.py                          # vgg16, 96 px, 128 images
     python benchmarks/fit_overhead.py --backbone resnet50 --image-size 64 --epochs 2 --repeats 3
+    python benchmarks/fit_overhead.py --smoke           # seconds: mobilenet, 32 px, 16 images
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--blocks", default=None, help="block (default: the backbone's default)")
     parser.add_argument("--repeats", type=int, default=1)
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: mobilenet, 32 px, 16 images, 1 + 1 epochs, batch 8 (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.backbone, args.image_size, args.images, args.epochs, args.batch_size = \
+            "mobilenet", 32, 16, 1, 8
+    return args
 
 
 def _setup(args):

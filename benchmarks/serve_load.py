@@ -21,6 +21,7 @@ Usage (from the repository root)::
 
     python benchmarks/serve_load.py                               # mobilenetv2, 224 px
     python benchmarks/serve_load.py --backbone vgg16 --image-size 64 --requests 64
+    python benchmarks/serve_load.py --smoke       # seconds: data_samples/ JPEGs, 32 px, 8 requests
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera" / "val"
+SAMPLES = ROOT / "data_samples" / "val"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +57,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of JPEG photos (recursive)")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: data_samples/ JPEGs, mobilenet at 32 px, 8 requests at "
+                        "concurrency 1 and 2 (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.data, args.backbone, args.image_size = str(SAMPLES), "mobilenet", 32
+        args.requests, args.concurrency = 8, [1, 2]
+    return args
 
 
 def load_images(folder: str, count: int) -> tuple[list[bytes], str]:

@@ -29,6 +29,8 @@ Usage (from the repository root)::
     # the prepared one-call run for a lent H100/H200: benchmarks/gpu_throughput.sh
     # quick CPU check
     python benchmarks/train_throughput.py --image-size 96 --batch-size 8 --steps 3 --warmup 1
+    # seconds: checks that it runs (also: EXTRA=--smoke bash benchmarks/gpu_throughput.sh)
+    python benchmarks/train_throughput.py --smoke --backbone mobilenet
 """
 
 from __future__ import annotations
@@ -95,7 +97,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also append one JSON line per measurement here (device, backbone, "
                         "image_size, phase, precision, batch_size, images_per_second, "
                         "fraction_of_peak, ...)")
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: 32 px, batch 2, 1 warm-up and 1 timed step, 10 classes, "
+                        "no XLA on TensorFlow (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.image_size, args.batch_size, args.steps, args.warmup = 32, [2], 1, 1
+        args.num_classes, args.jit = 10, False
+    return args
 
 
 def device_name() -> str:
