@@ -34,7 +34,8 @@ Usage (from the repository root; the shared folders sit beside it)::
         --per-class 8,4 --recipes a,b,c --json /tmp/acc_caltech.json
     python benchmarks/accuracy.py --summarize /tmp/acc_hym.json /tmp/acc_caltech.json
     python benchmarks/accuracy.py --smoke     # seconds: every recipe once on data_samples/, 32 px,
-                                              # random weights, one epoch per phase (runs, no figure)
+                                              # random weights, one epoch per phase, the smoke modes'
+                                              # tiny backbone: runs, no figure
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 SHARED = ROOT / ".." / "shared"
-SAMPLES = ROOT / "data_samples"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
 RECIPES = {"a": "kit train (defaults)", "b": "Keras guide (plain Keras)",
            "c": "fastai-style (kit)", "d": "scratch (random init)", "e": "kit train + TTA"}
@@ -129,13 +131,18 @@ def recipe_keras_guide(data: Path, size: int, seed: int, weights: Path | None, b
                        tmp: Path, epochs: tuple[int, int] = (20, 10)) -> dict:
     import keras
 
-    if backbone != "mobilenet":
-        raise SystemExit("recipe b is written for MobileNet v1 (its rescaling); use --backbone mobilenet.")
+    import tfx_transfer as tt
+
+    spec = tt.get_backbone(backbone)
+    if spec.preprocessing != "tf":
+        raise SystemExit("recipe b is written for MobileNet v1 (its rescaling to [-1, 1]); use "
+                         "--backbone mobilenet.")
     keras.utils.set_random_seed(seed)
     folder = _folder(data, size, seed)
     augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"),
                                      keras.layers.RandomRotation(0.1)])
-    base = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(size, size, 3))
+    # keras.applications.MobileNet(weights=None, include_top=False, input_shape=...) for mobilenet
+    base = spec.build((size, size, 3))
     if weights is not None:
         base.load_weights(str(weights))
     base.trainable = False
@@ -255,12 +262,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only print the table of these JSON-lines files")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds: the chosen recipes once on data_samples/ at 32 px, random "
-                        "weights, one epoch per phase (checks that it runs; the figures mean nothing)")
+                        "weights, one epoch per phase, a tiny backbone (checks that it runs; the "
+                        "figures mean nothing)")
     args = parser.parse_args(argv)
     # epochs of (b) (head, fine-tuning) and (c) (head, unfrozen): the recipes' own
     args.guide_epochs, args.fastai_epochs = (20, 10), (1, 5)
     if args.smoke:
-        args.data, args.weights, args.image_size, args.seeds = SAMPLES, None, 32, [0]
+        args.data, args.weights, args.image_size, args.seeds = _smoke.SAMPLES, None, 32, [0]
+        args.backbone = _smoke.BACKBONE
         args.scratch_epochs, args.guide_epochs, args.fastai_epochs = 1, (1, 1), (1, 1)
         args.kit_overrides = {"head_epochs": 1, "fine_tune_epochs": 1, **(args.kit_overrides or {})}
     return args
@@ -293,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
                  "c": lambda *a: recipe_fastai(*a, head_epochs=args.fastai_epochs[0],
                                                epochs=args.fastai_epochs[1]),
                  "d": lambda *a: recipe_scratch(*a, epochs=args.scratch_epochs)}
+    if args.smoke:
+        _smoke.register_backbone()
     records = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -51,8 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 DEFAULT_DATA = ROOT / ".." / "shared" / "datasets" / "caltech101"
-SAMPLES = ROOT / "data_samples" / "train"
 IDG_KWARGS = dict(
     rotation_range=20, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.15, horizontal_flip=True
 )
@@ -138,7 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(checks that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.data, args.size, args.batch_size, args.batches, args.images = SAMPLES, 32, 8, 2, None
+        args.data, args.size, args.batch_size, args.batches, args.images = \
+            _smoke.SAMPLES / "train", 32, 8, 2, None
     return args
 
 

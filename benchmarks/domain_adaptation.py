@@ -42,9 +42,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _smoke  # noqa: E402
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / \
     "mobilenet_1_0_224_imagenet_notop.weights.h5"
-SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 
 
 def _load(folder: str, image_size: int, batch_size: int, split: float, seed: int):
@@ -134,7 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "runs; the figures mean nothing)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.source, args.image_size, args.seeds, args.weights = str(SAMPLES), 32, [0], "none"
+        args.source, args.image_size, args.seeds, args.weights = str(_smoke.SAMPLES), 32, [0], "none"
+        args.backbone = _smoke.BACKBONE
         args.epochs, args.adapt_epochs, args.batch_size = 1, 1, 16
     elif not (args.source and args.target):
         parser.error("--source and --target are required (or --smoke)")
@@ -149,7 +151,7 @@ def smoke_target(tmp: Path) -> str:
     make_shift = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_shift)
     out = tmp / "target"
-    make_shift.make_shift(SAMPLES, out, "color_cast")
+    make_shift.make_shift(_smoke.SAMPLES, out, "color_cast")
     return str(out)
 
 
@@ -163,8 +165,9 @@ def main(argv=None) -> int:
 
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="domain_adaptation_") as tmp:
-        if args.smoke and args.target is None:
-            args.target = smoke_target(Path(tmp))
+        if args.smoke:
+            _smoke.register_backbone()
+            args.target = args.target or smoke_target(Path(tmp))
         per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
 
     import numpy as np

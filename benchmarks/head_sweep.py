@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 SHARED = ROOT / ".." / "shared"
-SAMPLES = ROOT / "data_samples"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
 
 # name: (head, dropout, label_smoothing, lr)
@@ -141,16 +142,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=".npz file: reuse the backbone features saved there (or save them)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--smoke", action="store_true",
-                        help="seconds: data_samples/ at 32 px, random weights, 2 splits, 2 epochs "
+                        help="seconds: data_samples/, a tiny backbone at 32 px, 1 split, 1 epoch "
                         "(checks that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.data, args.weights, args.image_size, args.splits, args.epochs = SAMPLES, None, 32, 2, 2
+        args.data, args.weights, args.image_size, args.splits, args.epochs = \
+            _smoke.SAMPLES, None, 32, 1, 1
+        args.backbone = _smoke.BACKBONE
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.smoke:
+        _smoke.register_backbone()
     if args.weights is not None and not args.weights.is_file():
         sys.exit(f"Weights file {args.weights} not found; pass --weights PATH (see "
                  "../shared/weights/README.md).")
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [run_variant(x, y, num_classes, *split(y, args.val_fraction, s), head, dropout,
                             smoothing, lr, args.epochs, s) for s in range(args.splits)]
         results[name] = {k: [r[k] for r in runs] for k in runs[0]}
-        summary = "  ".join(f"{k} {np.mean(v):.3f}" + (f"±{np.std(v, ddof=1):.3f}" if k == "best" else "")
+        summary = "  ".join(f"{k} {np.mean(v):.3f}" + (f"±{np.std(v, ddof=1):.3f}" if k == "best" and len(v) > 1 else "")
                             for k, v in results[name].items())
         print(f"{name:42s} {summary}", flush=True)
     if args.json:

@@ -121,10 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds: every shift of data_samples/val/ into a temporary folder")
     args = parser.parse_args(argv)
     if args.smoke:
-        import tempfile
-
         args.src = args.src or SAMPLES
-        args.out = args.out or Path(tempfile.mkdtemp(prefix="make_shift_smoke_"))
     elif args.src is None or args.shift is None:
         parser.error("SRC and --shift are required (or --smoke)")
     return args
@@ -135,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.src.is_dir():
         raise SystemExit(f"{args.src} is not a folder.")
     shifts = [args.shift] if args.shift else sorted(SHIFTS)
+    if args.smoke and args.out is None:
+        import tempfile
+
+        args.out = Path(tempfile.mkdtemp(prefix="make_shift_smoke_"))
     for shift in shifts:
         out = args.out or Path("/tmp/tfx_shifts") / f"{args.src.resolve().name}-{shift}"
         if len(shifts) > 1:

@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera" / "val"
-SAMPLES = ROOT / "data_samples" / "val"
+
+from benchmarks import _smoke  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,11 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
     parser.add_argument("--smoke", action="store_true",
-                        help="seconds: data_samples/ JPEGs, mobilenet at 32 px, 8 requests at "
+                        help="seconds: data_samples/ JPEGs, a tiny backbone at 32 px, 8 requests at "
                         "concurrency 1 and 2 (checks that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.data, args.backbone, args.image_size = str(SAMPLES), "mobilenet", 32
+        args.data, args.backbone, args.image_size = str(_smoke.SAMPLES / "val"), _smoke.BACKBONE, 32
         args.requests, args.concurrency = 8, [1, 2]
     return args
 
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
 
     import tfx_transfer as tt
 
+    if args.smoke:
+        _smoke.register_backbone()
     images, source = load_images(args.data, args.requests)
     items = (images * (args.requests // len(images) + 1))[: args.requests]
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))

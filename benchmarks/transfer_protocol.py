@@ -67,8 +67,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 DATASETS = ROOT / ".." / "shared" / "datasets"
-SAMPLES = ROOT / "data_samples"
 PROTOCOL = "transfer-protocol-1"  # part of the pretraining cache key
 METHODS = {
     "a": "(a) scratch",
@@ -311,17 +312,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write all results to this file")
     p.add_argument("--smoke", action="store_true",
                    help="seconds: a check that everything runs, on data_samples/ (source: its "
-                        "train/, target: all of it) at 32 px: up to 4 source classes x 6 images, 6 "
+                        "train/, target: all of it) with a tiny backbone at 32 px: up to 4 source classes x 6 images, 6 "
                         "target images per class, shots 3, 1 epoch / 1 step per phase, seed 0, "
                         "pretrained afresh in a temporary folder")
     args = p.parse_args(argv)
     if args.smoke:
-        args.source = args.source or SAMPLES / "train"
-        args.target = args.target or SAMPLES
+        args.source = args.source or _smoke.SAMPLES / "train"
+        args.target = args.target or _smoke.SAMPLES
         args.source_classes, args.source_per_class, args.target_per_class = 4, 6, 6
         args.shots, args.seeds, args.min_steps, args.force_pretrain = 3, [0], 1, True
         args.pretrain_epochs = args.scratch_epochs = args.head_epochs = args.finetune_epochs = 1
-        args.image_size = 32
+        args.image_size, args.backbone = 32, _smoke.BACKBONE
     args.source = args.source or DATASETS / "caltech101"
     args.target = args.target or DATASETS / "hymenoptera"
     return args
@@ -351,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         if args.smoke:  # nothing kept from or for other runs
             args.cache_dir = tmp / "cache"
+            _smoke.register_backbone()
         source = source_folder(args, tmp)
         weights, info, cached = pretrained_backbone(args, source)
         pretrain_note = "cached" if cached else f"pretraining {info['train_seconds'] / 60:.1f} min"
