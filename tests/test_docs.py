@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import re
@@ -303,18 +304,29 @@ def check_command(command: str) -> str | None:
     return None
 
 
+@pytest.fixture
+def exact_flags(monkeypatch):
+    """Parsers without prefix matching, so that a doc's `--head-epoch` fails for `--head-epochs`."""
+    init = argparse.ArgumentParser.__init__
+
+    def without_abbreviations(self, *args, **kwargs):
+        init(self, *args, **{**kwargs, "allow_abbrev": False})
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", without_abbreviations)
+
+
 @pytest.mark.parametrize("path", SHELL_DOCS, ids=rel)
-def test_shell_commands_parse(path):
+def test_shell_commands_parse(path, exact_flags):
     errors, checked = [], 0
     for block in blocks(path):
         if block.language != "bash":
             continue
-        for line, command in shell_commands(block):
-            command = substitute(command, lambda token: token)
+        for line, written in shell_commands(block):
+            command = substitute(written, lambda token: token)
             problem = check_command(command)
             checked += command.split()[0] in ("tfx-transfer", "python", "make", "bash")
             if problem:
-                errors.append(f"{rel(path)}:{line}: {command}\n    -> {problem}")
+                errors.append(f"{rel(path)}:{line}: {written}\n    -> {problem}")
     assert not errors, "\n".join(errors)
     if any(b.language == "bash" for b in blocks(path)):
         assert checked, f"{rel(path)}: no command checked in its shell blocks"
