@@ -98,7 +98,8 @@ def run_seed(args, seed: int) -> dict[str, float]:
         plain = method == "adabn_plain"  # AdaBN from the target images alone
         adapted = adapt(model, target.train, "adabn" if plain else method,
                         source=None if plain else source.train, epochs=args.adapt_epochs,
-                        lr=args.adapt_lr, batch_size=args.batch_size, seed=seed)
+                        lr=args.adapt_lr, loss_weight=args.loss_weight,
+                        batch_size=args.batch_size, seed=seed)
         scores[method] = _accuracy(adapted, target.validation)
         print(f"seed {seed}: {method:<12} {scores[method]:.3f}  ({time.time() - start:.0f} s)",
               flush=True)
@@ -107,6 +108,7 @@ def run_seed(args, seed: int) -> dict[str, float]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     from tfx_transfer.adaptation.adapt import METHODS
+    from tfx_transfer.adaptation.coral import DEFAULT_LOSS_WEIGHT
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", help="labelled source folder (required)")
@@ -122,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=15, help="source-only head epochs")
     parser.add_argument("--adapt-epochs", type=int, default=10, help="CORAL epochs")
     parser.add_argument("--adapt-lr", type=float, default=1e-4, help="CORAL learning rate")
+    parser.add_argument("--loss-weight", type=float, default=DEFAULT_LOSS_WEIGHT,
+                        help="weight of the CORAL loss term")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--validation-split", type=float, default=0.3,
                         help="held-out fraction for folders without val/")

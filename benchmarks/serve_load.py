@@ -139,17 +139,17 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))
     model = tt.build_transfer_model(args.backbone, 2, input_shape=(args.image_size, args.image_size, 3),
                                     weights=None, head="avg")
-    tt.export_saved_model(model, work / "bench", ["a", "b"])
+    export_dir = tt.export_saved_model(model, work / "bench", ["a", "b"]).parent
     port = free_port()
     server_log = open(work / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tfx_transfer.cli", "serve", str(work / "bench"), "--model-name",
+        [sys.executable, "-m", "tfx_transfer.cli", "serve", str(export_dir), "--model-name",
          "bench", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
          "--batch-timeout-ms", str(args.batch_timeout_ms), "--poll-interval", "0"],
         env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=server_log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
     try:
-        signature = tf.saved_model.load(str(work / "bench" / "1")).signatures["serving_default"]
+        signature = tf.saved_model.load(str(export_dir / "1")).signatures["serving_default"]
         deadline = time.monotonic() + 120
         while True:
             try:

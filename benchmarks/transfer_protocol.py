@@ -24,7 +24,8 @@ Protocol (settings chosen for the time budget before the full run; every number 
        backbone's default blocks unfrozen (BatchNorm frozen), Adam
        ``--finetune-lr`` (1e-4), "standard" augmentation, F epochs;
    (d) joint training: (b)'s model, the same unfrozen blocks, optimizer and
-       epochs as (c), but ``fit_joint``: loss L_target + 0.5 * L_source, one
+       epochs as (c), but ``fit_joint``: loss L_target + 0.5 * L_source
+       (``--loss-weight``), one
        source batch (augmented) per target batch, the source head initialised
        from pretraining;
    (e) ensemble of (b) and (c): mean of their probabilities.
@@ -253,8 +254,8 @@ def run_setting(args, view: Path, seed: int, weights: Path, info: dict, source_t
     def train_joint():
         tt.unfreeze(joint, "default")
         fit_joint(joint, augmented.train, source_train, num_source_classes=info["num_classes"],
-                  lam=args.lam, epochs=epochs["finetune"], steps_per_epoch=batches,
-                  learning_rate=args.finetune_lr,
+                  loss_weight=args.loss_weight, epochs=epochs["finetune"],
+                  steps_per_epoch=batches, lr=args.finetune_lr, seed=seed,
                   source_head_weights=weights.with_name(info["files"]["head"]), verbose=0)
 
     timed("d", train_joint, joint)
@@ -299,7 +300,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--min-steps", type=int, default=60, help="fewest optimizer steps per phase")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
-    p.add_argument("--lam", type=float, default=0.5, help="source-loss weight of (d)")
+    p.add_argument("--loss-weight", type=float, default=0.5, help="source-loss weight of (d)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--source-classes", type=int, default=None, help="use only the first N source classes")
     p.add_argument("--source-per-class", type=int, default=None, help="use only N images per source class")

@@ -1,8 +1,7 @@
 """`make demo` end to end at its smallest settings, in a fresh process; its summary is checked.
 
-``make demo`` runs ``scripts/demo.py``; this runs the same script with ``--image-size 32
---head-epochs 1 --fine-tune-epochs 1`` and checks what the summary prints against the
-run's own files: the accuracy is ``metrics.json``'s (a number in [0, 1]) and the
+``make demo`` runs ``scripts/demo.py``; this runs the same script with ``--quick`` (32 px,
+one epoch per phase) and checks what the summary prints against the run's own files: the accuracy is ``metrics.json``'s (a number in [0, 1]) and the
 export's, the settings are the ones asked for, and every file it names exists.
 """
 
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALLEST = ["--image-size", "32", "--head-epochs", "1", "--fine-tune-epochs", "1"]
+SMALLEST = ["--quick"]  # 32 px, one epoch per phase
 
 
 @pytest.fixture(scope="module")

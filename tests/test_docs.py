@@ -139,7 +139,7 @@ def server(trained_run):
     import socket
 
     uvicorn = pytest.importorskip("uvicorn")
-    from tfx_transfer.serving.server import create_app
+    from tfx_transfer.serving.app import create_app
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import pytest
 
@@ -18,13 +21,22 @@ def tiny_cnn(include_top=False, weights=None, input_shape=(48, 48, 3)):
     return keras.Model(inputs, x, name=NAME)
 
 
-@pytest.fixture
-def tinycam():
-    """Registers the backbone as "tinycam" for the test, removes it afterwards."""
+@contextlib.contextmanager
+def tinycam_registered() -> Iterator[str]:
+    """The backbone registered as "tinycam" inside the block (for module-scoped fixtures)."""
     from tfx_transfer.models import backbones
 
     tt.register_backbone(tt.BackboneSpec(NAME, tiny_cnn, "tf", 48, 16,
                                          blocks=(("b1", "^b1_"), ("b2", "^b2_"), ("b3", "^b3_"))),
                          overwrite=True)
-    yield NAME
-    backbones._REGISTRY.pop(NAME)
+    try:
+        yield NAME
+    finally:
+        backbones._REGISTRY.pop(NAME)
+
+
+@pytest.fixture
+def tinycam():
+    """Registers the backbone as "tinycam" for the test, removes it afterwards."""
+    with tinycam_registered() as name:
+        yield name

@@ -58,6 +58,7 @@ import itertools
 import math
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -462,33 +463,78 @@ class Augmentation(keras.layers.Layer):
         return config
 
 
+def as_augmentation(value: Any, name: str | None = None) -> Augmentation | None:
+    """An :class:`Augmentation` (or ``None``) from what an ``augmentation=`` argument may be.
+
+    ``None`` and ``"none"`` mean no augmentation; a preset name (``"light"``,
+    ``"standard"``, ``"heavy"``) or a dict of ImageDataGenerator keywords builds
+    one; an :class:`Augmentation` is returned as it is. The one coercion used by
+    :func:`~tfx_transfer.build_transfer_model`, :func:`~tfx_transfer.load_image_folder`,
+    :func:`~tfx_transfer.pretrain` and :func:`preview_augmentation`.
+
+    Args:
+        value: ``None``, a preset name, a dict of keywords or an :class:`Augmentation`.
+        name: the layer name of a newly built :class:`Augmentation` (default ``"augmentation"``).
+
+    Example:
+        >>> as_augmentation("none") is None, as_augmentation("light").preset
+        (True, 'light')
+        >>> as_augmentation({"horizontal_flip": True}).settings["horizontal_flip"]
+        True
+    """
+    if value is None or isinstance(value, Augmentation):
+        return value
+    named = {} if name is None else {"name": name}
+    if isinstance(value, str):
+        if value.lower() == "none":
+            return None
+        if value.lower() not in PRESETS:
+            raise ValueError(f"augmentation={value!r}: choose a preset of {sorted(PRESETS)}, pass a dict "
+                             "of ImageDataGenerator keywords, an Augmentation, or None.")
+        return Augmentation(preset=value, **named)
+    if isinstance(value, dict):
+        return Augmentation(**{**named, **value})
+    raise TypeError(
+        f"augmentation={value!r}: pass an Augmentation, a preset name ({', '.join(sorted(PRESETS))}), "
+        "a dict of ImageDataGenerator keywords, or None."
+    )
+
+
 def preview_augmentation(
     images_or_dataset: Any,
     augmentation: Augmentation | str | dict,
     path: str | os.PathLike = "augmentation.png",
     n: int = 9,
     seed: int | None = 0,
-) -> str:
+) -> Path:
     """Save a PNG grid of ``n`` augmented samples and return its path.
 
     One image ``(H, W, 3)`` gives ``n`` variants of it; a batch or a ``tf.data``
     dataset (of images or ``(images, labels)``) gives its first ``n`` images,
     each augmented (cycling when there are fewer). Label mixing is not shown.
 
+    Args:
+        images_or_dataset: one image, a batch, or a ``tf.data`` dataset.
+        augmentation: an :class:`Augmentation`, a preset name or a dict of
+            ImageDataGenerator keywords (:func:`as_augmentation`).
+        path: the PNG file to write.
+        n: samples shown.
+        seed: seed of the random draws (``None``: a different grid each call).
+
     Example:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "aug.png")
         >>> image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), "uint8")
-        >>> preview_augmentation(image, Augmentation(rotation_range=30), path) == path
-        True
+        >>> preview_augmentation(image, Augmentation(rotation_range=30), path).name
+        'aug.png'
     """
     from matplotlib.figure import Figure
 
     images = _first_images(images_or_dataset, n)
-    if isinstance(augmentation, str):
-        augmentation = Augmentation(preset=augmentation)
-    elif isinstance(augmentation, dict):
-        augmentation = Augmentation(**augmentation)
+    augmentation = as_augmentation(augmentation)
+    if augmentation is None:
+        raise ValueError("augmentation=None: nothing to preview; pass a preset name, a dict of "
+                         "ImageDataGenerator keywords or an Augmentation.")
     config = {**augmentation.get_config(), "seed": seed}
     layer = Augmentation.from_config(config)
     out = np.clip(keras.ops.convert_to_numpy(layer._augment(images)), 0, 255).astype("uint8")
@@ -501,7 +547,7 @@ def preview_augmentation(
             axis.imshow(out[i])
     fig.tight_layout()
     fig.savefig(path)
-    return os.fspath(path)
+    return Path(path)
 
 
 def _first_images(source: Any, n: int) -> np.ndarray:

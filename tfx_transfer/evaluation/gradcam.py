@@ -39,6 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfx_transfer.defaults import default_top_k
 from tfx_transfer.evaluation.plots import save_figure
 from tfx_transfer.models.transfer_model import PREPROCESS_NAME, get_backbone_model, get_head
 
@@ -255,9 +256,18 @@ def overlay(image: Any, heatmap: Any, alpha: float = 0.45, cmap: str = "jet") ->
 
 
 def plot_explanation(image: Any, heatmap: Any, probabilities: Any, class_names: Sequence[str],
-                     path: str | os.PathLike | None = None, top_k: int = 3,
+                     path: str | os.PathLike | None = None, top_k: int | None = None,
                      title: str | None = None) -> Any:
     """One figure: the image, its Grad-CAM heatmap, the overlay and the top-k class scores.
+
+    Args:
+        image: ``(H, W, 3)`` RGB pixels in 0..255.
+        heatmap: ``(H, W)`` in [0, 1] (:func:`explain`).
+        probabilities: the ``C`` class scores of the image.
+        class_names: the ``C`` class names.
+        path: where to save the PNG (``None``: not saved).
+        top_k: classes shown (default :func:`tfx_transfer.defaults.default_top_k`).
+        title: the figure's title.
 
     Example:
         >>> fig = plot_explanation(np.zeros((32, 32, 3), "uint8"), np.ones((32, 32)),
@@ -269,7 +279,8 @@ def plot_explanation(image: Any, heatmap: Any, probabilities: Any, class_names: 
     names = [str(n) for n in class_names]
     if len(names) != len(probabilities):
         raise ValueError(f"{len(names)} class names for {len(probabilities)} scores.")
-    top = np.argsort(-probabilities, kind="stable")[:max(1, top_k)]
+    k = default_top_k(len(names)) if top_k is None else top_k
+    top = np.argsort(-probabilities, kind="stable")[:max(1, k)]
     fig = Figure(figsize=(11, 3.0), dpi=100)
     ax = fig.add_subplot(1, 4, 1)
     ax.imshow(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
@@ -337,7 +348,7 @@ def _image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-                  class_names: Sequence[str] | None = None, top_k: int = 3,
+                  class_names: Sequence[str] | None = None, top_k: int | None = None,
                   batch_size: int = 16) -> dict[str, Any]:
     """Explain image files: one PNG per image (image, heatmap, overlay, top-k) and a contact sheet.
 
@@ -349,6 +360,9 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.
         paths: image files and/or folders (searched recursively).
         out: output folder: ``<image name>.png`` each, and ``contact_sheet.png``.
         class_names: default: the run's (or ``"0"``, ``"1"``, ...).
+        top_k: class scores shown per image (default
+            :func:`tfx_transfer.defaults.default_top_k`).
+        batch_size: images per Grad-CAM call.
 
     Returns:
         ``{"files": [png per image], "contact_sheet": path, "rows": [{"path",
@@ -369,7 +383,7 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.
     """
     import tensorflow as tf
 
-    from tfx_transfer.data.folder import decode_and_resize
+    from tfx_transfer.data.decode import decode_and_resize
     from tfx_transfer.evaluation.evaluate import load_for_evaluation
 
     loaded, known = load_for_evaluation(model)

@@ -19,8 +19,6 @@ import numpy as np
 
 from tfx_transfer.evaluation.metrics import as_int_labels
 
-HISTORY_PNG = "history.png"
-
 
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure

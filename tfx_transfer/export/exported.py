@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_transfer.data.files import find_images
+from tfx_transfer.defaults import default_top_k
 from tfx_transfer.export.saved_model import (
     LABELS_FILE,
     METADATA_FILE,
@@ -238,7 +239,7 @@ def predict_files(
         [('1.jpg', 1), ('2.png', 1)]
     """
     exported = export if isinstance(export, ExportedModel) else load_exported(export)
-    top_k = min(3, len(exported.class_names)) if top_k is None else top_k
+    top_k = default_top_k(len(exported.class_names)) if top_k is None else top_k
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     report = skipped

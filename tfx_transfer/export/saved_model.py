@@ -15,7 +15,7 @@ encoded images in, class names and probabilities out. Its signatures:
 =========================  ==========================================================
 
 Pixels go through exactly the training pipeline's code
-(:func:`tfx_transfer.data.folder.decode_and_resize`): decode to RGB (grayscale, palette,
+(:func:`tfx_transfer.data.decode.decode_and_resize`): decode to RGB (grayscale, palette,
 RGBA become RGB; a GIF gives its first frame), bilinear antialiased resize to
 the model's input size, rounded to ``uint8``; then the model with
 ``training=False`` (augmentation layers are identity). A pixel batch already at
@@ -66,7 +66,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_transfer._compat import write_archive
-from tfx_transfer.data.folder import TENSORFLOW_DECODES_WEBP, decode_and_resize, resize_image
+from tfx_transfer.data.decode import TENSORFLOW_DECODES_WEBP, decode_and_resize, resize_image
+from tfx_transfer.defaults import default_top_k
 
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"  # under <version>/assets.extra/
@@ -395,7 +396,7 @@ def export_saved_model(
             metadata=metadata, crop_to_aspect_ratio=crop_to_aspect_ratio))
     image_size = model_image_size(model)
     names = _check_class_names(class_names, model)
-    top_k = min(5, len(names)) if top_k is None else int(top_k)
+    top_k = default_top_k(len(names)) if top_k is None else int(top_k)
     if not 1 <= top_k <= len(names):
         raise ValueError(f"top_k={top_k} must be between 1 and the number of classes, {len(names)}.")
     export_dir = Path(out)

@@ -194,8 +194,10 @@ def build_transfer_model(
         head: ``"flatten"``, ``"avg"`` or ``"max"``.
         units: width of the flatten head's hidden Dense layer.
         dropout: dropout before the classifier; default 0.5 (flatten), 0.2 (pooled).
-        augmentation: optional layer (e.g. :class:`tfx_transfer.Augmentation`) run
-            first; random layers are identity at inference and export.
+        augmentation: optional layer (e.g. :class:`tfx_transfer.Augmentation`), preset
+            name or dict of ImageDataGenerator keywords
+            (:func:`tfx_transfer.data.augmentation.as_augmentation`) run first; random
+            layers are identity at inference and export.
         name: model name; default ``"<backbone>_transfer"``.
         class_names: optional names of the classes in label order (stored in the
             model's settings, used by export and reports).
@@ -232,11 +234,11 @@ def build_transfer_model(
 
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = inputs
-    if augmentation is not None:
-        if isinstance(augmentation, str):
-            from tfx_transfer.data.augmentation import Augmentation
+    if not isinstance(augmentation, keras.layers.Layer):  # None, a preset name or IDG keywords
+        from tfx_transfer.data.augmentation import as_augmentation
 
-            augmentation = Augmentation(preset=augmentation, name=AUGMENT_NAME)
+        augmentation = as_augmentation(augmentation, name=AUGMENT_NAME)
+    if augmentation is not None:
         x = augmentation(x)
     x = Preprocess(spec.preprocessing, name=PREPROCESS_NAME)(x)
     x = Backbone(base, name=BACKBONE_NAME)(x)

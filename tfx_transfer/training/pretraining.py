@@ -62,8 +62,8 @@ from typing import Any
 import keras
 
 from tfx_transfer.models.backbones import get_backbone
+from tfx_transfer.models.batchnorm import batchnorm_layers, recompute_batchnorm
 from tfx_transfer.models.transfer_model import (
-    PREPROCESS_NAME,
     build_transfer_model,
     get_backbone_layer,
     get_backbone_model,
@@ -123,9 +123,8 @@ def build_scratch_model(
     base = get_backbone_model(model)
     base.trainable = True
     if bn_momentum is not None:
-        for layer in base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(bn_momentum)
+        for layer in batchnorm_layers(base):
+            layer.momentum = float(bn_momentum)
     model.transfer_config["bn_momentum"] = bn_momentum
     return model
 
@@ -168,14 +167,15 @@ def scratch_optimizer(
 def recalibrate_batchnorm(model: keras.Model, data: Any, max_batches: int | None = 100) -> int:
     """Recompute the backbone's BatchNorm moving statistics on ``data`` ("precise BN").
 
-    Runs the backbone in training mode (no weight update) over up to
-    ``max_batches`` batches and sets every BatchNormalization layer's moving mean
-    and variance to the plain average of the per-batch statistics, replacing the
-    exponential moving averages. Those start at mean 0 / variance 1 and, after a
-    short run from scratch, still carry part of that start: in a MobileNetV2 whose
-    depthwise activations have variances near 0.01, even a remainder of 0.002
-    shrinks every block's output at inference, and the network then predicts one
-    class. :func:`pretrain` calls this after training.
+    Sets every BatchNormalization layer's moving mean and variance to the plain
+    average of the per-batch statistics over up to ``max_batches`` batches
+    (:func:`~tfx_transfer.models.batchnorm.recompute_batchnorm` with
+    ``pool="batches"``; no weight update), replacing the exponential moving
+    averages. Those start at mean 0 / variance 1 and, after a short run from
+    scratch, still carry part of that start: in a MobileNetV2 whose depthwise
+    activations have variances near 0.01, even a remainder of 0.002 shrinks every
+    block's output at inference, and the network then predicts one class.
+    :func:`pretrain` calls this after training.
 
     Args:
         model: a :func:`build_scratch_model` or
@@ -194,44 +194,16 @@ def recalibrate_batchnorm(model: keras.Model, data: Any, max_batches: int | None
         >>> recalibrate_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 3)
         3
     """
-    backbone = get_backbone_model(model)
-    preprocess = model.get_layer(PREPROCESS_NAME)
-    layers = [layer for layer in backbone.layers
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers:
-        raise ValueError(f"Backbone {backbone.name!r} has no BatchNormalization layer to recalibrate.")
-    momentum = [layer.momentum for layer in layers]
-    count = 0
-    try:
+    batches = 0
+
+    def counted() -> Any:
+        nonlocal batches
         for batch in data:
-            if max_batches is not None and count >= max_batches:
-                break
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            for layer in layers:
-                layer.momentum = count / (count + 1)  # running mean over batches; 0 drops the old value
-            backbone(preprocess(images), training=True)
-            count += 1
-    finally:
-        for layer, value in zip(layers, momentum):
-            layer.momentum = value
-    if not count:
-        raise ValueError("recalibrate_batchnorm: data yielded no batch.")
-    return count
+            batches += 1
+            yield batch
 
-
-def _as_augmentation(augment: Any) -> Any:
-    if augment is None or hasattr(augment, "map_dataset"):
-        return augment
-    from tfx_transfer.data.augmentation import Augmentation
-
-    if isinstance(augment, str):
-        return None if augment.lower() == "none" else Augmentation(preset=augment)
-    if isinstance(augment, dict):
-        return Augmentation(**augment)
-    raise ValueError(
-        f"augment={augment!r}: pass a preset name ('light', 'standard', 'heavy'), a dict of "
-        "ImageDataGenerator keywords, an Augmentation, or None."
-    )
+    recompute_batchnorm(model, counted(), max_batches=max_batches, pool="batches")
+    return batches
 
 
 def output_paths(out_path: str | os.PathLike, backbone: str) -> dict[str, Path]:
@@ -367,7 +339,8 @@ def pretrain(
         recalibrate_batches: after training, recompute the BatchNorm moving
             statistics on up to this many un-augmented training batches
             (:func:`recalibrate_batchnorm`; default 100, 0 to skip).
-        cache_images: ``load_image_folder`` cache (``None``, ``"memory"`` or a folder).
+        cache_images: decoded-image cache: ``None``/``"none"``, ``"memory"``, ``"auto"``
+            or a folder (:mod:`tfx_transfer.data.image_cache`).
         callbacks: extra Keras callbacks (``TerminateOnNaN`` is always added).
         backup_dir: folder for ``keras.callbacks.BackupAndRestore`` (weights,
             optimizer state, epoch; saved every epoch). An interrupted run called
@@ -398,6 +371,7 @@ def pretrain(
         >>> model = build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
     """
     from tfx_transfer import __version__
+    from tfx_transfer.data.augmentation import as_augmentation
     from tfx_transfer.data.folder import load_image_folder
 
     spec = get_backbone(backbone)
@@ -412,7 +386,7 @@ def pretrain(
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
-    augmenter = _as_augmentation(augmentation)
+    augmenter = as_augmentation(augmentation)
     folder = load_image_folder(
         source, image_size=image_size, batch_size=batch_size, validation_split=validation_split,
         seed=0 if seed is None else seed, label_mode="categorical", cache_images=cache_images,
@@ -420,8 +394,7 @@ def pretrain(
     train = folder.train if augmenter is None else augmenter.map_dataset(folder.train)
     model = build_scratch_model(spec.name, folder.num_classes, input_shape=image_size + (3,),
                                 head=head, dropout=dropout, bn_momentum=bn_momentum)
-    if recalibrate_batches and not any(isinstance(layer, keras.layers.BatchNormalization)
-                                       for layer in get_backbone_model(model).layers):
+    if recalibrate_batches and not batchnorm_layers(get_backbone_model(model)):
         # Said before training, not after it: there are no BatchNorm statistics to recalibrate.
         print(f"pretrain: backbone {spec.name!r} has no BatchNormalization layer; "
               f"recalibrate_batches={recalibrate_batches} is not applied.", flush=True)
