@@ -131,7 +131,7 @@ def test_layout_assets_and_metadata(export_dir, model):
     assert (version / "assets" / "labels.txt").read_text().splitlines() == CLASSES
     meta = json.loads((version / "assets.extra" / "metadata.json").read_text())
     assert meta["backbone"] == "vgg16" and meta["head"] == "avg"
-    assert meta["input_size"] == [SIZE, SIZE] and meta["class_names"] == CLASSES
+    assert meta["image_size"] == [SIZE, SIZE] and meta["class_names"] == CLASSES
     assert meta["metrics"] == {"val_accuracy": 0.5}
     assert meta["top_k"] == 3
     assert meta["versions"]["tensorflow"] == tf.__version__

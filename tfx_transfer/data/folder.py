@@ -58,9 +58,9 @@ from tfx_transfer.defaults import DEFAULT_SEED
 
 @dataclass(frozen=True)
 class ImageFolder:
-    """What :func:`load_image_folder` returns.
+    """What :func:`load_image_folder` returns (each argument is also an attribute).
 
-    Attributes:
+    Args:
         train, validation, test: batched ``tf.data.Dataset`` of ``(images, labels)``
             (``validation``/``test`` are ``None`` when absent); images ``uint8``
             ``(B, H, W, 3)`` in 0..255 (``float32`` when a dataset-side

@@ -153,6 +153,13 @@ def gradcam(model: keras.Model, images: Any, class_index: Any = None,
     :func:`explain` resizes the maps to the input. A map is all zeros when no
     location speaks for the class (every weighted sum is negative).
 
+    Args:
+        model: a :func:`tfx_transfer.build_transfer_model` model.
+        images: ``(N, H, W, 3)`` (or one ``(H, W, 3)``) RGB pixels in 0..255 at the
+            model's input size.
+        class_index: ``None`` explains each image's predicted class; an int that
+            class for every image; a sequence one class per image.
+
     Example:
         >>> import numpy as np, tfx_transfer as tt
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3),
@@ -241,6 +248,12 @@ def explain(model: keras.Model, images: Any, class_index: Any = None,
 def overlay(image: Any, heatmap: Any, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
     """The image with the heatmap blended on top, uint8 ``(H, W, 3)``.
 
+    Args:
+        image: ``(H, W, 3)`` RGB pixels in 0..255.
+        heatmap: ``(H, W)`` in [0, 1] (:func:`explain`), the image's size.
+        alpha: weight of the coloured heatmap (0: the image alone, 1: the heatmap alone).
+        cmap: the matplotlib colormap that colours the heatmap.
+
     Example:
         >>> overlay(np.zeros((8, 8, 3), "uint8"), np.ones((8, 8))).shape
         (8, 8, 3)
@@ -270,8 +283,12 @@ def plot_explanation(image: Any, heatmap: Any, probabilities: Any, class_names: 
         title: the figure's title.
 
     Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "explained.png")
         >>> fig = plot_explanation(np.zeros((32, 32, 3), "uint8"), np.ones((32, 32)),
-        ...                        [0.7, 0.3], ["cat", "dog"], "/tmp/explained.png")
+        ...                        [0.7, 0.3], ["cat", "dog"], path)
+        >>> os.path.isfile(path)
+        True
     """
     from matplotlib.figure import Figure
 
@@ -313,9 +330,24 @@ def plot_contact_sheet(images: Any, heatmaps: Any, titles: Sequence[str],
                        title: str | None = None) -> Any:
     """A grid of Grad-CAM overlays, one titled cell per image.
 
+    Args:
+        images: ``(N, H, W, 3)`` RGB pixels in 0..255.
+        heatmaps: ``(N, H, W)`` in [0, 1], one per image (:func:`explain`).
+        titles: one title per image.
+        path: where to save the PNG (``None``: not saved).
+        cols: cells per row (at most ``N``).
+        title: the figure's title.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+
     Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "sheet.png")
         >>> fig = plot_contact_sheet(np.zeros((2, 32, 32, 3), "uint8"), np.ones((2, 32, 32)),
-        ...                          ["a", "b"], "/tmp/sheet.png")
+        ...                          ["a", "b"], path)
+        >>> os.path.isfile(path)
+        True
     """
     from matplotlib.figure import Figure
 

@@ -46,6 +46,11 @@ def as_int_labels(labels: Any, num_classes: int) -> np.ndarray:
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     """``int64 (C, C)`` counts: row = true class, column = predicted class.
 
+    Args:
+        y_true: true labels, integer ids ``(N,)`` or one-hot rows ``(N, C)``.
+        y_pred: predicted labels, the same forms (e.g. ``probabilities.argmax(1)``).
+        num_classes: ``C``; every label must be in ``0..C-1``.
+
     Example:
         >>> confusion_matrix([0, 1, 1], [0, 0, 1], 2).tolist()
         [[1, 0], [1, 1]]
@@ -63,9 +68,15 @@ def top_k_accuracy(y_true: Any, probabilities: Any, k: int) -> float:
 
     Ties are broken by class order (stable sort), as ``numpy.argsort(kind="stable")``.
 
+    Args:
+        y_true: true labels, integer ids ``(N,)`` or one-hot rows ``(N, C)``.
+        probabilities: predicted class scores ``(N, C)``.
+        k: how many of the highest scores count, ``1 <= k <= C`` (no samples: 0.0).
+
     Example:
-        >>> top_k_accuracy([2, 0], np.array([[.5, .3, .2], [.1, .2, .7]]), k=2)
-        0.0
+        >>> probabilities = np.array([[.5, .3, .2], [.1, .2, .7]])
+        >>> top_k_accuracy([1, 2], probabilities, k=2), top_k_accuracy([2, 0], probabilities, k=2)
+        (1.0, 0.0)
     """
     probabilities = np.asarray(probabilities, np.float64)
     y_true = as_int_labels(y_true, probabilities.shape[1])

@@ -149,9 +149,11 @@ def write_top_losses_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike
     """The rows as CSV (``rank,index,path,true_class,predicted_class,probability,p_true,loss``).
 
     Example:
+        >>> import os, tempfile
         >>> x, y = np.zeros((3, 8, 8, 3), "uint8"), np.array([0, 1, 1])
         >>> rows = top_losses(lambda images: np.full((len(images), 2), .5), (x, y), k=2)
-        >>> write_top_losses_csv(rows, "/tmp/top_losses.csv").read_text().splitlines()[1]
+        >>> path = os.path.join(tempfile.mkdtemp(), "top_losses.csv")
+        >>> write_top_losses_csv(rows, path).read_text().splitlines()[1]
         '1,0,,0,0,0.500000,0.500000,0.693147'
     """
     path = Path(path)
@@ -187,10 +189,22 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
     (:func:`tfx_transfer.explain`) of its *predicted* class: what the model looked
     at when it went wrong. Returns the ``matplotlib.figure.Figure``.
 
+    Args:
+        rows: :func:`top_losses` rows (each with its ``image``).
+        model: the model that ranked them; a Keras transfer model adds the heatmaps,
+            anything else (or ``None``) shows the plain images.
+        path: where to save the PNG (``None``: not saved).
+        cols: images per row (at most ``len(rows)``).
+        title: the figure's title (default: what the cells show).
+
     Example:
+        >>> import os, tempfile
         >>> x, y = np.zeros((3, 8, 8, 3), "uint8"), np.array([0, 1, 1])
         >>> rows = top_losses(lambda images: np.full((len(images), 2), .5), (x, y), k=2)
-        >>> fig = plot_top_losses(rows, None, "/tmp/top_losses.png")
+        >>> path = os.path.join(tempfile.mkdtemp(), "top_losses.png")
+        >>> fig = plot_top_losses(rows, None, path)
+        >>> os.path.isfile(path)
+        True
     """
     from matplotlib.figure import Figure
 
@@ -234,7 +248,13 @@ def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,
                      batch_size: int = 32, split: str | None = None) -> dict[str, str]:
     """:func:`top_losses`, then ``top_losses.png`` (k worst) and ``top_losses.csv`` (every image).
 
-    Returns ``{"top_losses_png": path, "top_losses_csv": path}``.
+    Args:
+        model, data, class_names, paths, batch_size, split: as for :func:`top_losses`.
+        out: the folder to write into (created).
+        k: images drawn in the PNG (the CSV lists every image).
+
+    Returns:
+        ``{"top_losses_png": path, "top_losses_csv": path}`` (strings).
 
     Example:
         >>> import tempfile, numpy as np, tfx_transfer as tt

@@ -30,8 +30,16 @@ from tfx_transfer.evaluation.predictor import predictor
 def tta_views(images: Any, flip: bool = True, shift: float = 0.1) -> list[np.ndarray]:
     """The views :func:`predict_tta` averages over: the images, mirrored, and shifted 4 ways.
 
-    ``shift`` is a fraction of the side (at least one pixel when > 0); shifted
-    views fill the uncovered border by reflection.
+    Args:
+        images: a batch ``(N, H, W, C)``.
+        flip: add the left-right mirror image.
+        shift: shift by this fraction of the side, in ``[0, 0.5)`` (at least one
+            pixel when > 0), down, up, right and left; the uncovered border is
+            filled by reflection. 0: no shifted views.
+
+    Returns:
+        The views, each ``(N, H, W, C)``: the images, the mirror (``flip``), then the
+        four shifts.
 
     Example:
         >>> len(tta_views(np.zeros((1, 32, 32, 3))))

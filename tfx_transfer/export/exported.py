@@ -87,7 +87,8 @@ class ExportedModel:
             )
         self.class_names = labels.read_text(encoding="utf-8").splitlines()
         self.metadata = json.loads(meta.read_text(encoding="utf-8"))
-        self.image_size = tuple(self.metadata["input_size"])
+        # "input_size" in exports written before the vocabulary settled on image_size
+        self.image_size = tuple(self.metadata.get("image_size", self.metadata.get("input_size")))
         self.saved_model = tf.saved_model.load(str(self.path))
 
     def __repr__(self) -> str:
@@ -222,6 +223,18 @@ def predict_files(
     are appended as ``(path, reason)`` to ``skipped`` when a list is given, else
     named in one ``UserWarning``. Folders are walked recursively
     (hidden files ignored); a progress bar (``keras.utils.Progbar``) counts images.
+
+    Args:
+        export: an ``export_dir`` (its newest version), a version folder, or an
+            :class:`ExportedModel` already loaded.
+        paths_or_folder: an image file, a folder, or a list of them. TIFFs are
+            skipped: the serving graph does not decode them.
+        top_k: classes per image; default
+            :func:`tfx_transfer.defaults.default_top_k` (``min(5, C)``).
+        batch_size: files per call of the export.
+        progress: show the progress bar.
+        skipped: a list that receives ``(path, reason)`` for each file left out,
+            instead of the warning.
 
     Returns:
         ``[{"path": str, "top": [(class, score), ...]}]`` in file order.

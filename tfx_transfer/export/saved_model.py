@@ -80,6 +80,13 @@ SERVING_FORMATS = "JPEG, PNG, GIF, BMP or WebP" if TENSORFLOW_DECODES_WEBP else 
 
 
 def tensorflow_backend() -> bool:
+    """Whether Keras runs on TensorFlow in this process (exports build TensorFlow graphs).
+
+    Example:
+        >>> import keras
+        >>> tensorflow_backend() == (keras.backend.backend() == "tensorflow")
+        True
+    """
     import keras
 
     return keras.backend.backend() == "tensorflow"
@@ -111,6 +118,13 @@ def _export_through_tensorflow(model: Any, out: str | os.PathLike, kwargs: dict)
 
 
 def model_image_size(model: Any) -> tuple[int, int]:
+    """``(height, width)`` of a model that takes ``(None, H, W, 3)`` pixels; else ``ValueError``.
+
+    Example:
+        >>> import keras
+        >>> model_image_size(keras.Sequential([keras.Input((48, 32, 3)), keras.layers.Flatten()]))
+        (48, 32)
+    """
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
         raise ValueError(
@@ -270,7 +284,7 @@ def _metadata(model: Any, class_names: list[str], image_size: tuple[int, int], t
         "format": "tfx_transfer-savedmodel-1",
         "backbone": backbone,
         "head": config.get("head"),
-        "input_size": list(image_size),
+        "image_size": list(image_size),
         "num_classes": len(class_names),
         "class_names": class_names,
         "top_k": top_k,

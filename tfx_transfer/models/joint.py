@@ -74,6 +74,12 @@ def build_joint_model(
     saved (``<name>.head.weights.h5``), otherwise it starts random. All layers are
     shared with ``target_model``, which keeps working on its own.
 
+    Args:
+        target_model: a :func:`~tfx_transfer.build_transfer_model` model.
+        num_source_classes: classes of the source task (at least 2).
+        source_head_weights: the source head's weights file; ``None``: random init.
+        name: the joint model's name.
+
     Example:
         >>> import tfx_transfer as tt
         >>> target = tt.build_transfer_model("mobilenetv2", 2, input_shape=32,

@@ -329,10 +329,23 @@ def serve(export_dir: str | os.PathLike, model_name: str, host: str = "127.0.0.1
           port: int = DEFAULT_PORT, **options: Any) -> None:
     """Serve ``export_dir`` on ``http://host:port`` until SIGTERM / Ctrl-C (blocks).
 
-    ``options`` are :class:`ModelServer`'s (``max_batch_size``,
-    ``batch_timeout_ms``, ``poll_interval``, ``max_request_bytes``).
+    Args:
+        export_dir: folder of numbered versions (``export_saved_model``'s ``export_dir``).
+        model_name: the ``NAME`` in ``/v1/models/NAME``.
+        host: the interface to listen on (``"0.0.0.0"``: every interface).
+        port: the TCP port (default 8501, TF Serving's REST port).
+        **options: :class:`ModelServer`'s ``max_batch_size``, ``batch_timeout_ms``,
+            ``poll_interval`` and ``max_request_bytes``.
 
-    Example (not run by the tests: it blocks until Ctrl-C):
+    Example (a folder that is not an export is refused before anything listens):
+        >>> import tempfile
+        >>> serve(Path(tempfile.mkdtemp()) / "missing", "photos")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: export_dir '...missing' does not exist; pass the export folder ...
+
+        Serving for real blocks until Ctrl-C, so it is not run here:
+
         >>> serve("runs/photos/export", "photos", port=8501)  # doctest: +SKIP
     """
     _require_stack()

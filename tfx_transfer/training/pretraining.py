@@ -104,6 +104,17 @@ def build_scratch_model(
     a few hundred steps are still mostly their initial values (mean 0, variance 1)
     at inference. ``None`` keeps the backbone's own momentum.
 
+    Args:
+        backbone: a registry name (:func:`tfx_transfer.list_backbones`) or spec.
+        num_classes: number of source classes (at least 2).
+        input_shape: ``(H, W, 3)`` or an int side; default the backbone's size.
+        head, units, dropout, augmentation: as for
+            :func:`~tfx_transfer.build_transfer_model` (``dropout`` default: 0.5
+            for ``"flatten"``, 0.2 for a pooled head).
+        bn_momentum: momentum of every backbone BatchNormalization layer, in
+            ``[0, 1)`` (see above).
+        name: model name; default ``"<backbone>_scratch"``.
+
     Example:
         >>> import numpy as np
         >>> model = build_scratch_model("mobilenetv2", 3, input_shape=32)
@@ -142,10 +153,19 @@ def scratch_optimizer(
     ``keras.optimizers.schedules.CosineDecay``. Weight decay is decoupled (AdamW)
     and skips variables named ``bias``, ``gamma`` or ``beta``.
 
+    Args:
+        total_steps: optimizer steps of the whole run (epochs x steps per epoch).
+        lr: peak learning rate, reached at the end of the warmup.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup: fraction of the steps in the linear warmup, in ``[0, 1)`` (0: none,
+            the decay starts at ``lr``).
+
     Example:
         >>> opt = scratch_optimizer(total_steps=1000)
         >>> round(float(opt.learning_rate), 6)   # step 0: start of the warmup
         0.0
+        >>> round(float(scratch_optimizer(1000, lr=1e-3, warmup=0).learning_rate), 6)  # no warmup
+        0.001
     """
     total_steps = int(total_steps)
     if total_steps < 1:
