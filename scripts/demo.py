@@ -1,4 +1,4 @@
-"""`make demo`: the main job on data_samples/, end to end, in a few minutes on 2 CPU cores.
+"""`make demo`: the main job on data_samples/, end to end, in about 1.5 min on 2 CPU cores.
 
 1. ``tfx_transfer.train``: VGG16 at 64x64 px, ``weights="auto"`` (ImageNet when
    cached or downloadable, else random initialisation -- never a hanging
