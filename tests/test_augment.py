@@ -12,7 +12,8 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from tfx_transfer.data.augmentation import Augmentation, as_augmentation, preview_augmentation  # noqa: E402
+from tfx_transfer.data.augmentation import Augmentation, as_augmentation  # noqa: E402
+from tfx_transfer.data.preview import preview_augmentation  # noqa: E402
 from tfx_transfer.data.augmentation_layers import (  # noqa: E402
     RandomAffine,
     RandomBrightnessScale,

@@ -59,7 +59,7 @@ _EXPORTS = {
     "decode_and_resize": "data.decode",
     # augmentation
     "Augmentation": "data.augmentation",
-    "preview_augmentation": "data.augmentation",
+    "preview_augmentation": "data.preview",
     "RandomAffine": "data.augmentation_layers",
     # fine-tuning
     "freeze": "models.freezing",
