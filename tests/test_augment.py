@@ -13,13 +13,13 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 
 from tfx_transfer.data.augmentation import Augmentation, as_augmentation  # noqa: E402
-from tfx_transfer.data.preview import preview_augmentation  # noqa: E402
 from tfx_transfer.data.augmentation_layers import (  # noqa: E402
     RandomAffine,
     RandomBrightnessScale,
     RandomChannelShift,
     idg_affine_transform,
 )
+from tfx_transfer.data.preview import preview_augmentation  # noqa: E402
 
 IDG_KWARGS = dict(
     rotation_range=20,

@@ -73,7 +73,7 @@ def _functions() -> dict[str, list]:
     from tfx_transfer.adaptation.adapt import adapt
     from tfx_transfer.adaptation.run import adapt_run
     from tfx_transfer.evaluation.evaluate import evaluate_model
-    from tfx_transfer.evaluation.gradcam import explain_files
+    from tfx_transfer.evaluation.explain_plots import explain_files
     from tfx_transfer.export.exported import predict_files
     from tfx_transfer.export.saved_model import export_saved_model
     from tfx_transfer.export.tflite import export_tflite

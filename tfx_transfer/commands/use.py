@@ -2,7 +2,7 @@
 and ``weights`` (the ImageNet weights cache).
 
 Each calls one library function (:func:`~tfx_transfer.runs.report.evaluate_run`,
-:func:`~tfx_transfer.evaluation.gradcam.explain_files`,
+:func:`~tfx_transfer.evaluation.explain_plots.explain_files`,
 :func:`tfx_transfer.predict_files`, :func:`tfx_transfer.export_saved_model` (and
 :func:`tfx_transfer.export_tflite`), :func:`~tfx_transfer.serving.app.serve`,
 :func:`tfx_transfer.fetch_weights`) and prints what it returns.
@@ -88,7 +88,7 @@ EXPLAIN_OPTIONS = {
 
 
 def _add_explain(p: argparse.ArgumentParser) -> None:
-    from tfx_transfer.evaluation.gradcam import explain_files
+    from tfx_transfer.evaluation.explain_plots import explain_files
 
     p.add_argument("model", metavar="RUN_DIR|MODEL", help="run folder of 'tfx-transfer train' "
                    "or a .keras file")
@@ -98,7 +98,7 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
 
 
 def _run_explain(args: argparse.Namespace) -> None:
-    from tfx_transfer.evaluation.gradcam import explain_files
+    from tfx_transfer.evaluation.explain_plots import explain_files
 
     result = explain_files(args.model, args.images, args.out, **given(args, EXPLAIN_OPTIONS))
     width = max(len(row["path"]) for row in result["rows"])

@@ -208,7 +208,8 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
     """
     from matplotlib.figure import Figure
 
-    from tfx_transfer.evaluation.gradcam import explain, overlay
+    from tfx_transfer.evaluation.explain_plots import overlay
+    from tfx_transfer.evaluation.gradcam import explain
 
     if not rows:
         raise ValueError("plot_top_losses: no rows to plot.")
