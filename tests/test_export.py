@@ -20,7 +20,8 @@ from tests.helpers import tiny_pixels  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.data.decode import TENSORFLOW_DECODES_WEBP, decode_and_resize  # noqa: E402
 from tfx_transfer.export.exported import load_exported, predict_files  # noqa: E402
-from tfx_transfer.export.saved_model import SERVING_FORMATS, export_saved_model  # noqa: E402
+from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
+from tfx_transfer.export.signatures import SERVING_FORMATS  # noqa: E402
 from tfx_transfer.export.tflite import TFLITE_TOLERANCE, export_tflite  # noqa: E402
 from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head  # noqa: E402
 

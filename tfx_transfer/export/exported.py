@@ -29,14 +29,12 @@ import tensorflow as tf
 
 from tfx_transfer.data.files import find_images
 from tfx_transfer.defaults import default_top_k
-from tfx_transfer.export.saved_model import (
-    LABELS_FILE,
-    METADATA_FILE,
+from tfx_transfer.export.saved_model import LABELS_FILE, METADATA_FILE, list_versions
+from tfx_transfer.export.signatures import (
     SERVING_FORMATS,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
     SIGNATURE_PIXELS_UINT8,
-    list_versions,
 )
 
 

@@ -192,7 +192,7 @@ def decode_reason(message: str) -> str:
         ... # doctest: +ELLIPSIS
         'not a JPEG, PNG, GIF... image'
     """
-    from tfx_transfer.export.saved_model import SERVING_FORMATS
+    from tfx_transfer.export.signatures import SERVING_FORMATS
 
     if "Unknown image file format" in message:
         return f"not a {SERVING_FORMATS} image"

@@ -89,11 +89,8 @@ class Servable:
         import tensorflow as tf
 
         from tfx_transfer.data.decode import decode_and_resize
-        from tfx_transfer.export.saved_model import (
-            METADATA_FILE,
-            SIGNATURE_IMAGES,
-            SIGNATURE_PIXELS_UINT8,
-        )
+        from tfx_transfer.export.saved_model import METADATA_FILE
+        from tfx_transfer.export.signatures import SIGNATURE_IMAGES, SIGNATURE_PIXELS_UINT8
 
         self.path, self.version = Path(path), int(version)
         self._model = tf.saved_model.load(str(self.path))
@@ -124,7 +121,7 @@ class Servable:
         """
         import tensorflow as tf
 
-        from tfx_transfer.export.saved_model import (
+        from tfx_transfer.export.signatures import (
             SERVING_FORMATS,
             SIGNATURE_IMAGES,
             SIGNATURE_PIXELS_UINT8,
