@@ -193,7 +193,7 @@ def run_setting(args, view: Path, seed: int, weights: Path, info: dict, source_t
 
     import tfx_transfer as tt
     from tfx_transfer.models.joint import fit_joint
-    from tfx_transfer.training.pretraining import (
+    from tfx_transfer.training.scratch import (
         build_scratch_model,
         recalibrate_batchnorm,
         scratch_optimizer,

@@ -10,7 +10,7 @@ import tfx_transfer as tt
 from tests.helpers import tiny_pixels
 from tfx_transfer.models.batchnorm import batchnorm_layers, recompute_batchnorm
 from tfx_transfer.models.transfer_model import get_backbone_model
-from tfx_transfer.training.pretraining import build_scratch_model, recalibrate_batchnorm
+from tfx_transfer.training.scratch import build_scratch_model, recalibrate_batchnorm
 
 NAME = "nestedbn"
 

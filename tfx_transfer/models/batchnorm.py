@@ -4,7 +4,7 @@ The one implementation behind two uses:
 
 * after training from scratch, "precise BN": the moving averages are replaced by
   the average of the per-batch statistics over the training data
-  (:func:`~tfx_transfer.training.pretraining.recalibrate_batchnorm`, ``pool="batches"``);
+  (:func:`~tfx_transfer.training.scratch.recalibrate_batchnorm`, ``pool="batches"``);
 * AdaBN, domain adaptation: the statistics become the exact moments over all the
   target images, optionally relative to the source domain's
   (:func:`~tfx_transfer.adapt`, ``pool="images"``, ``reference=``).

@@ -10,16 +10,18 @@ The from-scratch recipe (all defaults, all overridable):
   mode (batch statistics; moving averages updated) -- unlike
   :func:`~tfx_transfer.build_transfer_model`, which calls the backbone with
   ``training=False`` for transfer -- with BatchNorm momentum 0.9 so the moving
-  averages keep up in short runs (see :func:`build_scratch_model`);
+  averages keep up in short runs (see
+  :func:`~tfx_transfer.training.scratch.build_scratch_model`);
 * ``Augmentation(preset="standard")`` on the training batches (tf.data side);
 * cross-entropy with ``label_smoothing=0.1``;
 * ``AdamW`` (``learning_rate=1e-3``, decoupled ``weight_decay=0.05`` on kernels
   only: biases and BatchNormalization gamma/beta are not decayed), with a linear
   warmup over the first 5% of the steps and cosine decay to 0 afterwards
-  (:func:`scratch_optimizer`);
+  (:func:`~tfx_transfer.training.scratch.scratch_optimizer`);
 * head ``"avg"`` (global average pooling -> Dropout(0.2) -> Dense softmax);
 * after training, the BatchNorm moving statistics are recomputed on 100
-  un-augmented training batches (:func:`recalibrate_batchnorm`);
+  un-augmented training batches
+  (:func:`~tfx_transfer.training.scratch.recalibrate_batchnorm`);
 * 10% of each class held out for validation (``validation_split=0.1``), unless
   the folder has its own ``val/`` (then pass ``validation_split=None``).
 
@@ -62,168 +64,17 @@ from typing import Any
 import keras
 
 from tfx_transfer.models.backbones import get_backbone
-from tfx_transfer.models.batchnorm import batchnorm_layers, recompute_batchnorm
-from tfx_transfer.models.transfer_model import (
-    build_transfer_model,
-    get_backbone_layer,
-    get_backbone_model,
-    get_head,
-    transfer_config,
+from tfx_transfer.models.batchnorm import batchnorm_layers
+from tfx_transfer.models.transfer_model import get_backbone_model, get_head, transfer_config
+from tfx_transfer.training.scratch import (
+    build_scratch_model,
+    recalibrate_batchnorm,
+    scratch_optimizer,
 )
 
 WEIGHTS_SUFFIX = ".weights.h5"
 HEAD_SUFFIX = ".head.weights.h5"
 INFO_SUFFIX = ".json"
-NO_DECAY = ("bias", "gamma", "beta")
-
-
-def build_scratch_model(
-    backbone: str,
-    num_classes: int,
-    input_shape: Sequence[int] | int | None = None,
-    head: str = "avg",
-    units: int = 256,
-    dropout: float | None = None,
-    augmentation: Any = None,
-    bn_momentum: float | None = 0.9,
-    name: str | None = None,
-) -> keras.Model:
-    """A randomly initialised classifier whose whole backbone trains, BatchNorm included.
-
-    Same structure and layer names as :func:`~tfx_transfer.build_transfer_model`
-    (``pixels -> [augmentation] -> Preprocess -> backbone -> head``), so
-    :func:`~tfx_transfer.get_backbone_model` and :func:`~tfx_transfer.get_head` work
-    on it, with two differences for training from scratch: the backbone is
-    trainable, and it is called *without* ``training=False``, so its
-    BatchNormalization layers use batch statistics (and update their moving
-    averages) inside ``fit`` and their moving averages at inference.
-
-    ``bn_momentum`` (default 0.9, PyTorch's default) replaces the momentum of every
-    BatchNormalization layer of the backbone: ``keras.applications`` uses 0.99 to
-    0.999, tuned for long ImageNet runs, with which the moving averages of a run of
-    a few hundred steps are still mostly their initial values (mean 0, variance 1)
-    at inference. ``None`` keeps the backbone's own momentum.
-
-    Args:
-        backbone: a registry name (:func:`tfx_transfer.list_backbones`) or spec.
-        num_classes: number of source classes (at least 2).
-        input_shape: ``(H, W, 3)`` or an int side; default the backbone's size.
-        head, units, dropout, augmentation: as for
-            :func:`~tfx_transfer.build_transfer_model` (``dropout`` default: 0.5
-            for ``"flatten"``, 0.2 for a pooled head).
-        bn_momentum: momentum of every backbone BatchNormalization layer, in
-            ``[0, 1)`` (see above).
-        name: model name; default ``"<backbone>_scratch"``.
-
-    Example:
-        >>> import numpy as np
-        >>> model = build_scratch_model("mobilenetv2", 3, input_shape=32)
-        >>> model.predict(np.zeros((2, 32, 32, 3), "uint8"), verbose=0).shape
-        (2, 3)
-    """
-    if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
-        raise ValueError(f"bn_momentum={bn_momentum!r} must be in [0, 1), e.g. 0.9.")
-    spec = get_backbone(backbone)
-    model = build_transfer_model(spec, num_classes, input_shape=input_shape, weights=None,
-                                 head=head, units=units, dropout=dropout,
-                                 augmentation=augmentation,
-                                 name=name or f"{spec.name}_scratch")
-    # Everything trains, BatchNorm included, in training mode during fit (batch
-    # statistics, Dropout active) and inference mode at prediction.
-    get_backbone_layer(model).inference_mode = False
-    base = get_backbone_model(model)
-    base.trainable = True
-    if bn_momentum is not None:
-        for layer in batchnorm_layers(base):
-            layer.momentum = float(bn_momentum)
-    model.transfer_config["bn_momentum"] = bn_momentum
-    return model
-
-
-def scratch_optimizer(
-    total_steps: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup: float = 0.05,
-) -> keras.optimizers.AdamW:
-    """AdamW with linear warmup then cosine decay to 0, for training from scratch.
-
-    ``warmup`` is the fraction of ``total_steps`` spent rising linearly from 0 to
-    ``lr`` (at least one step); the rest follows
-    ``keras.optimizers.schedules.CosineDecay``. Weight decay is decoupled (AdamW)
-    and skips variables named ``bias``, ``gamma`` or ``beta``.
-
-    Args:
-        total_steps: optimizer steps of the whole run (epochs x steps per epoch).
-        lr: peak learning rate, reached at the end of the warmup.
-        weight_decay: AdamW's decoupled weight decay.
-        warmup: fraction of the steps in the linear warmup, in ``[0, 1)`` (0: none,
-            the decay starts at ``lr``).
-
-    Example:
-        >>> opt = scratch_optimizer(total_steps=1000)
-        >>> round(float(opt.learning_rate), 6)   # step 0: start of the warmup
-        0.0
-        >>> round(float(scratch_optimizer(1000, lr=1e-3, warmup=0).learning_rate), 6)  # no warmup
-        0.001
-    """
-    total_steps = int(total_steps)
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r}: need at least one training step.")
-    if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"warmup={warmup!r} is a fraction of the steps in [0, 1).")
-    warmup_steps = min(max(1, round(warmup * total_steps)), total_steps - 1) if warmup else 0
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else lr,
-        decay_steps=max(1, total_steps - warmup_steps),
-        warmup_target=lr if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
-    return optimizer
-
-
-def recalibrate_batchnorm(model: keras.Model, data: Any, max_batches: int | None = 100) -> int:
-    """Recompute the backbone's BatchNorm moving statistics on ``data`` ("precise BN").
-
-    Sets every BatchNormalization layer's moving mean and variance to the plain
-    average of the per-batch statistics over up to ``max_batches`` batches
-    (:func:`~tfx_transfer.models.batchnorm.recompute_batchnorm` with
-    ``pool="batches"``; no weight update), replacing the exponential moving
-    averages. Those start at mean 0 / variance 1 and, after a short run from
-    scratch, still carry part of that start: in a MobileNetV2 whose depthwise
-    activations have variances near 0.01, even a remainder of 0.002 shrinks every
-    block's output at inference, and the network then predicts one class.
-    :func:`pretrain` calls this after training.
-
-    Args:
-        model: a :func:`build_scratch_model` or
-            :func:`~tfx_transfer.build_transfer_model` model (its backbone is used,
-            after its Preprocess layer; augmentation and head are not run).
-        data: batches of images or ``(images, labels, ...)`` (e.g. an un-augmented
-            ``load_image_folder(...).train``).
-        max_batches: at most this many batches (``None``: all of ``data``).
-
-    Returns:
-        The number of batches used.
-
-    Example:
-        >>> import numpy as np
-        >>> model = build_scratch_model("mobilenetv2", 2, input_shape=32)
-        >>> recalibrate_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 3)
-        3
-    """
-    batches = 0
-
-    def counted() -> Any:
-        nonlocal batches
-        for batch in data:
-            batches += 1
-            yield batch
-
-    recompute_batchnorm(model, counted(), max_batches=max_batches, pool="batches")
-    return batches
 
 
 def output_paths(out_path: str | os.PathLike, backbone: str) -> dict[str, Path]:
@@ -331,7 +182,7 @@ def pretrain(
     """Train ``backbone`` from random init on a labelled source folder; save it for transfer.
 
     Loads ``source`` with :func:`~tfx_transfer.load_image_folder` (one-hot labels,
-    ``augmentation`` on the training batches), trains :func:`build_scratch_model` with
+    ``augmentation`` on the training batches), trains :func:`~tfx_transfer.training.scratch.build_scratch_model` with
     the from-scratch recipe of this module, and writes the backbone weights
     (``backbone.save_weights``), the source head's weights and a JSON description.
     ``build_transfer_model(backbone, n, input_shape=..., weights=PATH)`` then starts
@@ -355,10 +206,10 @@ def pretrain(
         validation_split: fraction held out per class (default 0.1); ``None`` when
             ``source`` has its own ``val/`` or for no validation.
         bn_momentum: BatchNormalization momentum while pretraining (default 0.9;
-            see :func:`build_scratch_model`).
+            see :func:`~tfx_transfer.training.scratch.build_scratch_model`).
         recalibrate_batches: after training, recompute the BatchNorm moving
             statistics on up to this many un-augmented training batches
-            (:func:`recalibrate_batchnorm`; default 100, 0 to skip).
+            (:func:`~tfx_transfer.training.scratch.recalibrate_batchnorm`; default 100, 0 to skip).
         cache_images: decoded-image cache: ``None``/``"none"``, ``"memory"``, ``"auto"``
             or a folder (:mod:`tfx_transfer.data.image_cache`).
         callbacks: extra Keras callbacks (``TerminateOnNaN`` is always added).
@@ -388,7 +239,8 @@ def pretrain(
         ['vgg16.head.weights.h5', 'vgg16.json', 'vgg16.weights.h5']
         >>> read_pretrain_info(path)["class_names"]
         ['class0', 'class1']
-        >>> model = build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
     """
     from tfx_transfer import __version__
     from tfx_transfer.data.augmentation import as_augmentation
