@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from tfx_transfer.data.augmentation import Augmentation, as_augmentation
+from tfx_transfer.defaults import DEFAULT_SEED
 
 
 def preview_augmentation(
@@ -18,7 +19,7 @@ def preview_augmentation(
     augmentation: Augmentation | str | dict,
     path: str | os.PathLike = "augmentation.png",
     n: int = 9,
-    seed: int | None = 0,
+    seed: int | None = DEFAULT_SEED,
 ) -> Path:
     """Save a PNG grid of ``n`` augmented samples and return its path.
 

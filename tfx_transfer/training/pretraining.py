@@ -63,6 +63,7 @@ from typing import Any
 
 import keras
 
+from tfx_transfer.defaults import DEFAULT_SEED
 from tfx_transfer.models.backbones import get_backbone
 from tfx_transfer.models.batchnorm import batchnorm_layers
 from tfx_transfer.models.transfer_model import get_backbone_model, get_head, transfer_config
@@ -176,7 +177,7 @@ def pretrain(
     cache_images: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     backup_dir: str | os.PathLike | None = None,
-    seed: int | None = 0,
+    seed: int | None = DEFAULT_SEED,
     verbose: Any = "auto",
 ) -> Path:
     """Train ``backbone`` from random init on a labelled source folder; save it for transfer.
@@ -261,7 +262,7 @@ def pretrain(
     augmenter = as_augmentation(augmentation)
     folder = load_image_folder(
         source, image_size=image_size, batch_size=batch_size, validation_split=validation_split,
-        seed=0 if seed is None else seed, label_mode="categorical", cache_images=cache_images,
+        seed=DEFAULT_SEED if seed is None else seed, label_mode="categorical", cache_images=cache_images,
     )
     train = folder.train if augmenter is None else augmenter.map_dataset(folder.train)
     model = build_scratch_model(spec.name, folder.num_classes, input_shape=image_size + (3,),
