@@ -33,6 +33,9 @@ Usage (from the repository root; the shared folders sit beside it)::
     python benchmarks/accuracy.py --data ../shared/datasets/caltech101 --image-size 128 \\
         --per-class 8,4 --recipes a,b,c --json /tmp/acc_caltech.json
     python benchmarks/accuracy.py --summarize /tmp/acc_hym.json /tmp/acc_caltech.json
+    python benchmarks/accuracy.py --smoke     # seconds: every recipe once on data_samples/, 32 px,
+                                              # random weights, one epoch per phase, the smoke modes'
+                                              # tiny backbone: runs, no figure
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import _smoke  # noqa: E402
 
 SHARED = ROOT / ".." / "shared"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
@@ -100,7 +105,7 @@ def recipe_kit(data: Path, size: int, seed: int, weights: Path, backbone: str, t
     import tfx_transfer as tt
 
     out = tmp / f"run_{backbone}_{seed}_{time.time_ns()}"
-    result = tt.train(data, out, backbone=backbone, weights=str(weights), image_size=size,
+    result = tt.train(data, out, backbone=backbone, weights=weights and str(weights), image_size=size,
                       seed=seed, verbose=0, **(overrides or {}))
     record = {"accuracy": result["metrics"]["accuracy"],
               "settings": {k: result["config"].get(k) for k in sorted(result["config"])
@@ -122,18 +127,24 @@ def recipe_kit(data: Path, size: int, seed: int, weights: Path, backbone: str, t
     return record
 
 
-def recipe_keras_guide(data: Path, size: int, seed: int, weights: Path, backbone: str,
-                       tmp: Path) -> dict:
+def recipe_keras_guide(data: Path, size: int, seed: int, weights: Path | None, backbone: str,
+                       tmp: Path, epochs: tuple[int, int] = (20, 10)) -> dict:
     import keras
 
-    if backbone != "mobilenet":
-        raise SystemExit("recipe b is written for MobileNet v1 (its rescaling); use --backbone mobilenet.")
+    import tfx_transfer as tt
+
+    spec = tt.get_backbone(backbone)
+    if spec.preprocessing != "tf":
+        raise SystemExit("recipe b is written for MobileNet v1 (its rescaling to [-1, 1]); use "
+                         "--backbone mobilenet.")
     keras.utils.set_random_seed(seed)
     folder = _folder(data, size, seed)
     augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"),
                                      keras.layers.RandomRotation(0.1)])
-    base = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(size, size, 3))
-    base.load_weights(str(weights))
+    # keras.applications.MobileNet(weights=None, include_top=False, input_shape=...) for mobilenet
+    base = spec.build((size, size, 3))
+    if weights is not None:
+        base.load_weights(str(weights))
     base.trainable = False
     inputs = keras.Input((size, size, 3))
     x = augmentation(inputs)
@@ -144,13 +155,13 @@ def recipe_keras_guide(data: Path, size: int, seed: int, weights: Path, backbone
     outputs = keras.layers.Dense(folder.num_classes, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    h1 = model.fit(folder.train, validation_data=folder.validation, epochs=20, verbose=0)
+    h1 = model.fit(folder.train, validation_data=folder.validation, epochs=epochs[0], verbose=0)
     base.trainable = True
     model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    h2 = model.fit(folder.train, validation_data=folder.validation, epochs=10, verbose=0)
+    h2 = model.fit(folder.train, validation_data=folder.validation, epochs=epochs[1], verbose=0)
     val = h1.history["val_accuracy"] + h2.history["val_accuracy"]
     return {"accuracy": _accuracy(model, folder.validation), "best_epoch_accuracy": max(val),
-            "settings": {"head": "avg + dropout 0.2", "epochs": "20 + 10 (all unfrozen)",
+            "settings": {"head": "avg + dropout 0.2", "epochs": f"{epochs[0]} + {epochs[1]} (all unfrozen)",
                          "lr": "1e-3 then 1e-5", "augmentation": "flip + rotation 0.1"}}
 
 
@@ -165,7 +176,7 @@ def recipe_fastai(data: Path, size: int, seed: int, weights: Path, backbone: str
     keras.utils.set_random_seed(seed)
     folder = _folder(data, size, seed)
     model = tt.build_transfer_model(backbone, folder.num_classes, input_shape=(size, size, 3),
-                                    weights=str(weights), head="avg", dropout=0.5,
+                                    weights=weights and str(weights), head="avg", dropout=0.5,
                                     augmentation=tt.Augmentation(preset="light", seed=seed))
 
     def schedule(epoch: int, current: float) -> float:  # head: 2*lr flat; then cosine from lr
@@ -229,7 +240,7 @@ def summarize(records: list[dict]) -> str:
     return "\n".join(lines + rows)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
                         help="backbone ImageNet weights file (default: ../shared/weights/...)")
@@ -249,14 +260,30 @@ def main(argv: list[str] | None = None) -> None:
                         help="append one JSON record per run to this file (JSON lines)")
     parser.add_argument("--summarize", type=Path, nargs="+", default=None,
                         help="only print the table of these JSON-lines files")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: the chosen recipes once on data_samples/ at 32 px, random "
+                        "weights, one epoch per phase, a tiny backbone (checks that it runs; the "
+                        "figures mean nothing)")
     args = parser.parse_args(argv)
+    # epochs of (b) (head, fine-tuning) and (c) (head, unfrozen): the recipes' own
+    args.guide_epochs, args.fastai_epochs = (20, 10), (1, 5)
+    if args.smoke:
+        args.data, args.weights, args.image_size, args.seeds = _smoke.SAMPLES, None, 32, [0]
+        args.backbone = _smoke.BACKBONE
+        args.scratch_epochs, args.guide_epochs, args.fastai_epochs = 1, (1, 1), (1, 1)
+        args.kit_overrides = {"head_epochs": 1, "fine_tune_epochs": 1, **(args.kit_overrides or {})}
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     if args.summarize:
         records = [json.loads(line) for path in args.summarize for line in path.read_text().splitlines()
                    if line.strip()]
         print(summarize(records))
         return
-    if not args.weights.is_file():
+    if args.weights is not None and not args.weights.is_file():
         sys.exit(f"Weights file {args.weights} not found. Pass --weights PATH (the MobileNet v1 "
                  "ImageNet weights: ../shared/weights/mobilenet_1_0_224_imagenet_notop.weights.h5, "
                  "see its README). Without ImageNet weights this benchmark measures nothing useful.")
@@ -271,8 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     has_split = (args.data / "train").is_dir() and (args.data / "val").is_dir()
     tta = "e" in recipes
     functions = {"a": lambda *a: recipe_kit(*a, tta=tta, overrides=args.kit_overrides),
-                 "b": recipe_keras_guide, "c": recipe_fastai,
+                 "b": lambda *a: recipe_keras_guide(*a, epochs=args.guide_epochs),
+                 "c": lambda *a: recipe_fastai(*a, head_epochs=args.fastai_epochs[0],
+                                               epochs=args.fastai_epochs[1]),
                  "d": lambda *a: recipe_scratch(*a, epochs=args.scratch_epochs)}
+    if args.smoke:
+        _smoke.register_backbone()
     records = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -280,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             data = split_folder(args.data.resolve(), per_class, seed, tmp)
             for recipe in [r for r in recipes if r != "e"] + (["a"] if tta and "a" not in recipes else []):
                 start = time.perf_counter()
-                record = functions[recipe](data, args.image_size, seed, args.weights.resolve(),
+                weights = args.weights and args.weights.resolve()
+                record = functions[recipe](data, args.image_size, seed, weights,
                                            args.backbone, tmp)
                 record.update(data=str(args.data), image_size=args.image_size, recipe=recipe,
                               seed=seed, seconds=round(time.perf_counter() - start, 1),

@@ -35,6 +35,7 @@ Usage (from the repository root; needs scipy for the legacy generator)::
     python benchmarks/data_pipeline.py                      # ../shared/datasets/caltech101
     python benchmarks/data_pipeline.py --data DIR --batches 50 --images 1000
     python benchmarks/data_pipeline.py --per-core --images 1000 --batches 30
+    python benchmarks/data_pipeline.py --smoke [--per-core]   # seconds, data_samples/ at 32 px
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import _smoke  # noqa: E402
 
 DEFAULT_DATA = ROOT / ".." / "shared" / "datasets" / "caltech101"
 IDG_KWARGS = dict(
@@ -122,7 +125,7 @@ def per_core(data: Path, size: int, batch_size: int, n_batches: int, target: flo
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of class folders")
     parser.add_argument("--batches", type=int, default=100, help="timed batches per pipeline")
@@ -131,7 +134,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=None, help="use only about this many images (quick runs)")
     parser.add_argument("--per-core", action="store_true",
                         help="only the per-core figures of the streaming and cached paths")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: data_samples/ at 32 px, batches of 8, 2 timed batches "
+                        "(checks that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.data, args.size, args.batch_size, args.batches, args.images = \
+            _smoke.SAMPLES / "train", 32, 8, 2, None
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if not args.data.is_dir():
         sys.exit(
             f"Image folder {args.data} not found. Pass --data DIR (a folder of class folders); the default "

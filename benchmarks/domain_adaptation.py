@@ -26,6 +26,7 @@ Usage (from the repository root)::
     python benchmarks/make_shift.py ../shared/datasets/hymenoptera --shift color_cast
     python benchmarks/domain_adaptation.py --source ../shared/datasets/hymenoptera \\
         --target /tmp/tfx_shifts/hymenoptera-color_cast --json /tmp/da_color_cast.json
+    python benchmarks/domain_adaptation.py --smoke   # seconds: data_samples/ -> a color_cast copy
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _smoke  # noqa: E402
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / \
     "mobilenet_1_0_224_imagenet_notop.weights.h5"
@@ -94,20 +98,23 @@ def run_seed(args, seed: int) -> dict[str, float]:
         plain = method == "adabn_plain"  # AdaBN from the target images alone
         adapted = adapt(model, target.train, "adabn" if plain else method,
                         source=None if plain else source.train, epochs=args.adapt_epochs,
-                        lr=args.adapt_lr, batch_size=args.batch_size, seed=seed)
+                        lr=args.adapt_lr, loss_weight=args.loss_weight,
+                        batch_size=args.batch_size, seed=seed)
         scores[method] = _accuracy(adapted, target.validation)
         print(f"seed {seed}: {method:<12} {scores[method]:.3f}  ({time.time() - start:.0f} s)",
               flush=True)
     return scores
 
 
-def main(argv=None) -> int:
-    from tfx_transfer.adaptation.adapt import DEFAULT_METHOD, METHODS
+def parse_args(argv=None) -> argparse.Namespace:
+    from tfx_transfer.adaptation.adapt import METHODS
+    from tfx_transfer.adaptation.coral import DEFAULT_LOSS_WEIGHT
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", required=True, help="labelled source folder")
-    parser.add_argument("--target", required=True,
-                        help="target folder (class folders: labels used only for scoring val)")
+    parser.add_argument("--source", help="labelled source folder (required)")
+    parser.add_argument("--target",
+                        help="target folder (class folders: labels used only for scoring val; "
+                        "required)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backbone", default="mobilenet")
@@ -117,6 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=15, help="source-only head epochs")
     parser.add_argument("--adapt-epochs", type=int, default=10, help="CORAL epochs")
     parser.add_argument("--adapt-lr", type=float, default=1e-4, help="CORAL learning rate")
+    parser.add_argument("--loss-weight", type=float, default=DEFAULT_LOSS_WEIGHT,
+                        help="weight of the CORAL loss term")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--validation-split", type=float, default=0.3,
                         help="held-out fraction for folders without val/")
@@ -124,13 +133,46 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=choices, choices=choices,
                         help="adabn_plain: AdaBN without the source images")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: source data_samples/, target a color_cast copy of it (in a "
+                        "temporary folder), 32 px, random weights, 1 epoch, seed 0 (checks that it "
+                        "runs; the figures mean nothing)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.source, args.image_size, args.seeds, args.weights = str(_smoke.SAMPLES), 32, [0], "none"
+        args.backbone = _smoke.BACKBONE
+        args.epochs, args.adapt_epochs, args.batch_size = 1, 1, 16
+    elif not (args.source and args.target):
+        parser.error("--source and --target are required (or --smoke)")
+    return args
+
+
+def smoke_target(tmp: Path) -> str:
+    """A ``color_cast`` copy of data_samples/ in ``tmp`` (``make_shift.py``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_shift", Path(__file__).with_name("make_shift.py"))
+    make_shift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_shift)
+    out = tmp / "target"
+    make_shift.make_shift(_smoke.SAMPLES, out, "color_cast")
+    return str(out)
+
+
+def main(argv=None) -> int:
+    from tfx_transfer.adaptation.adapt import DEFAULT_METHOD
+
+    args = parse_args(argv)
     if args.weights != "none" and not Path(args.weights).is_file():
         raise SystemExit(f"weights file {args.weights} is absent; pass --weights PATH or "
                          "--weights none (random init: source-only is then near chance).")
 
     start = time.time()
-    per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
+    with tempfile.TemporaryDirectory(prefix="domain_adaptation_") as tmp:
+        if args.smoke:
+            _smoke.register_backbone()
+            args.target = args.target or smoke_target(Path(tmp))
+        per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
 
     import numpy as np
 

@@ -16,6 +16,7 @@ Usage (from the repository root)::
 
     python benchmarks/explain_cost.py                                 # mobilenet, 160 px, batch 16
     python benchmarks/explain_cost.py --backbone resnet50 --image-size 224 --batch-size 32
+    python benchmarks/explain_cost.py --smoke          # seconds: 32 px, batch 4, one round
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -38,7 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head", default="avg", choices=("flatten", "avg", "max"))
     parser.add_argument("--repeats", type=int, default=5)
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: a tiny backbone, 32 px, batch 4, one round (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.backbone, args.image_size, args.batch_size, args.repeats = _smoke.BACKBONE, 32, 4, 1
+    return args
 
 
 def best_times(fns: dict, repeats: int) -> dict[str, float]:
@@ -60,6 +68,8 @@ def main(argv=None) -> None:
 
     import tfx_transfer as tt
 
+    if args.smoke:
+        _smoke.register_backbone()
     model = tt.build_transfer_model(args.backbone, 2, input_shape=args.image_size, weights=None,
                                     head=args.head)
     images = np.random.default_rng(0).integers(

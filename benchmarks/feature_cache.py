@@ -17,6 +17,7 @@ Usage (from the repository root)::
 
     python benchmarks/feature_cache.py                          # vgg16, 128 px, 512 images
     python benchmarks/feature_cache.py --backbone resnet50 --image-size 96 --images 256 --epochs 4
+    python benchmarks/feature_cache.py --smoke          # seconds: mobilenet, 32 px, 16 images
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -40,7 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4, help="head epochs (at least 2)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--head", default="flatten", choices=("flatten", "avg", "max"))
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: a tiny backbone, 32 px, 16 images, 2 epochs, batch 8 (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.backbone, args.image_size, args.images, args.epochs, args.batch_size = \
+            _smoke.BACKBONE, 32, 16, 2, 8
+    return args
 
 
 def run(args: argparse.Namespace, cache: bool) -> tuple[list[float], float]:
@@ -77,6 +86,8 @@ def run(args: argparse.Namespace, cache: bool) -> tuple[list[float], float]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.smoke:
+        _smoke.register_backbone()
     if args.epochs < 2:
         raise SystemExit("--epochs must be at least 2 (the first epoch includes compilation).")
     import keras

@@ -18,6 +18,7 @@ Usage (from the repository root)::
 
     python benchmarks/fit_overhead.py                          # vgg16, 96 px, 128 images
     python benchmarks/fit_overhead.py --backbone resnet50 --image-size 64 --epochs 2 --repeats 3
+    python benchmarks/fit_overhead.py --smoke           # seconds: mobilenet, 32 px, 16 images
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 HEAD_LR, FINE_TUNE_LR = 1e-3, 1e-5
 
 
@@ -44,7 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--blocks", default=None, help="block (default: the backbone's default)")
     parser.add_argument("--repeats", type=int, default=1)
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: a tiny backbone, 32 px, 16 images, 1 + 1 epochs, batch 8 (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.backbone, args.image_size, args.images, args.epochs, args.batch_size = \
+            _smoke.BACKBONE, 32, 16, 1, 8
+    return args
 
 
 def _setup(args):
@@ -99,6 +108,8 @@ def kit(args, block: str) -> float:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.smoke:
+        _smoke.register_backbone()
     import keras
 
     import tfx_transfer as tt

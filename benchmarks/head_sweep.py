@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/head_sweep.py --data ../shared/datasets/hymenoptera --image-size 160
     python benchmarks/head_sweep.py --data ../shared/datasets/caltech101 --image-size 128 --per-class 10
+    python benchmarks/head_sweep.py --smoke     # seconds: data_samples/, 32 px, random weights
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import _smoke  # noqa: E402
+
 SHARED = ROOT / ".." / "shared"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
 
@@ -49,7 +52,7 @@ VARIANTS = {
 }
 
 
-def features(data: Path, size: int, per_class: int | None, weights: Path, backbone: str):
+def features(data: Path, size: int, per_class: int | None, weights: Path | None, backbone: str):
     """Backbone feature maps and labels of every image used (train and val pooled)."""
     import numpy as np
 
@@ -71,7 +74,7 @@ def features(data: Path, size: int, per_class: int | None, weights: Path, backbo
         data = pool
     folder = tt.load_image_folder(data, image_size=size, batch_size=32, shuffle=False)
     model = tt.build_transfer_model(backbone, folder.num_classes, input_shape=(size, size, 3),
-                                    weights=str(weights), head="avg")
+                                    weights=weights and str(weights), head="avg")
     backbone_model = get_backbone_model(model)
     preprocess = model.get_layer("preprocess")
     xs, ys = [], []
@@ -124,7 +127,7 @@ def run_variant(x, y, num_classes, tr, va, head, dropout, smoothing, lr, epochs,
             **{f"@{e}": h["val_accuracy"][e - 1] for e in sorted({5, 10, 20, epochs}) if e <= epochs}}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--data", type=Path, default=SHARED / "datasets" / "hymenoptera")
@@ -138,8 +141,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features-cache", type=Path, default=None,
                         help=".npz file: reuse the backbone features saved there (or save them)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: data_samples/, a tiny backbone at 32 px, 1 split, 1 epoch "
+                        "(checks that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
-    if not args.weights.is_file():
+    if args.smoke:
+        args.data, args.weights, args.image_size, args.splits, args.epochs = \
+            _smoke.SAMPLES, None, 32, 1, 1
+        args.backbone = _smoke.BACKBONE
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.smoke:
+        _smoke.register_backbone()
+    if args.weights is not None and not args.weights.is_file():
         sys.exit(f"Weights file {args.weights} not found; pass --weights PATH (see "
                  "../shared/weights/README.md).")
     if not args.data.is_dir():
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         x, y, num_classes = saved["x"], saved["y"], int(saved["num_classes"])
     else:
         x, y, num_classes = features(args.data, args.image_size, args.per_class,
-                                     args.weights.resolve(), args.backbone)
+                                     args.weights and args.weights.resolve(), args.backbone)
         if args.features_cache:
             np.savez(args.features_cache, x=x, y=y, num_classes=num_classes)
     print(f"features {x.shape} of {len(y)} images, {num_classes} classes, "
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [run_variant(x, y, num_classes, *split(y, args.val_fraction, s), head, dropout,
                             smoothing, lr, args.epochs, s) for s in range(args.splits)]
         results[name] = {k: [r[k] for r in runs] for k in runs[0]}
-        summary = "  ".join(f"{k} {np.mean(v):.3f}" + (f"±{np.std(v, ddof=1):.3f}" if k == "best" else "")
+        summary = "  ".join(f"{k} {np.mean(v):.3f}" + (f"±{np.std(v, ddof=1):.3f}" if k == "best" and len(v) > 1 else "")
                             for k, v in results[name].items())
         print(f"{name:42s} {summary}", flush=True)
     if args.json:

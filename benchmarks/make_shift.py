@@ -19,6 +19,7 @@ Example::
 
     python benchmarks/make_shift.py ../shared/datasets/hymenoptera --shift color_cast
     # -> /tmp/tfx_shifts/hymenoptera-color_cast/{train,val}/{ants,bees}/*.jpg
+    python benchmarks/make_shift.py --smoke   # every shift of data_samples/val/, in a temporary folder
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data_samples" / "val"
 EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".webp")
 
 
@@ -107,20 +109,39 @@ def make_shift(src: Path, out: Path, shift: str, max_side: int = 256, seed: int 
     return count
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("src", type=Path, help="image folder (any layout; it is mirrored)")
-    parser.add_argument("--shift", required=True, choices=sorted(SHIFTS))
+    parser.add_argument("src", type=Path, nargs="?", help="image folder (any layout; it is mirrored)")
+    parser.add_argument("--shift", choices=sorted(SHIFTS), help="the shift (required)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default /tmp/tfx_shifts/<src name>-<shift>)")
     parser.add_argument("--max-side", type=int, default=256, help="shorter side cap before shifting")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: every shift of data_samples/val/ into a temporary folder")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.src = args.src or SAMPLES
+    elif args.src is None or args.shift is None:
+        parser.error("SRC and --shift are required (or --smoke)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if not args.src.is_dir():
         raise SystemExit(f"{args.src} is not a folder.")
-    out = args.out or Path("/tmp/tfx_shifts") / f"{args.src.resolve().name}-{args.shift}"
-    n = make_shift(args.src, out, args.shift, args.max_side, args.seed)
-    print(f"{n} images -> {out}")
+    shifts = [args.shift] if args.shift else sorted(SHIFTS)
+    if args.smoke and args.out is None:
+        import tempfile
+
+        args.out = Path(tempfile.mkdtemp(prefix="make_shift_smoke_"))
+    for shift in shifts:
+        out = args.out or Path("/tmp/tfx_shifts") / f"{args.src.resolve().name}-{shift}"
+        if len(shifts) > 1:
+            out = out / shift
+        n = make_shift(args.src, out, shift, args.max_side, args.seed)
+        print(f"{n} images -> {out}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ Usage (from the repository root)::
 
     python benchmarks/serve_load.py                               # mobilenetv2, 224 px
     python benchmarks/serve_load.py --backbone vgg16 --image-size 64 --requests 64
+    python benchmarks/serve_load.py --smoke       # seconds: data_samples/ JPEGs, 32 px, 8 requests
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera" / "val"
 
+from benchmarks import _smoke  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -55,7 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of JPEG photos (recursive)")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: data_samples/ JPEGs, a tiny backbone at 32 px, 8 requests at "
+                        "concurrency 1 and 2 (checks that it runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.data, args.backbone, args.image_size = str(_smoke.SAMPLES / "val"), _smoke.BACKBONE, 32
+        args.requests, args.concurrency = 8, [1, 2]
+    return args
 
 
 def load_images(folder: str, count: int) -> tuple[list[bytes], str]:
@@ -122,22 +132,24 @@ def main(argv=None) -> int:
 
     import tfx_transfer as tt
 
+    if args.smoke:
+        _smoke.register_backbone()
     images, source = load_images(args.data, args.requests)
     items = (images * (args.requests // len(images) + 1))[: args.requests]
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))
     model = tt.build_transfer_model(args.backbone, 2, input_shape=(args.image_size, args.image_size, 3),
                                     weights=None, head="avg")
-    tt.export_saved_model(model, work / "bench", ["a", "b"])
+    export_dir = tt.export_saved_model(model, work / "bench", ["a", "b"]).parent
     port = free_port()
     server_log = open(work / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tfx_transfer.cli", "serve", str(work / "bench"), "--model-name",
+        [sys.executable, "-m", "tfx_transfer.cli", "serve", str(export_dir), "--model-name",
          "bench", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
          "--batch-timeout-ms", str(args.batch_timeout_ms), "--poll-interval", "0"],
         env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=server_log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
     try:
-        signature = tf.saved_model.load(str(work / "bench" / "1")).signatures["serving_default"]
+        signature = tf.saved_model.load(str(export_dir / "1")).signatures["serving_default"]
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -29,6 +29,8 @@ Usage (from the repository root)::
     # the prepared one-call run for a lent H100/H200: benchmarks/gpu_throughput.sh
     # quick CPU check
     python benchmarks/train_throughput.py --image-size 96 --batch-size 8 --steps 3 --warmup 1
+    # seconds: checks that it runs (also: EXTRA=--smoke bash benchmarks/gpu_throughput.sh)
+    python benchmarks/train_throughput.py --smoke
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import _smoke  # noqa: E402
 
 # Forward GFLOP of one 224x224 image (2 x multiply-adds), include_top=False.
 FORWARD_GFLOP_224 = {"resnet50": 8.2, "vgg16": 31.0}
@@ -95,7 +99,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also append one JSON line per measurement here (device, backbone, "
                         "image_size, phase, precision, batch_size, images_per_second, "
                         "fraction_of_peak, ...)")
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: a tiny backbone instead of --backbone, 32 px, batch 2, 1 "
+                        "warm-up and 1 timed step, 10 classes, no XLA on TensorFlow (checks that it "
+                        "runs; the figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.image_size, args.batch_size, args.steps, args.warmup = 32, [2], 1, 1
+        args.num_classes, args.jit, args.backbone = 10, False, [_smoke.BACKBONE]
+    return args
 
 
 def device_name() -> str:
@@ -213,6 +225,8 @@ def main(argv=None) -> int:
 
     import tfx_transfer as tt
 
+    if args.smoke:
+        _smoke.register_backbone()
     precision = tt.set_precision(args.precision)
     device = device_name()
     peak = peak_tflops(device, precision, args.peak_tflops)

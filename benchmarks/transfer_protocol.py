@@ -24,7 +24,8 @@ Protocol (settings chosen for the time budget before the full run; every number 
        backbone's default blocks unfrozen (BatchNorm frozen), Adam
        ``--finetune-lr`` (1e-4), "standard" augmentation, F epochs;
    (d) joint training: (b)'s model, the same unfrozen blocks, optimizer and
-       epochs as (c), but ``fit_joint``: loss L_target + 0.5 * L_source, one
+       epochs as (c), but ``fit_joint``: loss L_target + 0.5 * L_source
+       (``--loss-weight``), one
        source batch (augmented) per target batch, the source head initialised
        from pretraining;
    (e) ensemble of (b) and (c): mean of their probabilities.
@@ -45,7 +46,7 @@ in all, a third of the target time). A re-run with the cached backbone: ~20 min.
 Usage (from the repository root)::
 
     python benchmarks/transfer_protocol.py                  # the full protocol
-    python benchmarks/transfer_protocol.py --smoke          # check that it runs (~5 min)
+    python benchmarks/transfer_protocol.py --smoke          # seconds: check that it runs
     python benchmarks/transfer_protocol.py --source DIR --target DIR --backbone vgg16 \\
         --image-size 64 --seeds 0 1 2 3 4
 """
@@ -66,6 +67,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import _smoke  # noqa: E402
 
 DATASETS = ROOT / ".." / "shared" / "datasets"
 PROTOCOL = "transfer-protocol-1"  # part of the pretraining cache key
@@ -190,7 +193,7 @@ def run_setting(args, view: Path, seed: int, weights: Path, info: dict, source_t
 
     import tfx_transfer as tt
     from tfx_transfer.models.joint import fit_joint
-    from tfx_transfer.training.pretraining import (
+    from tfx_transfer.training.scratch import (
         build_scratch_model,
         recalibrate_batchnorm,
         scratch_optimizer,
@@ -251,8 +254,8 @@ def run_setting(args, view: Path, seed: int, weights: Path, info: dict, source_t
     def train_joint():
         tt.unfreeze(joint, "default")
         fit_joint(joint, augmented.train, source_train, num_source_classes=info["num_classes"],
-                  lam=args.lam, epochs=epochs["finetune"], steps_per_epoch=batches,
-                  learning_rate=args.finetune_lr,
+                  loss_weight=args.loss_weight, epochs=epochs["finetune"],
+                  steps_per_epoch=batches, lr=args.finetune_lr, seed=seed,
                   source_head_weights=weights.with_name(info["files"]["head"]), verbose=0)
 
     timed("d", train_joint, joint)
@@ -283,9 +286,9 @@ def table(results: dict, settings: list[str], seeds: list[int]) -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, default=DATASETS / "caltech101",
+    p.add_argument("--source", type=Path, default=None,
                    help="source folder of class folders (default ../shared/datasets/caltech101)")
-    p.add_argument("--target", type=Path, default=DATASETS / "hymenoptera",
+    p.add_argument("--target", type=Path, default=None,
                    help="target folder: train/ + val/, or class folders (default hymenoptera)")
     p.add_argument("--backbone", default="mobilenetv2", help="mobilenetv2 (default), vgg16, resnet50, ...")
     p.add_argument("--image-size", type=int, default=64, help="square side in pixels (default 64)")
@@ -297,7 +300,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--min-steps", type=int, default=60, help="fewest optimizer steps per phase")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
-    p.add_argument("--lam", type=float, default=0.5, help="source-loss weight of (d)")
+    p.add_argument("--loss-weight", type=float, default=0.5, help="source-loss weight of (d)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--source-classes", type=int, default=None, help="use only the first N source classes")
     p.add_argument("--source-per-class", type=int, default=None, help="use only N images per source class")
@@ -309,14 +312,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force-pretrain", action="store_true", help="pretrain again even if cached")
     p.add_argument("--json", type=Path, default=None, help="also write all results to this file")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny check that everything runs: 4 source classes x 6 images, 6 target "
-                        "images per class, shots 3, 1 epoch / 1 step per phase, seed 0, always pretrains")
+                   help="seconds: a check that everything runs, on data_samples/ (source: its "
+                        "train/, target: all of it) with a tiny backbone at 32 px: up to 4 source classes x 6 images, 6 "
+                        "target images per class, shots 3, 1 epoch / 1 step per phase, seed 0, "
+                        "pretrained afresh in a temporary folder")
     args = p.parse_args(argv)
     if args.smoke:
+        args.source = args.source or _smoke.SAMPLES / "train"
+        args.target = args.target or _smoke.SAMPLES
         args.source_classes, args.source_per_class, args.target_per_class = 4, 6, 6
         args.shots, args.seeds, args.min_steps, args.force_pretrain = 3, [0], 1, True
         args.pretrain_epochs = args.scratch_epochs = args.head_epochs = args.finetune_epochs = 1
-        args.cache_dir = Path(tempfile.gettempdir()) / "tfx_transfer_protocol_smoke"
+        args.image_size, args.backbone = 32, _smoke.BACKBONE
+    args.source = args.source or DATASETS / "caltech101"
+    args.target = args.target or DATASETS / "hymenoptera"
     return args
 
 
@@ -342,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="transfer_protocol_") as tmp:
         tmp = Path(tmp)
+        if args.smoke:  # nothing kept from or for other runs
+            args.cache_dir = tmp / "cache"
+            _smoke.register_backbone()
         source = source_folder(args, tmp)
         weights, info, cached = pretrained_backbone(args, source)
         pretrain_note = "cached" if cached else f"pretraining {info['train_seconds'] / 60:.1f} min"

@@ -94,7 +94,7 @@ def _make_tiny_run(root: Path) -> dict:
     import keras
 
     from tests.helpers import write_class_folders
-    from tests.tiny_backbone import registered
+    from tests.tiny_backbone import tinycam_registered
     from tfx_transfer.training.job import train
 
     class KillAt(keras.callbacks.Callback):
@@ -114,7 +114,7 @@ def _make_tiny_run(root: Path) -> dict:
 
     data = write_class_folders(root / "data", classes=("cats", "dogs"), per_class=6, size=40)
     run, record = root / "run", Record()
-    with registered():
+    with tinycam_registered():
         try:
             train(data, run, callbacks=[KillAt()], **TINY_RUN_SETTINGS)
             raise AssertionError("the simulated kill did not happen")

@@ -212,8 +212,8 @@ def assert_distributed_equals_single(path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from tests.tiny_backbone import registered
+    from tests.tiny_backbone import tinycam_registered
 
     job, target = sys.argv[1], sys.argv[2]
-    with registered():
+    with tinycam_registered():
         {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}[job](target)

@@ -1,4 +1,4 @@
-"""Unsupervised domain adaptation (tfx_transfer.adaptation.adapt) on small generated images."""
+"""Unsupervised domain adaptation (tfx_transfer.adaptation) on small generated images."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tfx_transfer.defaults import DEFAULT_SEED
 from tfx_transfer.models.transfer_model import get_backbone_model
 
 SIZE = 32
@@ -46,7 +47,7 @@ def trained():
     import keras
 
     import tfx_transfer as tt
-    from tfx_transfer.adaptation.adapt import recompute_batchnorm
+    from tfx_transfer.models.batchnorm import recompute_batchnorm
     from tfx_transfer.models.transfer_model import get_backbone_model, get_head
 
     keras.utils.set_random_seed(0)
@@ -67,7 +68,7 @@ def small():
     import keras
 
     import tfx_transfer as tt
-    from tfx_transfer.adaptation.adapt import recompute_batchnorm
+    from tfx_transfer.models.batchnorm import recompute_batchnorm
 
     keras.utils.set_random_seed(0)
     model = tt.build_transfer_model("mobilenetv2", 2, input_shape=SIZE, weights=None, head="avg")
@@ -93,6 +94,7 @@ def test_adabn_recovers_accuracy_on_a_colour_shifted_target(trained):
     assert adapted._tfx_adaptation["method"] == "adabn"  # what "default" is
 
 
+@pytest.mark.filterwarnings("ignore:adapt\\(method='adabn'\\) without source")
 def test_adabn_changes_only_batchnorm_statistics(small):
     from tfx_transfer.adaptation.adapt import adapt
 
@@ -113,7 +115,8 @@ def test_adabn_changes_only_batchnorm_statistics(small):
 
 def test_source_relative_adabn_on_the_source_itself_changes_nothing(trained):
     """With reference images equal to the target, the adapted model predicts as before."""
-    from tfx_transfer.adaptation.adapt import copy_model, recompute_batchnorm
+    from tfx_transfer.adaptation.adapt import copy_model
+    from tfx_transfer.models.batchnorm import recompute_batchnorm
 
     model, (xs, _) = trained
     probe = _domain(6, seed=4)[0]
@@ -146,11 +149,13 @@ def test_bad_arguments_name_the_fix(small):
         adapt(model, np.zeros((2, 64, 64, 3), "uint8"), "adabn")
 
 
+@pytest.mark.filterwarnings("ignore:adapt\\(method='adabn'\\) without source")
 def test_target_folders_labels_are_never_read(small, tmp_path):
     """A flat folder works; so does one whose class folders mean nothing to the model."""
     from PIL import Image
 
-    from tfx_transfer.adaptation.adapt import adapt, image_files
+    from tfx_transfer.adaptation.adapt import adapt
+    from tfx_transfer.adaptation.targets import image_files
 
     model, _ = small
     xt, _ = _domain(4, seed=5, shifted=True)
@@ -167,16 +172,50 @@ def test_target_folders_labels_are_never_read(small, tmp_path):
     np.testing.assert_allclose(a.predict(xt, verbose=0), b.predict(xt, verbose=0), atol=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:adapt\\(method='adabn'\\) without source")
+def test_a_tiff_target_image_is_adapted(small, tmp_path):
+    """TIFF is a target format like any other: .tif/.tiff files are found, decoded and used."""
+    from PIL import Image
+
+    from tfx_transfer.adaptation.adapt import adapt
+    from tfx_transfer.adaptation.targets import image_files
+    from tfx_transfer.models.batchnorm import batchnorm_layers
+
+    model, _ = small
+    xt, _ = _domain(3, seed=9, shifted=True)  # 6 images
+    png, mixed = tmp_path / "png", tmp_path / "mixed"
+    for folder in (png, mixed):
+        folder.mkdir()
+        for i, img in enumerate(xt[:4]):
+            Image.fromarray(img).save(folder / f"{i}.png")
+    Image.fromarray(xt[4]).save(mixed / "4.tif")
+    Image.fromarray(xt[5]).save(mixed / "5.tiff")
+    assert [p.rsplit(".", 1)[1] for p in image_files(mixed)] == ["png"] * 4 + ["tif", "tiff"]
+
+    def first_mean(adapted):
+        return batchnorm_layers(get_backbone_model(adapted))[0].moving_mean.numpy()
+
+    only_png = adapt(model, png, "adabn", batch_size=8)
+    with_tiff = adapt(model, mixed, "adabn", batch_size=8)
+    from_pixels = adapt(model, xt, "adabn", batch_size=8)  # the same 6 images as an array
+    assert only_png._tfx_adaptation["target_images"] == 4
+    assert with_tiff._tfx_adaptation["target_images"] == 6
+    # the TIFF pixels reached the statistics: the same as adapting on the decoded arrays
+    np.testing.assert_allclose(first_mean(with_tiff), first_mean(from_pixels), rtol=1e-4, atol=1e-5)
+    assert np.abs(first_mean(with_tiff) - first_mean(only_png)).max() > 1e-3
+
+
 def test_coral_is_one_fit_with_callbacks_and_returns_the_same_classifier(small):
     import keras
     import tensorflow as tf
 
-    from tfx_transfer.adaptation.adapt import adapt, build_alignment_model, coral_loss
+    from tfx_transfer.adaptation.adapt import adapt
+    from tfx_transfer.adaptation.coral import build_alignment_model, coral_loss
 
     model, (xs, ys) = small
     x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
     assert float(coral_loss(x, x)) == 0.0 and float(coral_loss(x, 3 * x)) > 0.0
-    aligner = build_alignment_model(model, weight=1.0)
+    aligner = build_alignment_model(model, loss_weight=1.0)
     aligner({"source": xs[:8], "target": _domain(4, seed=6, shifted=True)[0]})
     assert len(aligner.losses) == 1 and float(aligner.losses[0]) > 0.0
 
@@ -202,6 +241,7 @@ def test_coral_is_one_fit_with_callbacks_and_returns_the_same_classifier(small):
     assert not get_backbone_model(adapted).trainable_weights  # frozen again, as given
 
 
+@pytest.mark.filterwarnings("ignore:adapt\\(method='adabn'\\) without source")
 def test_cli_adapt_writes_a_run_folder(small, tmp_path):
     from PIL import Image
 
@@ -221,9 +261,12 @@ def test_cli_adapt_writes_a_run_folder(small, tmp_path):
         Image.fromarray(img).save(folder / f"{i}.png")
     out = tmp_path / "adapted"
     assert main(["adapt", str(run), str(target), "--out", str(out), "--method", "adabn",
-                 "--verbose", "0"]) == 0
+                 "--loss-weight", "3", "--verbose", "0"]) == 0
     report = json.loads((out / "adaptation.json").read_text())
     assert report["method"] == "adabn" and report["target_images_used"] == len(xt)
+    # every setting recorded, the flags given and adapt()'s defaults for the others
+    assert report["settings"]["loss_weight"] == 3.0 and report["settings"]["verbose"] == 0
+    assert report["settings"]["seed"] == DEFAULT_SEED and report["settings"]["epochs"] == 10
     assert "only to score" in report["target_labels"]
     assert report["scores"]["after"]["num_samples"] == len(xt)
     assert "their labels were used only for this score" in (out / "adaptation.txt").read_text()

@@ -12,13 +12,14 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from tfx_transfer.data.augmentation import Augmentation, preview_augmentation  # noqa: E402
+from tfx_transfer.data.augmentation import Augmentation, as_augmentation  # noqa: E402
 from tfx_transfer.data.augmentation_layers import (  # noqa: E402
     RandomAffine,
     RandomBrightnessScale,
     RandomChannelShift,
     idg_affine_transform,
 )
+from tfx_transfer.data.preview import preview_augmentation  # noqa: E402
 
 IDG_KWARGS = dict(
     rotation_range=20,
@@ -214,6 +215,38 @@ def test_presets():
             Augmentation(preset="heavy", mixing="cutmix")
 
 
+def test_as_augmentation_is_the_one_coercion_of_every_caller(tmp_path):
+    import tfx_transfer as tt
+    from tfx_transfer.training.pretraining import pretrain
+
+    assert as_augmentation(None) is None and as_augmentation("none") is None and as_augmentation("NONE") is None
+    aug = Augmentation(rotation_range=5)
+    assert as_augmentation(aug) is aug
+    assert as_augmentation("Light").settings["rotation_range"] == 10
+    built = as_augmentation({"rotation_range": 7, "seed": 3}, name="front")
+    assert (built.settings["rotation_range"], built.seed, built.name) == (7, 3, "front")
+    with pytest.raises(ValueError, match=r"augmentation='fancy': choose a preset"):
+        as_augmentation("fancy")
+    with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
+        as_augmentation(42)
+    # the model, the folder loader and pretrain give the same answers and the same errors
+    model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+                                    augmentation={"horizontal_flip": True})
+    assert model.get_layer("augmentation").settings["horizontal_flip"] is True
+    plain = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, augmentation="none")
+    assert "augmentation" not in [layer.name for layer in plain.layers]
+    with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
+        tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, augmentation=42)
+    folder = tmp_path / "photos"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / name / "1.png")
+    with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
+        tt.load_image_folder(folder, image_size=8, augmentation=42)
+    with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
+        pretrain(folder, "vgg16", tmp_path / "out", image_size=32, epochs=1, augmentation=42)
+
+
 def test_heavy_as_model_layer_skips_mixing_with_one_warning():
     aug = Augmentation(preset="heavy", seed=0)
     x = images()
@@ -350,4 +383,4 @@ def test_keras_engine_serialization_round_trip(tmp_path):
     assert aug.augmenters[1].height_factor == 7 / 32
     x = images()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
-    assert preview_augmentation(x, aug, tmp_path / "keras.png", n=4).endswith("keras.png")
+    assert preview_augmentation(x, aug, tmp_path / "keras.png", n=4) == tmp_path / "keras.png"

@@ -212,9 +212,9 @@ _DETERMINISM_JOB = textwrap.dedent("""
     import json, sys, time
     import tensorflow as tf
     import tfx_transfer as tt
-    from tests.tiny_backbone import registered
+    from tests.tiny_backbone import tinycam_registered
 
-    with registered():
+    with tinycam_registered():
         tt.train(sys.argv[1], sys.argv[2], deterministic=sys.argv[3] == "1", **json.loads(sys.argv[4]))
 
     def work(i):  # uneven: a parallel map finishes the odd elements first, unless kept in order
@@ -274,8 +274,8 @@ def test_jax_backend_trains_and_exports_end_to_end(tmp_path):
     args = ["train", str(data), "--out", str(tmp_path / "run"), "--backbone", "tinycam",
             "--weights", "none", "--image-size", "32", "--head", "avg", "--augmentation", "none",
             "--batch-size", "8", "--head-epochs", "1", "--fine-tune-epochs", "1", "--verbose", "0"]
-    code = ("import sys; from tests.tiny_backbone import registered; from tfx_transfer.cli import main\n"
-            "with registered():\n    sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; from tests.tiny_backbone import tinycam_registered; from tfx_transfer.cli import main\n"
+            "with tinycam_registered():\n    sys.exit(main(sys.argv[1:]))")
     subprocess.run([sys.executable, "-c", code, *args], check=True, env=env, cwd=ROOT,
                    capture_output=True, text=True)
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -12,13 +12,9 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from tfx_transfer.data import folder as tdata  # noqa: E402
-from tfx_transfer.data.folder import (  # noqa: E402
-    ImageFolder,
-    class_weights,
-    decode_and_resize,
-    load_image_folder,
-)
+from tfx_transfer.data import verify as tverify  # noqa: E402
+from tfx_transfer.data.decode import decode_and_resize  # noqa: E402
+from tfx_transfer.data.folder import ImageFolder, class_weights, load_image_folder  # noqa: E402
 
 RED, GREEN, BLUE, GRAY = (220, 30, 30), (30, 200, 40), (20, 40, 230), (128, 128, 128)
 
@@ -129,7 +125,7 @@ def test_every_format_comes_out_rgb_with_the_right_colors(tmp_path):
 def test_pillow_route_only_for_files_tensorflow_cannot_read(tmp_path):
     make_messy_folder(tmp_path / "photos")
     folder = load_quietly(tmp_path / "photos", image_size=8)
-    routes = tdata._verify([p for p, _ in folder.files["train"]], tmp_path / "photos")
+    routes = tverify.verify_images([p for p, _ in folder.files["train"]], tmp_path / "photos")
     pil = sorted(os.path.basename(p) for p, r in routes.items() if r == "pil")
     assert pil == ["palette.bmp", "photo.tif"]
 
@@ -140,7 +136,7 @@ def test_verify_false_skips_decoding_but_still_routes_tiff_to_pillow(tmp_path, m
         (root / name).mkdir(parents=True)
         solid(RED).save(root / name / "x.tif")
         solid(BLUE).convert("P").save(root / name / "y.bmp")
-    monkeypatch.setattr(tdata, "_tf_decodable", lambda paths: pytest.fail("verify=False must not decode"))
+    monkeypatch.setattr(tverify, "_tf_decodable", lambda paths: pytest.fail("verify=False must not decode"))
     folder = load_image_folder(root, image_size=4, shuffle=False, verify=False)
     images, labels = all_batches(folder.train)
     np.testing.assert_allclose(images[0].reshape(-1, 3).mean(0), RED, atol=2)
@@ -155,8 +151,8 @@ def test_verification_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
         solid(RED).save(root / name / "x.png")
     load_image_folder(root, image_size=8)
     calls = []
-    real = tdata._tf_decodable
-    monkeypatch.setattr(tdata, "_tf_decodable", lambda paths: calls.append(list(paths)) or real(paths))
+    real = tverify._tf_decodable
+    monkeypatch.setattr(tverify, "_tf_decodable", lambda paths: calls.append(list(paths)) or real(paths))
     load_image_folder(root, image_size=8)
     assert calls == []  # nothing re-decoded
     (root / "a" / "x.png").write_bytes(b"garbage now")

@@ -1,4 +1,5 @@
-"""`make demo`'s script speaks the CLI's vocabulary (its settings are `tfx-transfer train` flags)."""
+"""`make demo`'s script: its settings are `tfx-transfer train` flags, and it runs end to end
+(at its smallest settings) with the summary it promises."""
 
 import importlib.util
 from pathlib import Path
@@ -9,7 +10,8 @@ pytest.importorskip("tensorflow")
 from tfx_transfer.cli import build_parser  # noqa: E402
 from tfx_transfer.training.job import RUN_SETTINGS, train_defaults  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "scripts" / "demo.py"
 
 
 def _demo():
@@ -21,8 +23,11 @@ def _demo():
 
 def test_demo_settings_are_train_arguments_and_cli_flags():
     demo = _demo()
-    assert set(demo.SETTINGS) <= set(train_defaults())
-    args = build_parser().parse_args(["train", "data", "--out", "run", *demo.cli_flags().split()])
-    assert {name: getattr(args, name) for name in demo.SETTINGS} == demo.SETTINGS
-    # the summary it prints reads these config.json keys
-    assert {"backbone", "image_size", "head_epochs", "fine_tune_epochs", "weights"} <= set(RUN_SETTINGS)
+    for settings in (demo.SETTINGS, {**demo.SETTINGS, **demo.QUICK}):
+        assert set(settings) <= set(train_defaults()) and set(settings) <= set(RUN_SETTINGS)
+        args = build_parser(["train"]).parse_args(["train", "data", "--out", "run",
+                                                   *demo.cli_flags(settings).split()])
+        assert {name: getattr(args, name) for name in settings} == settings
+
+
+# The demo itself runs end to end in tests/test_demo_run.py (its summary checked against the run).

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tfx_transfer.defaults import default_top_k
 from tfx_transfer.evaluation.evaluate import evaluate_model
 from tfx_transfer.evaluation.metrics import (
     classification_metrics,
     confusion_matrix,
-    default_top_k,
     format_report,
     precision_recall_f1,
     top_k_accuracy,
@@ -78,9 +78,23 @@ def test_metrics_match_hand_computed_values():
     json.dumps(m)  # JSON-ready
 
 
-def test_one_hot_labels_default_top_k_and_zero_division():
+def test_default_top_k_and_a_trivial_top_k_accuracy_is_left_out():
+    assert default_top_k(3) == 3 and default_top_k(1000) == 5
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), size=40)
+    y = rng.integers(0, 7, 40)
+    m = classification_metrics(y, probs)  # 7 classes: top-5 by default
+    top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    assert m["top_k"] == 5 and m["top_k_accuracy"] == pytest.approx(np.mean((top5 == y[:, None]).any(1)))
+    assert "top-5 accuracy" in format_report(m).splitlines()[0]
+    for k in (None, 3):  # 3 classes: top-3 accuracy is always 1, so it is not reported
+        m = classification_metrics(Y_TRUE, PROBS, NAMES, top_k=k)
+        assert "top_k" not in m and "top_k_accuracy" not in m
+        assert format_report(m).splitlines()[0] == "accuracy 0.3333   loss 1.0344   (6 images)"
+
+
+def test_one_hot_labels_and_zero_division():
     m = classification_metrics(np.eye(3)[Y_TRUE], PROBS, NAMES)
-    assert m["top_k"] == default_top_k(3) == 2 and default_top_k(1000) == 5
     assert m["confusion_matrix"] == classification_metrics(Y_TRUE, PROBS, NAMES)["confusion_matrix"]
     prf = precision_recall_f1(np.array([[3, 0], [2, 0]]))  # class 1 never predicted, never right
     assert prf["precision"].tolist() == [0.6, 0.0] and prf["f1"][1] == 0.0

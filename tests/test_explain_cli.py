@@ -42,8 +42,10 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
                    tensorboard=True, verbose=0)
     config = json.loads((run / "config.json").read_text())
     assert config["head_lr_requested"] == "auto" and isinstance(config["head_lr"], float)
-    assert 1e-7 <= config["head_lr"] <= 10 and config["lr_finder"]["steps"] >= 2
+    assert config["head_lr"] == float(f"{config['lr_finder']['suggestion']:.3g}")
     assert (run / "lr_finder.png").stat().st_size > 5000
+    with open(run / "lr_finder.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == config["lr_finder"]["steps"] >= 2
 
     with open(run / "top_losses.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -51,7 +53,7 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
     assert all(Path(row["path"]).parent.name == row["true_class"] for row in rows)
     losses = [float(row["loss"]) for row in rows]
     assert losses == sorted(losses, reverse=True)
-    assert result["paths"]["top_losses"] == str(run / "top_losses.png")
+    assert result["paths"]["top_losses"] == run / "top_losses.png"
     assert (run / "top_losses.png").stat().st_size > 5000
 
     train_scalars = _scalars(run / "tensorboard" / "train")
@@ -77,25 +79,48 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
     assert len(pngs) == 8 and "contact_sheet.png" in pngs and "dogs_0.png" in pngs
 
 
-def test_find_lr_cli_and_errors(tinycam, data, tmp_path, capsys):
+def test_find_lr_cli_builds_what_train_builds(tinycam, data, tmp_path, capsys, monkeypatch):
+    import tfx_transfer as tt
+    import tfx_transfer.training.lr_finder as lr_finder
+    from tfx_transfer.models.transfer_model import AUGMENT_NAME
+    from tfx_transfer.training.job import train_defaults
+
+    built, real = [], lr_finder.find_head_lr
+
+    def spy(model, train, **kwargs):
+        built.append(model)
+        return real(model, train, **kwargs)
+
+    monkeypatch.setattr(lr_finder, "find_head_lr", spy)
     out = tmp_path / "lr"
     assert main(["find-lr", str(data), "--backbone", tinycam, "--weights", "none",
-                 "--image-size", "32", "--head", "avg", "--batch-size", "4", "--num-steps", "30",
+                 "--image-size", "32", "--batch-size", "4", "--num-steps", "12",
                  "--out", str(out)]) == 0
+    # no --head, --units, --dropout, --augmentation given: train's defaults
+    defaults = train_defaults()
+    as_train = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None,
+                                       head=defaults["head"], units=defaults["units"],
+                                       dropout=defaults["dropout"])
+    keys = ("head", "units", "dropout", "input_shape")
+    assert {k: tt.transfer_config(built[0])[k] for k in keys} == \
+        {k: tt.transfer_config(as_train)[k] for k in keys}
+    assert defaults["augmentation"] == "standard"
+    assert AUGMENT_NAME in [layer.name for layer in built[0].layers]
+
+    # the printed suggestion is the valley of the curve written to lr_finder.csv
     printed = capsys.readouterr().out
     suggestion = float(printed.split("suggested learning rate: ")[1].split()[0])
     with open(out / "lr_finder.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert 2 <= len(rows) <= 30 and (out / "lr_finder.png").is_file()
+    assert 2 <= len(rows) <= 12 and (out / "lr_finder.png").is_file()
     rates = np.array([float(r["learning_rate"]) for r in rows])
     assert np.all(np.diff(rates) > 0)
-    at = int(np.argmin(np.abs(np.log(rates / suggestion))))  # a rate of the ramp it wrote ...
-    assert rates[at] == pytest.approx(suggestion, rel=5e-3)
     smoothed = [float(r["smoothed_loss"]) for r in rows]
-    assert smoothed[at] < smoothed[0]  # ... where the loss had fallen
+    # fewer than 20 steps: no edge is skipped
+    assert suggestion == pytest.approx(lr_finder.valley(rates, smoothed), rel=5e-3)
 
     assert main(["explain", str(tmp_path / "nothing"), str(data), "--out", str(out)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "nothing' is not a run folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", str(data), "--out", str(tmp_path / "r"), "--head-lr", "fast"])
     with pytest.raises(ValueError, match="head_lr='fast'"):

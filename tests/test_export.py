@@ -18,9 +18,10 @@ from PIL import Image  # noqa: E402
 
 from tests.helpers import tiny_pixels  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
-from tfx_transfer.data.folder import TENSORFLOW_DECODES_WEBP, decode_and_resize  # noqa: E402
+from tfx_transfer.data.decode import TENSORFLOW_DECODES_WEBP, decode_and_resize  # noqa: E402
 from tfx_transfer.export.exported import load_exported, predict_files  # noqa: E402
-from tfx_transfer.export.saved_model import SERVING_FORMATS, export_saved_model  # noqa: E402
+from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
+from tfx_transfer.export.signatures import SERVING_FORMATS  # noqa: E402
 from tfx_transfer.export.tflite import TFLITE_TOLERANCE, export_tflite  # noqa: E402
 from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head  # noqa: E402
 
@@ -131,7 +132,7 @@ def test_layout_assets_and_metadata(export_dir, model):
     assert (version / "assets" / "labels.txt").read_text().splitlines() == CLASSES
     meta = json.loads((version / "assets.extra" / "metadata.json").read_text())
     assert meta["backbone"] == "vgg16" and meta["head"] == "avg"
-    assert meta["input_size"] == [SIZE, SIZE] and meta["class_names"] == CLASSES
+    assert meta["image_size"] == [SIZE, SIZE] and meta["class_names"] == CLASSES
     assert meta["metrics"] == {"val_accuracy": 0.5}
     assert meta["top_k"] == 3
     assert meta["versions"]["tensorflow"] == tf.__version__

@@ -319,6 +319,32 @@ def test_fine_tune_two_phases_one_history():
     assert _all_differ(start, probe.end[3], b5) and _same(start, probe.end[3], other)
 
 
+def test_fine_tune_finds_the_model_parts_once(monkeypatch, tinycam):
+    """Backbone, head and blocks are found once per model, not once per helper or stage."""
+    from tfx_transfer.models import parts as parts_module
+
+    found = {"layer search": 0, "block partition": 0}
+    search, partition = parts_module.ModelParts._one, parts_module.backbone_blocks
+
+    def counted_search(self, kind, what):
+        found["layer search"] += 1
+        return search(self, kind, what)
+
+    def counted_partition(spec, backbone):
+        found["block partition"] += 1
+        return partition(spec, backbone)
+
+    monkeypatch.setattr(parts_module.ModelParts, "_one", counted_search)
+    monkeypatch.setattr(parts_module, "backbone_blocks", counted_partition)
+    model = tt.build_transfer_model(tinycam, 2, input_shape=48, weights=None)
+    x, y = tiny_pixels(N, size=48), tiny_labels(N)
+    for _ in range(2):  # cached head phase, then three stages with per-block rates
+        history = tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=3, gradual=1,
+                               discriminative=2.6, batch_size=BATCH, verbose=0)
+        assert history.history["stage"] == [0, 1, 2, 3]
+        assert found == {"layer search": 1, "block partition": 1}  # the Backbone layer; blocks
+
+
 def test_fine_tune_stage_at_epoch_zero_when_no_head_phase():
     model = _vgg()
     history = tt.fine_tune(model, _data(), head_epochs=0, fine_tune_epochs=1, batch_size=BATCH,
@@ -350,16 +376,18 @@ def test_cached_features_match_plain_training():
 def test_cache_auto_resolution_and_explicit_errors(tmp_path):
     x, y = _data()
     plain = _vgg()
-    assert ft._resolve_cache("auto", plain, (x, y), [], 2, {}) is True
-    assert ft._resolve_cache("auto", plain, (x, y), [], 0, {}) is False
+    parts = tt.model_parts(plain)
+    assert ft._resolve_cache("auto", parts, (x, y), [], 2, {}) is True
+    assert ft._resolve_cache("auto", parts, (x, y), [], 0, {}) is False
     saving = [keras.callbacks.ModelCheckpoint(str(tmp_path / "c.keras"))]
-    assert ft._resolve_cache("auto", plain, (x, y), saving, 2, {}) is False
-    assert ft._resolve_cache("auto", plain, (x, y), [], 2, {"steps_per_epoch": 3}) is False
-    augmented = _vgg(augmentation=keras.layers.RandomFlip("horizontal", name="augmentation"))
+    assert ft._resolve_cache("auto", parts, (x, y), saving, 2, {}) is False
+    assert ft._resolve_cache("auto", parts, (x, y), [], 2, {"steps_per_epoch": 3}) is False
+    augmented = tt.model_parts(
+        _vgg(augmentation=keras.layers.RandomFlip("horizontal", name="augmentation")))
     assert ft._random_layers(augmented) == ["augmentation"]
     assert ft._resolve_cache("auto", augmented, (x, y), [], 2, {}) is False
     with pytest.raises(ValueError, match=r"random augmentation layer\(s\) \['augmentation'\]"):
-        tt.fine_tune(augmented, (x, y), cache_features=True, verbose=0)
+        tt.fine_tune(augmented.model, (x, y), cache_features=True, verbose=0)
     with pytest.raises(ValueError, match="ModelCheckpoint"):
         tt.fine_tune(plain, (x, y), cache_features=True, callbacks=saving, verbose=0)
     with pytest.raises(ValueError, match="pass backup_dir="):

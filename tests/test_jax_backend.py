@@ -16,7 +16,7 @@ import pytest
 import tfx_transfer as tt
 from tests.distribute_jobs import assert_distributed_equals_single, run_job
 from tests.helpers import tiny_labels, tiny_pixels
-from tests.tiny_backbone import registered
+from tests.tiny_backbone import tinycam_registered
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax",
@@ -31,7 +31,7 @@ def float32_after():
 
 @pytest.fixture(autouse=True)
 def _tinycam():
-    with registered():
+    with tinycam_registered():
         yield
 
 

@@ -1,4 +1,4 @@
-"""Joint training: L_target + lam * L_source on a shared backbone; the target model exports alone."""
+"""Joint training: L_target + loss_weight * L_source on a shared backbone; the target model exports alone."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_joint_training_updates_both_heads_and_the_backbone(folders, tmp_path):
     start_target = _snapshot(get_head(model))
     start_conv = _snapshot(get_backbone_model(model).get_layer("block5_conv3"))
 
-    history = fit_joint(model, target_data.train, source_data.train, lam=0.5, epochs=1,
+    history = fit_joint(model, target_data.train, source_data.train, loss_weight=0.5, epochs=1,
                         source_head_weights=head_file, verbose=0)
 
     joint = history.model
@@ -69,10 +69,10 @@ def test_joint_training_updates_both_heads_and_the_backbone(folders, tmp_path):
     assert {id(w) for w in model.weights} <= {id(w) for w in joint.weights}
 
 
-def test_loss_is_target_plus_lambda_source(folders):
+def test_loss_is_target_plus_loss_weight_times_source(folders):
     target_data, source_data = folders
     model = _target_model()
-    history = fit_joint(model, target_data.train, source_data.train, lam=0.25, epochs=1,
+    history = fit_joint(model, target_data.train, source_data.train, loss_weight=0.25, epochs=1,
                         steps_per_epoch=2, verbose=0)
     logs = {k: v[-1] for k, v in history.history.items()}
     assert logs["loss"] == pytest.approx(logs["target_loss"] + 0.25 * logs["source_loss"], rel=1e-4)
@@ -82,8 +82,8 @@ def test_target_model_keeps_only_the_target_head_and_exports(folders, tmp_path):
     target_data, source_data = folders
     model = _target_model()
     head_file, start_source = _saved_source_head(model, tmp_path)
-    # lam=0 is plain fine-tuning: the source head gets no gradient at all
-    history = fit_joint(model, target_data.train, source_data.train, lam=0.0, epochs=1,
+    # loss_weight=0 is plain fine-tuning: the source head gets no gradient at all
+    history = fit_joint(model, target_data.train, source_data.train, loss_weight=0.0, epochs=1,
                         steps_per_epoch=1, source_head_weights=head_file, verbose=0)
     joint = history.model
     assert not _changed(start_source, joint.get_layer(SOURCE_HEAD_NAME))
@@ -120,5 +120,29 @@ def test_errors(folders):
     with pytest.warns(UserWarning, match="frozen"):
         fit_joint(model, target_data.train, source_data.train, epochs=1, steps_per_epoch=1,
                   verbose=0)
-    with pytest.raises(ValueError, match="lam"):
-        fit_joint(model, target_data.train, source_data.train, lam=-1)
+    with pytest.raises(ValueError, match="loss_weight"):
+        fit_joint(model, target_data.train, source_data.train, loss_weight=-1)
+
+
+def test_seed_makes_joint_training_repeatable():
+    """Same seed, same source-head start and training; the default seed is DEFAULT_SEED."""
+    import inspect
+
+    import tensorflow as tf
+
+    from tfx_transfer.defaults import DEFAULT_SEED
+
+    assert inspect.signature(fit_joint).parameters["seed"].default == DEFAULT_SEED
+    x = tiny_pixels(4, 32)
+    target = tf.data.Dataset.from_tensor_slices((x, [0, 1, 0, 1])).batch(2)
+    source = tf.data.Dataset.from_tensor_slices((x, [0, 1, 2, 0])).batch(2)
+
+    def source_head(seed):
+        model = _target_model()
+        history = fit_joint(model, target, source, num_source_classes=3, epochs=1,
+                            steps_per_epoch=1, seed=seed, verbose=0)
+        return _snapshot(history.model.get_layer(SOURCE_HEAD_NAME))
+
+    first, again, other = source_head(7), source_head(7), source_head(8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))

@@ -60,14 +60,16 @@ def test_ramp_diverges_and_the_suggestion_lies_on_the_falling_slope(tinycam, tmp
     model = _model(tinycam)
     x, y = _colour_data(48)
     y[::4] = 1 - y[::4]  # label noise: no perfect fit, so huge steps blow the loss up
+    # plain SGD blows up at the top of the ramp; the loss then levels off near 4x its minimum,
+    # so diverge=3 (not the default 4) makes the stop certain on every backend and data order
     result = tt.find_lr(model, (x, y), start_lr=1e-6, end_lr=1e4, num_steps=60, batch_size=8,
-                        optimizer="sgd")  # plain SGD blows up at the top of the ramp
+                        optimizer="sgd", diverge=3)
     assert not model.compiled  # an uncompiled model stays uncompiled
     rates = np.asarray(result.lrs)
     np.testing.assert_allclose(np.diff(np.log(rates)), np.log(1e10) / 59, rtol=1e-6)  # exponential
     assert result.stopped in ("diverged", "nan") and len(rates) < 60
     if result.stopped == "diverged":
-        assert result.smoothed[-1] > 4 * min(result.smoothed)
+        assert result.smoothed[-1] > 3 * min(result.smoothed)
     at = int(np.argmin(np.abs(rates - result.suggestion)))
     assert 1e-6 < result.suggestion < rates[int(np.argmin(result.smoothed))] * 1.0001
     assert result.smoothed[at] < result.smoothed[0]  # loss already falling there

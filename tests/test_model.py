@@ -1,6 +1,10 @@
 """build_transfer_model: frozen backbone, preprocessing inside, head, weights, errors."""
 
+import io
+import json
 import time
+import zipfile
+from pathlib import Path
 
 import h5py
 import keras
@@ -9,7 +13,7 @@ import pytest
 
 import tfx_transfer as tt
 from tests.helpers import tiny_labels, tiny_pixels, weights_by_name
-from tests.tiny_backbone import registered
+from tests.tiny_backbone import tinycam_registered
 from tfx_transfer.models import weights as weights_mod
 
 
@@ -42,7 +46,7 @@ def test_frozen_backbone_and_bn_stats_unchanged_by_fit_head_trains(tinybn):
 def test_uint8_pixels_match_manual_preprocess_input(backbone, module):
     """The registry's preprocessing mode of each backbone == keras.applications' function
     (on tinycam registered with that mode: the backbone's layers do not matter here)."""
-    with registered(preprocessing=tt.get_backbone(backbone).preprocessing) as name:
+    with tinycam_registered(preprocessing=tt.get_backbone(backbone).preprocessing) as name:
         model = tt.build_transfer_model(name, 3, input_shape=(32, 32, 3), weights=None)
     x = tiny_pixels(2)
     expected_in = getattr(keras.applications, module).preprocess_input(x.astype("float32"))
@@ -209,3 +213,84 @@ def test_import_registers_custom_objects_and_keeps_tensorflow_parts_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["True", "False", "False"]
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy_v0_1_tinycam.keras"
+
+
+def _weight_paths(keras_file) -> list[str]:
+    """Every group and dataset path inside a .keras file's weights (its layout)."""
+    paths: list[str] = []
+    with zipfile.ZipFile(keras_file) as archive, \
+            h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as f:
+        f.visit(paths.append)
+    return paths
+
+
+def _keras_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+def _written_by() -> str:
+    with zipfile.ZipFile(LEGACY) as archive:
+        return json.loads(archive.read("metadata.json"))["keras_version"]
+
+
+@pytest.mark.skipif(_keras_version(keras.__version__) < _keras_version(_written_by()),
+                    reason=f"the file was written by Keras {_written_by()}: an older Keras cannot "
+                           "read its layer configs (e.g. GlorotUniform's input_axes)")
+def test_legacy_v0_1_file_loads_predicts_and_knows_its_parts(tinycam, tmp_path):
+    expected = np.load(LEGACY.with_suffix(".npz"))
+    model = tt.load_model(LEGACY)
+    assert isinstance(model, tt.TransferModel)
+    np.testing.assert_allclose(model.predict(expected["x"], verbose=0), expected["probs"],
+                               rtol=0, atol=1e-6)
+    assert model.backbone is model.get_layer("backbone") is tt.get_backbone_layer(model)
+    assert model.backbone_model is tt.get_backbone_model(model)
+    assert model.backbone_model.name == tinycam
+    assert model.head is tt.get_head(model) and model.head.layers[-1].name == "predictions"
+    assert model.preprocess.mode == "tf"
+    assert type(model.augmentation).__name__ == "Augmentation"
+    assert {name: [layer.name for layer in layers] for name, layers in model.blocks.items()} \
+        == {"b1": ["b1_conv"], "b2": ["b2_conv"], "b3": ["b3_conv"]}
+    assert tt.unfreeze(model, "b3") == ["b3_conv"]
+    # The properties are not saved state: a file written now has v0.1's weights layout.
+    model.save(tmp_path / "again.keras")
+    assert _weight_paths(tmp_path / "again.keras") == _weight_paths(LEGACY)
+
+
+def test_parts_are_found_once_and_agree_with_the_functions():
+    model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+                                    augmentation=keras.layers.RandomFlip(name="my_flip"))
+    assert model.augmentation.name == "my_flip"  # found by place, whatever its name
+    assert model.backbone is model.get_layer("backbone") and model.backbone.model.name == "vgg16"
+    assert model.head is model.get_layer("head") and model.preprocess.mode == "caffe"
+    assert model.blocks is model.blocks  # computed once, kept
+    assert list(model.blocks) == tt.block_names(model) == [f"block{i}" for i in range(1, 6)]
+    assert list(model.blocks["block5"]) == list(tt.backbone_blocks(
+        "vgg16", model.backbone_model)["block5"])
+    with pytest.raises(TypeError):
+        model.blocks["block5"] = ()  # read-only: the kept partition cannot be changed
+    assert tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None).augmentation is None
+    # A model of another class holding the same layers: the functions find the same parts.
+    plain = keras.Model(model.inputs, model.outputs)
+    parts = tt.model_parts(plain)
+    assert (parts.backbone, parts.head, parts.preprocess, parts.augmentation) == (
+        model.backbone, model.head, model.preprocess, model.augmentation)
+    assert tt.get_backbone_model(plain) is model.backbone_model
+    assert [layer.name for layer in parts.blocks["block1"]] == [
+        layer.name for layer in model.blocks["block1"]]
+
+
+def test_a_model_without_a_part_says_which():
+    members = [tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+               for _ in range(2)]
+    fused = tt.ensemble(members)
+    with pytest.raises(ValueError, match=r"expected one Backbone layer, found \["):
+        _ = fused.backbone
+    inputs = keras.Input((4,))
+    dense = tt.TransferModel(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(ValueError, match="has no layer named 'head'"):
+        _ = dense.head
+    with pytest.raises(ValueError, match="expected one Preprocess layer, found"):
+        _ = tt.model_parts(dense).preprocess

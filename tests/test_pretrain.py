@@ -10,11 +10,9 @@ import pytest
 
 from tests.helpers import tiny_pixels, write_class_folders
 from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head
-from tfx_transfer.training.pretraining import (
+from tfx_transfer.training.pretraining import output_paths, pretrain, read_pretrain_info
+from tfx_transfer.training.scratch import (
     build_scratch_model,
-    output_paths,
-    pretrain,
-    read_pretrain_info,
     recalibrate_batchnorm,
     scratch_optimizer,
 )

@@ -82,7 +82,7 @@ def test_errors_and_plot_without_a_keras_model(tinycam, tmp_path):
     x = tiny_pixels(4, 32)
     with pytest.raises(ValueError, match="k=0 must be an int >= 1"):
         tt.top_losses(model, (x, np.zeros(4, int)), k=0)
-    with pytest.raises(ValueError, match="label 5 is outside 0..1"):
+    with pytest.raises(ValueError, match=r"Label 5 is outside 0\.\.1"):
         tt.top_losses(model, (x, np.array([0, 1, 5, 0])))
     with pytest.raises(ValueError, match="3 paths for 4 images"):
         tt.top_losses(model, (x, np.zeros(4, int)), paths=["a", "b", "c"])
@@ -93,3 +93,58 @@ def test_errors_and_plot_without_a_keras_model(tinycam, tmp_path):
     assert rows[0]["loss"] == pytest.approx(np.log(2))
     plot_top_losses(rows, None, tmp_path / "plain.png")
     assert (tmp_path / "plain.png").stat().st_size > 1000
+
+
+def _split_folder(root, splits=("train",)):
+    for split in splits:
+        write_class_folders(root / split, classes=("cats", "dogs"), per_class=3, size=40,
+                            seed=len(split))
+    return root
+
+
+def test_top_losses_follows_evaluates_rule_on_training_images(tinycam, tmp_path):
+    """A folder with only train/ is refused by both, with the same error; the train/ folder itself works."""
+    root = _split_folder(tmp_path / "data")
+    model = _model()
+    names = ["cats", "dogs"]
+    with pytest.raises(ValueError) as refused_by_evaluate:
+        tt.evaluate_model(model, root, names, verbose=False)
+    with pytest.raises(ValueError) as refused_by_top_losses:
+        tt.top_losses(model, root, class_names=names)
+    assert str(refused_by_top_losses.value) == str(refused_by_evaluate.value)
+    assert "only a train/ split" in str(refused_by_evaluate.value)
+    assert "train/ folder itself" in str(refused_by_evaluate.value)
+
+    metrics = tt.evaluate_model(model, root / "train", names, verbose=False)
+    rows = tt.top_losses(model, root / "train", k=None, class_names=names)
+    assert metrics["num_samples"] == len(rows) == 6
+    assert sorted(row["path"] for row in rows) == sorted(str(p) for p in (root / "train").rglob("*.*"))
+    assert len(tt.top_losses(model, root, k=None, class_names=names, split="train")) == 6
+
+
+def test_an_image_folder_is_scored_on_its_validation_split(tinycam, tmp_path):
+    """README's ``tt.top_losses(model, data, k=16)`` with ``data`` an ImageFolder."""
+    root = write_class_folders(tmp_path / "data", classes=("cats", "dogs"), per_class=8, size=40)
+    data = tt.load_image_folder(root, image_size=32, validation_split=0.25, augmentation="light")
+    model = _model()
+    rows = tt.top_losses(model, data, k=16)
+    validation = data.files["validation"]
+    assert len(rows) == len(validation) == 4
+    assert sorted(row["path"] for row in rows) == sorted(path for path, _ in validation)
+    truth = dict(validation)
+    assert all(row["true"] == truth[row["path"]] for row in rows)
+    # the same pixels as the folder's own validation dataset, hence the same losses
+    images = np.concatenate([x for x, _ in data.validation.as_numpy_iterator()])
+    probs = model.predict(images, verbose=0)
+    expected = {path: -np.log(probs[i, label]) for i, (path, label) in enumerate(validation)}
+    for row in rows:
+        np.testing.assert_allclose(row["loss"], expected[row["path"]], rtol=1e-4)
+    assert tt.evaluate_model(model, data, verbose=False)["num_samples"] == 4
+
+    train_only = tt.load_image_folder(root, image_size=48)  # no validation split: training images
+    with pytest.raises(ValueError, match="only a train/ split"):
+        tt.top_losses(model, train_only)
+    with pytest.raises(ValueError, match="only a train/ split"):
+        tt.evaluate_model(model, train_only, ["cats", "dogs"], verbose=False)
+    rows = tt.top_losses(model, train_only, k=None, split="train")  # read at the model's 32 px
+    assert len(rows) == 16 and rows[0]["image"].shape == (32, 32, 3)

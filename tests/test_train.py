@@ -46,10 +46,10 @@ def assert_png(path: Path) -> None:
 
 
 def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
-    from tfx_transfer.cli import TRAIN_FLAGS
+    from tfx_transfer.commands.jobs import train_flags
     from tfx_transfer.training.job import RUN_SETTINGS, train_defaults
 
-    assert set(RUN_SETTINGS) <= set(TRAIN_FLAGS)
+    assert set(RUN_SETTINGS) <= set(train_flags())
     args = build_parser().parse_args(["train", "data", "--out", "run"])
     assert not set(vars(args)) & set(RUN_SETTINGS)  # flags not given leave train()'s defaults
     with pytest.raises(SystemExit):
@@ -66,6 +66,8 @@ def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
         ["train", "d", "--out", "r", "--blocks", "block4,block5"]).blocks == ["block4", "block5"]
     assert build_parser().parse_args(
         ["train", "d", "--out", "r", "--no-cache-features"]).cache_features is False
+    assert defaults["cache_features"] == "auto" and defaults["seed"] == 1337
+
 
 def test_resume_refuses_other_settings_and_a_missing_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="Nothing to resume"):
@@ -78,13 +80,22 @@ def test_resume_refuses_other_settings_and_a_missing_run(tmp_path):
         train(tmp_path, tmp_path, head_epochs=1)
 
 
+def test_cache_features_takes_auto_true_or_false_and_is_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="cache_features=True is not possible with "
+                                         "augmentation='light'"):
+        train(tmp_path, tmp_path / "run", cache_features=True, augmentation="light")
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match=r"cache_features='yes': use 'auto'"):
+        train(tmp_path, tmp_path / "run", cache_features="yes")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = make_data(root / "data")
     run = root / "run"
     status = main(["train", str(data), "--out", str(run), "--head-epochs", "1",
-                   "--fine-tune-epochs", "1", *TINY])
+                   "--fine-tune-epochs", "1", "--top-k", "2", *TINY])
     assert status == 0
     return data, run
 
@@ -132,7 +143,7 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
     assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(6), labels])), rel=1e-4)
     top2 = np.argsort(-probs, axis=1)[:, :2]
-    assert metrics["top_k"] == 2
+    assert metrics["top_k"] == 2  # --top-k 2 (of 3 classes)
     assert metrics["top_k_accuracy"] == pytest.approx(np.mean((top2 == labels[:, None]).any(1)))
     for c, name in enumerate(CLASSES):
         tp = cm[c][c]
@@ -181,7 +192,7 @@ def test_evaluate_cli_on_a_run_and_on_an_export(trained, tmp_path, capsys, monke
     assert_png(out_dir / "confusion_matrix.png")
 
     assert main(["evaluate", str(run), str(tmp_path / "missing")]) == 2
-    assert "test folder" in capsys.readouterr().err
+    assert "missing' does not exist" in capsys.readouterr().err
 
 
 class Kill(keras.callbacks.Callback):

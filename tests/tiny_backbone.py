@@ -26,8 +26,9 @@ def tiny_cnn(include_top=False, weights=None, input_shape=(48, 48, 3)):
 
 
 @contextlib.contextmanager
-def registered(preprocessing: str = "tf") -> Iterator[str]:
-    """Registers the backbone as "tinycam" inside the ``with`` block, removes it afterwards."""
+def tinycam_registered(preprocessing: str = "tf") -> Iterator[str]:
+    """The backbone registered as "tinycam" inside the block (for module-scoped fixtures,
+    subprocesses, or another preprocessing mode)."""
     from tfx_transfer.models import backbones
 
     tt.register_backbone(tt.BackboneSpec(NAME, tiny_cnn, preprocessing, 48, 16,
@@ -42,7 +43,7 @@ def registered(preprocessing: str = "tf") -> Iterator[str]:
 @pytest.fixture
 def tinycam():
     """Registers the backbone as "tinycam" for the test, removes it afterwards."""
-    with registered() as name:
+    with tinycam_registered() as name:
         yield name
 
 

@@ -10,6 +10,8 @@ head (:func:`build_transfer_model`), image folders to ``tf.data``
 Importing the package imports Keras and registers every custom object of the
 kit (so ``keras.saving.load_model`` reads every ``.keras`` file it writes); the
 TensorFlow-only parts (data, export, the end-to-end job) are imported on first use.
+(The ``tfx-transfer`` script alone defers the registration to the command it runs:
+see :mod:`tfx_transfer_cli`.)
 
 Example:
     >>> import tfx_transfer as tt
@@ -20,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -37,12 +40,14 @@ _EXPORTS = {
     "Backbone": "models.layers",
     # model
     "build_transfer_model": "models.transfer_model",
-    "build_head": "models.transfer_model",
+    "build_head": "models.heads",
     "get_backbone_model": "models.transfer_model",
     "get_backbone_layer": "models.transfer_model",
     "get_head": "models.transfer_model",
     "TransferModel": "models.transfer_model",
     "transfer_config": "models.transfer_model",
+    "ModelParts": "models.parts",
+    "model_parts": "models.parts",
     "load_model": "models.saving",
     # weights
     "WeightsUnavailableError": "models.weights",
@@ -51,10 +56,10 @@ _EXPORTS = {
     "load_image_folder": "data.folder",
     "ImageFolder": "data.folder",
     "class_weights": "data.folder",
-    "decode_and_resize": "data.folder",
+    "decode_and_resize": "data.decode",
     # augmentation
     "Augmentation": "data.augmentation",
-    "preview_augmentation": "data.augmentation",
+    "preview_augmentation": "data.preview",
     "RandomAffine": "data.augmentation_layers",
     # fine-tuning
     "freeze": "models.freezing",
@@ -99,8 +104,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 # Registers the kit's serializable objects (layers, TransferModel, FuseProbabilities,
-# DiscriminativeOptimizer, augmentation layers) for keras.saving.load_model.
-from tfx_transfer.models import saving as _saving  # noqa: E402,F401
+# DiscriminativeOptimizer, augmentation layers) for keras.saving.load_model. The
+# `tfx-transfer` script enters through the module tfx_transfer_cli, imported before this
+# package: then the command that runs registers them (tfx_transfer.cli.main), so that
+# `tfx-transfer --help` and `--version` answer without importing Keras and TensorFlow.
+if "tfx_transfer_cli" not in sys.modules:
+    importlib.import_module("tfx_transfer.models.saving")
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,18 @@ FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 
 
 def check_shift(value: Any, key: str) -> float | int | list:
-    """IDG shift range, kept as IDG reads it: float (fraction if < 1, else pixels), int pixels or a list."""
+    """IDG shift range, kept as IDG reads it: float (fraction if < 1, else pixels), int pixels or a list.
+
+    A float or int becomes its absolute value (the range is symmetric); a list
+    becomes a list of floats (the values drawn from, with a random sign). ``key``
+    is the keyword's name, used in the error message for an empty list.
+
+    Example:
+        >>> check_shift(-0.1, "width_shift_range"), check_shift(4, "width_shift_range")
+        (0.1, 4)
+        >>> check_shift([2, 3], "height_shift_range")
+        [2.0, 3.0]
+    """
     if isinstance(value, (list, tuple, np.ndarray)):
         values = [float(v) for v in value]
         if not values:
@@ -37,6 +48,15 @@ def check_shift(value: Any, key: str) -> float | int | list:
 
 
 def zoom_bounds(zoom_range: Any) -> tuple[float, float]:
+    """IDG ``zoom_range`` as ``(low, high)``: a float ``z`` is ``[1 - z, 1 + z]``, a pair is sorted.
+
+    Raises ``ValueError`` unless the lower bound is > 0 (a scale of 0 or less has
+    no image to sample).
+
+    Example:
+        >>> zoom_bounds(0.2), zoom_bounds([1.2, 0.8])
+        ((0.8, 1.2), (0.8, 1.2))
+    """
     if isinstance(zoom_range, (int, float)):
         low, high = 1 - zoom_range, 1 + zoom_range
     elif len(zoom_range) == 2:
@@ -56,14 +76,31 @@ def idg_affine_transform(bk, height, width, theta, tx, ty, shear, zx, zy, flip_x
     center ``C`` (pixel-center coordinates, x = column, y = row), then the flips
     (``flip_x``/``flip_y`` = -1 to flip, 1 not). Each matrix maps output to
     input coordinates, as in IDG: ``zx > 1`` zooms out, the shear maps
-    ``(x, y)`` to ``(x - sin(shear) * y, cos(shear) * y)``. Angles in degrees;
-    all arguments are ``(B,)`` tensors except ``height``/``width``.
+    ``(x, y)`` to ``(x - sin(shear) * y, cos(shear) * y)``.
+
+    Args:
+        bk: the backend module to compute with (a ``DataLayer``'s ``self.backend``:
+            TensorFlow inside ``tf.data``, the Keras backend in a model).
+        height, width: the image size in pixels (ints or scalar tensors).
+        theta: rotation angles in degrees, ``(B,)``.
+        tx, ty: shifts in pixels along x (columns) and y (rows), ``(B,)``.
+        shear: shear angles in degrees, ``(B,)``.
+        zx, zy: zoom factors along x and y, ``(B,)`` (1: none; > 1 zooms out).
+        flip_x, flip_y: -1 to flip along that axis, 1 not to, ``(B,)``.
+
+    Returns:
+        ``(B, 8)`` float32: the first 8 entries of each 3x3 matrix, row-major, as
+        ``keras.ops.image.affine_transform`` takes them.
 
     Example:
+        >>> bk = RandomAffine().backend
         >>> zeros, ones = np.zeros(2, "float32"), np.ones(2, "float32")
-        >>> t = idg_affine_transform(keras.src.backend, 32, 32, *[zeros] * 4, *[ones] * 4)
+        >>> t = idg_affine_transform(bk, 32, 32, *[zeros] * 4, *[ones] * 4)
         >>> keras.ops.convert_to_numpy(t)[0].tolist()  # identity: no rotation, shift, zoom
         [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+        >>> t = idg_affine_transform(bk, 32, 32, *[zeros] * 4, *[ones] * 2, -ones, ones)
+        >>> keras.ops.convert_to_numpy(t)[0].tolist()  # horizontal flip: output x reads 31 - x
+        [-1.0, 0.0, 31.0, 0.0, 1.0, 0.0, 0.0, 0.0]
     """
     n = bk.numpy
     one, zero = n.ones_like(theta), n.zeros_like(theta)
@@ -99,6 +136,21 @@ class RandomAffine(DataLayer):
     values with a random sign); ``zoom_range=(low, high)`` draws ``zx`` and
     ``zy`` independently; each flip with probability 0.5. One
     ``affine_transform`` call per batch (the per-image matrices differ).
+
+    Args:
+        rotation_range: largest rotation, degrees.
+        width_shift_range, height_shift_range: horizontal / vertical shift range
+            (:func:`check_shift`).
+        shear_range: largest shear angle, degrees.
+        zoom_range: a float ``z`` (``[1 - z, 1 + z]``) or ``(low, high)``
+            (:func:`zoom_bounds`); factors > 1 zoom out, as in IDG.
+        horizontal_flip, vertical_flip: mirror left-right / upside down with
+            probability 0.5.
+        fill_mode: how pixels outside the image are filled: ``"nearest"``,
+            ``"constant"``, ``"reflect"`` or ``"wrap"``.
+        fill_value: the pixel value for ``fill_mode="constant"``.
+        interpolation: ``"bilinear"`` or ``"nearest"``.
+        seed: seed of the layer's random draws (``None``: unseeded).
 
     Example:
         >>> layer = RandomAffine(rotation_range=20, zoom_range=(0.8, 1.2), seed=0)

@@ -1,4 +1,4 @@
-"""Image folders to ``tf.data``: scan, verify, split, decode, resize, batch.
+"""Image folders to ``tf.data``: scan, verify, split, then batch (:func:`load_image_folder`).
 
 Accepted layouts (class names are the sub-folder names, sorted alphabetically
 like Keras)::
@@ -8,14 +8,12 @@ like Keras)::
                                                        ``test/`` also accepted)
 
 Before any dataset is built every candidate file is decoded once with the very
-decoder used for training, so a bad file is reported up front (one
-``UserWarning`` naming each file and the count) instead of crashing an epoch.
-Hidden entries (``.DS_Store``, ``._x``, ``.cache/``, ``__MACOSX/``,
-``Thumbs.db``, ``desktop.ini``) are ignored silently. Pixels come out as
-``uint8`` RGB ``(H, W, 3)`` in 0..255: grayscale, palette, RGBA and CMYK images
-become RGB, a GIF gives its first frame. EXIF orientation is ignored (as in
-Keras). The few files TensorFlow cannot decode (TIFF, palette BMP) are decoded
-with Pillow instead, chosen per file.
+decoder used for training (:mod:`tfx_transfer.data.verify`), so a bad file is
+reported up front (one ``UserWarning`` naming each file and the count) instead
+of crashing an epoch. Hidden entries (``.DS_Store``, ``._x``, ``.cache/``,
+``__MACOSX/``, ``Thumbs.db``, ``desktop.ini``) are ignored silently
+(:mod:`tfx_transfer.data.files`). Pixels are decoded by
+:mod:`tfx_transfer.data.decode` and batched by :mod:`tfx_transfer.data.pipeline`.
 
 Example:
     >>> import tempfile, tfx_transfer as tt
@@ -37,130 +35,32 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tfx_transfer.data.files import (
-    SPLITS,
-    find_images,
-    is_hidden,
-    split_folders,
-    visible_dirs,
-)
-
-# tf.io.decode_image reads WebP from TensorFlow 2.19; older versions read it with Pillow.
-TENSORFLOW_DECODES_WEBP = tuple(int(v) for v in tf.__version__.split(".")[:2]) >= (2, 19)
-_PIL_ONLY_EXTENSIONS = (".tif", ".tiff") + (() if TENSORFLOW_DECODES_WEBP else (".webp",))
-_SPLITS = SPLITS
-
-# -- decoding (shared with the export module) --------------------------------
-
-
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Decode JPEG/PNG/GIF/BMP/WebP bytes to ``uint8`` RGB ``(H, W, 3)``.
-
-    Grayscale, palette, RGBA and CMYK become RGB (alpha is dropped); a GIF
-    gives its first frame. Pure TensorFlow ops, usable inside a graph.
-
-    Example:
-        >>> import io
-        >>> from PIL import Image
-        >>> png = io.BytesIO(); Image.new("L", (64, 48)).save(png, "PNG")  # grayscale
-        >>> decode_image(png.getvalue()).shape
-        TensorShape([48, 64, 3])
-    """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def resize_image(
-    image: tf.Tensor, image_size: Sequence[int], crop_to_aspect_ratio: bool = False
-) -> tf.Tensor:
-    """Resize a ``(H, W, 3)`` image to ``image_size`` = (height, width), ``uint8`` out.
-
-    Bilinear with antialiasing (``tf.image.resize(..., antialias=True)``), so
-    large photos are downscaled without aliasing; the result is rounded and
-    clipped to 0..255. The aspect ratio is not kept (the image is stretched)
-    unless ``crop_to_aspect_ratio=True``, which first takes the largest central
-    crop with the target aspect ratio (as Keras's ``crop_to_aspect_ratio``).
-
-    Example:
-        >>> resize_image(tf.zeros([300, 400, 3], tf.uint8), (224, 224)).shape
-        TensorShape([224, 224, 3])
-    """
-    height, width = int(image_size[0]), int(image_size[1])
-    if crop_to_aspect_ratio:
-        shape = tf.shape(image)
-        in_h, in_w = shape[0], shape[1]
-        crop_h = tf.minimum(in_h, tf.cast(tf.cast(in_w, tf.float64) * height / width, tf.int32))
-        crop_w = tf.minimum(in_w, tf.cast(tf.cast(in_h, tf.float64) * width / height, tf.int32))
-        crop_h, crop_w = tf.maximum(crop_h, 1), tf.maximum(crop_w, 1)
-        image = tf.image.crop_to_bounding_box(
-            image, (in_h - crop_h) // 2, (in_w - crop_w) // 2, crop_h, crop_w
-        )
-    resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-
-def decode_and_resize(
-    image_bytes: tf.Tensor, image_size: Sequence[int], crop_to_aspect_ratio: bool = False
-) -> tf.Tensor:
-    """Encoded image bytes (a scalar string tensor) to ``uint8`` ``(H, W, 3)`` at ``image_size``.
-
-    :func:`decode_image` then :func:`resize_image`; the training pipeline and
-    the exported serving signature both use it, so they see identical pixels.
-
-    Example:
-        >>> import io
-        >>> from PIL import Image
-        >>> jpg = io.BytesIO(); Image.new("RGB", (64, 48)).save(jpg, "JPEG")
-        >>> image = decode_and_resize(jpg.getvalue(), (32, 32))
-        >>> image.shape, image.dtype
-        (TensorShape([32, 32, 3]), tf.uint8)
-    """
-    return resize_image(decode_image(image_bytes), image_size, crop_to_aspect_ratio)
-
-
-def _pil_decode(path: bytes | str) -> np.ndarray:
-    """Decode with Pillow (first frame, RGB) for files TensorFlow cannot read."""
-    from PIL import Image
-
-    path = path.decode() if isinstance(path, bytes) else path
-    with Image.open(path) as img:
-        img.seek(0)
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def _needs_pil(path: str) -> bool:
-    """TIFF, and BMPs of 8 bits or less (TensorFlow reads their palette indices as gray)."""
-    if path.lower().endswith(_PIL_ONLY_EXTENSIONS):
-        return True
-    if not path.lower().endswith(".bmp"):
-        return False
-    with open(path, "rb") as f:
-        header = f.read(30)
-    return header[:2] == b"BM" and len(header) == 30 and int.from_bytes(header[28:30], "little") <= 8
-
+from tfx_transfer.data.augmentation import as_augmentation
+from tfx_transfer.data.files import find_images, is_hidden, split_folders, visible_dirs
+from tfx_transfer.data.image_cache import DEFAULT_CACHE_BUDGET_GB, resolve_cache_images
+from tfx_transfer.data.pipeline import make_dataset
+from tfx_transfer.data.verify import ROUTES, assumed_routes, verify_images
+from tfx_transfer.defaults import DEFAULT_SEED
 
 # -- the result ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ImageFolder:
-    """What :func:`load_image_folder` returns.
+    """What :func:`load_image_folder` returns (each argument is also an attribute).
 
-    Attributes:
+    Args:
         train, validation, test: batched ``tf.data.Dataset`` of ``(images, labels)``
             (``validation``/``test`` are ``None`` when absent); images ``uint8``
             ``(B, H, W, 3)`` in 0..255 (``float32`` when a dataset-side
@@ -169,6 +69,9 @@ class ImageFolder:
         class_names: sorted class names; label ``i`` is ``class_names[i]``.
         files: split name -> list of ``(path, label)`` actually used.
         skipped: ``(path, reason)`` for every file left out (also warned about once).
+        image_size: ``(height, width)`` of the images.
+        crop_to_aspect_ratio: whether images were center-cropped before resizing.
+        routes: path -> ``"tf"`` or ``"pil"``, the decoder of each file used.
 
     Example:
         >>> import tempfile
@@ -190,6 +93,9 @@ class ImageFolder:
     class_names: list[str]
     files: dict[str, list[tuple[str, int]]]
     skipped: list[tuple[str, str]]
+    image_size: tuple[int, int] | None = None
+    crop_to_aspect_ratio: bool = False
+    routes: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -222,65 +128,45 @@ def _scan_split(split_dir: Path, skipped: list) -> dict[str, list[str]]:
     return classes
 
 
-# -- verification (same decoder as training), cached by path/size/mtime -------
+def _scan(root: Path, validation_split: float | None) -> tuple[dict, dict, list[str], list]:
+    """Split folders, split -> class -> candidate paths, the class names and the skipped files."""
+    split_dirs = split_folders(root)
+    if "validation" in split_dirs and validation_split is not None:
+        raise ValueError(
+            f"{root} already has {split_dirs['validation'].name}/; drop validation_split={validation_split}."
+        )
+    skipped: list[tuple[str, str]] = []
+    scanned = {split: _scan_split(path, skipped) for split, path in split_dirs.items()}
+    class_names = sorted(scanned["train"])
+    if not class_names:
+        raise ValueError(
+            f"No class folders in {split_dirs['train']}: expected one sub-folder of images per class."
+        )
+    for split, classes in scanned.items():
+        extra = sorted(set(classes) - set(class_names))
+        if extra:
+            raise ValueError(
+                f"{split_dirs[split]} has class folder(s) {extra} that {split_dirs['train']} lacks; "
+                "every split must use the training classes."
+            )
+    return split_dirs, scanned, class_names, skipped
 
 
-def _verify_cache_file(root: Path) -> Path:
-    base = Path(os.environ.get("TFX_TRANSFER_CACHE_DIR", Path.home() / ".cache" / "tfx_transfer"))
-    key = hashlib.sha1(f"{root.resolve()}|tf{tf.__version__}".encode()).hexdigest()[:16]
-    return base / "verified" / f"{key}.json"
-
-
-def _file_key(path: str) -> list:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _tf_decodable(paths: list[str]) -> set[int]:
-    """Indices of ``paths`` that TensorFlow decodes, checked in parallel."""
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-    ds = ds.map(
-        lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p)))),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=False,
-    ).ignore_errors()
-    return {int(i) for i, _ in ds.as_numpy_iterator()}
-
-
-def _verify(paths: list[str], root: Path) -> dict[str, str]:
-    """Path -> ``"tf"``, ``"pil"`` (decoder to use) or the reason it cannot be read."""
-    cache_file = _verify_cache_file(root)
-    cache: dict[str, list] = {}
-    if cache_file.exists():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
-    result, todo = {}, []
-    for path in paths:
-        hit = cache.get(path)
-        if hit is not None and hit[:2] == _file_key(path):
-            result[path] = hit[2]
-        else:
-            todo.append(path)
-    tf_ok = _tf_decodable(todo) if todo else set()
-    for i, path in enumerate(todo):
-        if i in tf_ok and not _needs_pil(path):
-            result[path] = "tf"
-            continue
-        try:
-            _pil_decode(path)
-            result[path] = "pil"
-        except Exception as err:  # any Pillow failure means "cannot decode"
-            result[path] = f"cannot be decoded ({type(err).__name__}: {err})"
-    if todo:
-        cache = {p: _file_key(p) + [result[p]] for p in paths}
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps(cache))
-        except OSError as err:
-            warnings.warn(f"Could not write the verification cache {cache_file}: {err}", stacklevel=3)
-    return result
+def _usable(split_dirs: dict, scanned: dict, class_names: list[str],
+            routes: dict[str, str]) -> dict[str, list[tuple[str, int]]]:
+    """Split -> ``(path, label)`` of the readable files; a class with none is an error."""
+    files: dict[str, list[tuple[str, int]]] = {}
+    for split, classes in scanned.items():
+        files[split] = []
+        for name, paths in classes.items():
+            usable = [p for p in paths if routes[p] in ROUTES]
+            if not usable:
+                raise ValueError(
+                    f"Class folder {str(split_dirs[split] / name)!r} has no usable image "
+                    f"({len(paths)} candidate file(s) could not be decoded); add images or remove the folder."
+                )
+            files[split] += [(p, class_names.index(name)) for p in usable]
+    return files
 
 
 # -- splitting -------------------------------------------------------------------
@@ -301,89 +187,6 @@ def _stratified_split(
     return train, val
 
 
-# -- pipeline ----------------------------------------------------------------------
-
-
-def _shuffle_buffer(n: int, image_size: Sequence[int], cache: str | None) -> int:
-    """Whole split for the memory cache (tensors are shared); ~256 MB of pixels for a file cache."""
-    if cache == "memory":
-        return max(n, 1)
-    per_image = int(image_size[0]) * int(image_size[1]) * 3
-    return max(1, min(n, (256 << 20) // per_image))
-
-
-def _make_dataset(
-    files: list[tuple[str, int]],
-    routes: dict[str, str],
-    *,
-    split: str,
-    num_classes: int,
-    image_size: tuple[int, int],
-    batch_size: int,
-    label_mode: str,
-    shuffle: bool,
-    seed: int,
-    cache: str | None,
-    crop_to_aspect_ratio: bool,
-    augmentation: Any,
-) -> tf.data.Dataset:
-    paths = [p for p, _ in files]
-    labels = np.array([lab for _, lab in files], dtype=np.int32)
-    use_pil = np.array([routes.get(p) == "pil" for p in paths], dtype=bool)
-
-    def load(path, label, pil):
-        if use_pil.any():
-            image = tf.cond(
-                pil,
-                lambda: tf.ensure_shape(tf.numpy_function(_pil_decode, [path], tf.uint8), [None, None, 3]),
-                lambda: decode_image(tf.io.read_file(path)),
-            )
-        else:
-            image = decode_image(tf.io.read_file(path))
-        image = resize_image(image, image_size, crop_to_aspect_ratio)
-        if label_mode == "categorical":
-            label = tf.one_hot(label, num_classes, dtype=tf.float32)
-        return image, label
-
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels, use_pil))
-    if shuffle and not cache:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
-    if cache:
-        ds = ds.cache("" if cache == "memory" else _cache_path(cache, split, files, image_size, crop_to_aspect_ratio))
-        if shuffle:
-            buffer = _shuffle_buffer(len(paths), image_size, cache)
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augmentation is not None:
-        ds = augmentation.map_dataset(ds)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def _cache_path(cache_dir: str, split: str, files, image_size, crop: bool) -> str:
-    """A cache file name keyed by the file list, sizes/mtimes and resize settings (stale caches never replay)."""
-    digest = hashlib.sha1(repr((image_size, crop)).encode())
-    for path, label in files:
-        digest.update(f"{path}|{label}|{_file_key(path)}\n".encode())
-    os.makedirs(cache_dir, exist_ok=True)
-    return os.path.join(cache_dir, f"{split}-{digest.hexdigest()[:16]}")
-
-
-def _as_augmentation(augmentation: Any):
-    if augmentation is None or hasattr(augmentation, "map_dataset"):
-        return augmentation
-    from tfx_transfer.data.augmentation import Augmentation
-
-    if isinstance(augmentation, str):
-        return Augmentation(preset=augmentation)
-    if isinstance(augmentation, dict):
-        return Augmentation(**augmentation)
-    raise TypeError(
-        f"augmentation={augmentation!r}: pass an Augmentation, a preset name "
-        "('light', 'standard', 'heavy') or a dict of ImageDataGenerator keywords."
-    )
-
-
 # -- public entry points ----------------------------------------------------------
 
 
@@ -392,13 +195,14 @@ def load_image_folder(
     image_size: int | Sequence[int] = (224, 224),
     batch_size: int = 32,
     validation_split: float | None = None,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     label_mode: str = "int",
     shuffle: bool = True,
     cache_images: str | os.PathLike | None = None,
     crop_to_aspect_ratio: bool = False,
     augmentation: Any = None,
     verify: bool = True,
+    cache_budget_gb: float = DEFAULT_CACHE_BUDGET_GB,
 ) -> ImageFolder:
     """Load a folder of class folders (or ``train/``, ``val/``, ``test/`` folders of them).
 
@@ -413,18 +217,23 @@ def load_image_folder(
         label_mode: ``"int"`` (``int32`` labels) or ``"categorical"`` (one-hot
             ``float32``, needed by MixUp/CutMix and ``categorical_crossentropy``).
         shuffle: reshuffle ``train`` every epoch (``validation``/``test`` are never shuffled).
-        cache_images: ``None`` (stream from disk every epoch), ``"memory"``, or a folder
-            for on-disk cache files of the decoded, resized images (file names
-            depend on the file list, so a changed folder never replays a stale cache).
+        cache_images: ``None``/``"none"`` (decoded every epoch; no folder is
+            created), ``"memory"``, ``"auto"`` (memory when the decoded images fit
+            ``cache_budget_gb``, else none) or a folder for on-disk cache files of
+            the decoded, resized images (file names depend on the file list, so a
+            changed folder never replays a stale cache). See
+            :mod:`tfx_transfer.data.image_cache`.
         crop_to_aspect_ratio: center-crop to the target aspect ratio before
-            resizing instead of stretching (see :func:`resize_image`).
+            resizing instead of stretching (see :func:`tfx_transfer.data.decode.resize_image`).
         augmentation: ``None``, an :class:`~tfx_transfer.data.augmentation.Augmentation`,
-            a preset name or a dict of ImageDataGenerator keywords; applied to
+            a preset name or a dict of ImageDataGenerator keywords
+            (:func:`~tfx_transfer.data.augmentation.as_augmentation`); applied to
             batches of ``train`` only (after the cache, so every epoch differs).
         verify: decode every file once before building the datasets (results
             cached by path, size and mtime under ``$TFX_TRANSFER_CACHE_DIR`` or
             ``~/.cache/tfx_transfer``). ``False`` skips this: faster start, but
             an undecodable file then fails mid-epoch.
+        cache_budget_gb: memory budget of ``cache_images="auto"``, in GB of decoded pixels.
 
     Returns:
         An :class:`ImageFolder`.
@@ -462,49 +271,20 @@ def load_image_folder(
         raise ValueError(f"label_mode={label_mode!r}: use 'int' or 'categorical'.")
     if validation_split is not None and not 0 < validation_split < 1:
         raise ValueError(f"validation_split={validation_split!r} must be in (0, 1), or None for no split.")
-    cache = None if cache_images is None else ("memory" if cache_images == "memory" else os.fspath(cache_images))
-
-    split_dirs = split_folders(root)
-    if "validation" in split_dirs and validation_split is not None:
+    augmentation = as_augmentation(augmentation)
+    if augmentation is not None and augmentation.mixing and label_mode != "categorical":
         raise ValueError(
-            f"{root} already has {split_dirs['validation'].name}/; drop validation_split={validation_split}."
+            f"augmentation mixes labels ({augmentation.mixing}); use label_mode='categorical'."
         )
-    skipped: list[tuple[str, str]] = []
-    scanned = {split: _scan_split(path, skipped) for split, path in split_dirs.items()}
-    class_names = sorted(scanned["train"])
-    if not class_names:
-        raise ValueError(
-            f"No class folders in {split_dirs['train']}: expected one sub-folder of images per class."
-        )
-    for split, classes in scanned.items():
-        extra = sorted(set(classes) - set(class_names))
-        if extra:
-            raise ValueError(
-                f"{split_dirs[split]} has class folder(s) {extra} that {split_dirs['train']} lacks; "
-                "every split must use the training classes."
-            )
 
+    split_dirs, scanned, class_names, skipped = _scan(root, validation_split)
     candidates = [p for classes in scanned.values() for paths in classes.values() for p in paths]
-    if verify:
-        routes = _verify(candidates, root)
-    else:
-        routes = {p: "pil" if _needs_pil(p) else "tf" for p in candidates}
-    skipped += [(p, reason) for p, reason in routes.items() if reason not in ("tf", "pil")]
+    routes = verify_images(candidates, root) if verify else assumed_routes(candidates)
+    skipped += [(p, reason) for p, reason in routes.items() if reason not in ROUTES]
     if skipped:
         lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
         warnings.warn(f"Skipped {len(skipped)} file(s) under {root}:\n{lines}", UserWarning, stacklevel=2)
-
-    files: dict[str, list[tuple[str, int]]] = {}
-    for split, classes in scanned.items():
-        files[split] = []
-        for name, paths in classes.items():
-            usable = [p for p in paths if routes[p] in ("tf", "pil")]
-            if not usable:
-                raise ValueError(
-                    f"Class folder {str(split_dirs[split] / name)!r} has no usable image "
-                    f"({len(paths)} candidate file(s) could not be decoded); add images or remove the folder."
-                )
-            files[split] += [(p, class_names.index(name)) for p in usable]
+    files = _usable(split_dirs, scanned, class_names, routes)
     if validation_split is not None:
         files["train"], files["validation"] = _stratified_split(files["train"], validation_split, seed, class_names)
         if not files["validation"]:
@@ -512,17 +292,15 @@ def load_image_folder(
                 f"validation_split={validation_split} leaves no validation image; use a larger fraction."
             )
 
-    augmentation = _as_augmentation(augmentation)
-    if augmentation is not None and getattr(augmentation, "mixing", None) and label_mode != "categorical":
-        raise ValueError(
-            f"augmentation mixes labels ({augmentation.mixing}); use label_mode='categorical'."
-        )
+    counts = {split: {"images": len(pairs)} for split, pairs in files.items()}
+    cache, _ = resolve_cache_images(cache_images, counts, image_size, cache_budget_gb)
     common = dict(
         routes=routes, num_classes=len(class_names), image_size=image_size, batch_size=batch_size,
-        label_mode=label_mode, seed=seed, cache=cache, crop_to_aspect_ratio=crop_to_aspect_ratio,
+        label_mode=label_mode, seed=seed, cache=None if cache == "none" else cache,
+        crop_to_aspect_ratio=crop_to_aspect_ratio,
     )
     datasets = {
-        split: _make_dataset(
+        split: make_dataset(
             pairs, split=split, shuffle=shuffle and split == "train",
             augmentation=augmentation if split == "train" else None, **common,
         )
@@ -535,6 +313,9 @@ def load_image_folder(
         class_names=class_names,
         files=files,
         skipped=skipped,
+        image_size=image_size,
+        crop_to_aspect_ratio=crop_to_aspect_ratio,
+        routes={path: routes[path] for pairs in files.values() for path, _ in pairs},
     )
 
 

@@ -8,13 +8,14 @@ the outer model's). Here the model is split where our models are split anyway::
     features = backbone(preprocess(pixels))      # the backbone's output feature map
     score    = head(features)[class]              # the class logit (softmax input)
 
-Both halves are the model's own layers (:func:`tfx_transfer.get_backbone_model`,
-:func:`tfx_transfer.get_head`), called directly: no graph is re-wired. The
+Both halves are the model's own layers (its parts, :func:`tfx_transfer.model_parts`:
+backbone, preprocessing and head), called directly: no graph is re-wired. The
 augmentation layer is skipped (it is identity at inference anyway). The
 gradient of the score with respect to the feature map, averaged over space, weighs
 the feature channels (Selvaraju et al. 2017); the ReLU of the weighted sum,
 divided by its maximum and resized to the input, is the heatmap. For a global
 average pooling head this equals the class activation map (CAM) exactly.
+Drawing the heatmaps and explaining image files: :mod:`tfx_transfer.evaluation.explain_plots`.
 
 The gradient is the only backend-specific step (:func:`feature_gradients`:
 ``tf.GradientTape`` on TensorFlow, ``jax.grad`` on JAX, autograd on PyTorch).
@@ -30,27 +31,23 @@ Example:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from tfx_transfer.evaluation.plots import save_figure
-from tfx_transfer.models.transfer_model import PREPROCESS_NAME, get_backbone_model, get_head
+from tfx_transfer.models.parts import model_parts
 
 
 def _preprocess(model: keras.Model) -> Callable[[Any], Any]:
     try:
-        layer = model.get_layer(PREPROCESS_NAME)
+        return model_parts(model).preprocess
     except ValueError as exc:
-        raise ValueError(f"Model {model.name!r} has no {PREPROCESS_NAME!r} layer; explain() takes "
+        raise ValueError(f"Model {model.name!r} has no Preprocess layer; explain() takes "
                          "a build_transfer_model() model (or one loaded from a run's "
                          "model.keras).") from exc
-    return layer
 
 
 def class_logits(head: keras.Model, features: Any) -> Any:
@@ -135,7 +132,13 @@ def _class_indices(class_index: Any, n: int, num_classes: int) -> np.ndarray | N
     return indices.astype(np.int64)
 
 
-def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Maps ``(N, h, w)`` resized bilinearly to ``size``, each again peaking at 1 (0 stays 0).
+
+    Example:
+        >>> resize_maps(np.array([[[0.0, 1.0]]], "float32"), (2, 4)).shape
+        (1, 2, 4)
+    """
     if maps.shape[1:] == size:
         return maps
     resized = ops.image.resize(maps[..., None].astype("float32"), size, interpolation="bilinear")
@@ -151,6 +154,13 @@ def gradcam(model: keras.Model, images: Any, class_index: Any = None,
     Returns ``(maps (N, h, w) in [0, 1], probabilities (N, C), classes (N,))``;
     :func:`explain` resizes the maps to the input. A map is all zeros when no
     location speaks for the class (every weighted sum is negative).
+
+    Args:
+        model: a :func:`tfx_transfer.build_transfer_model` model.
+        images: ``(N, H, W, 3)`` (or one ``(H, W, 3)``) RGB pixels in 0..255 at the
+            model's input size.
+        class_index: ``None`` explains each image's predicted class; an int that
+            class for every image; a sequence one class per image.
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
@@ -168,7 +178,8 @@ def gradcam(model: keras.Model, images: Any, class_index: Any = None,
         raise ValueError(f"images of shape {images.shape}: pass a batch (N, {expected[0]}, "
                          f"{expected[1]}, 3) of RGB pixels in 0..255 at the model's input size "
                          "(tfx_transfer.decode_and_resize reads and resizes files).")
-    backbone, head = get_backbone_model(model), get_head(model)
+    parts = model_parts(model)
+    backbone, head = parts.backbone_model, parts.head
     # the compiled predict step (inference mode): as fast as the model's own forward pass
     features = backbone.predict_on_batch(_preprocess(model)(images))
     features = np.asarray(ops.convert_to_numpy(features), np.float32)
@@ -232,179 +243,6 @@ def explain(model: keras.Model, images: Any, class_index: Any = None,
         part = classes if classes is None or isinstance(classes, (int, np.integer)) \
             else classes[start:start + batch_size]
         maps, _, _ = gradcam(model, images[start:start + batch_size], part)
-        out.append(np.clip(_resize(maps, size), 0.0, 1.0))
+        out.append(np.clip(resize_maps(maps, size), 0.0, 1.0))
     heatmaps = np.concatenate(out) if out else np.zeros((0, *size), np.float32)
     return heatmaps.astype(np.float32)
-
-
-def overlay(image: Any, heatmap: Any, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
-    """The image with the heatmap blended on top, uint8 ``(H, W, 3)``.
-
-    Example:
-        >>> overlay(np.zeros((8, 8, 3), "uint8"), np.ones((8, 8))).shape
-        (8, 8, 3)
-    """
-    from matplotlib import colormaps
-
-    image = np.clip(np.asarray(image, np.float32), 0, 255)
-    heatmap = np.clip(np.asarray(heatmap, np.float32), 0, 1)
-    if heatmap.shape != image.shape[:2]:
-        raise ValueError(f"heatmap {heatmap.shape} and image {image.shape} differ in size.")
-    colours = colormaps[cmap](heatmap)[..., :3] * 255.0
-    return np.clip((1 - alpha) * image + alpha * colours, 0, 255).astype(np.uint8)
-
-
-def plot_explanation(image: Any, heatmap: Any, probabilities: Any, class_names: Sequence[str],
-                     path: str | os.PathLike | None = None, top_k: int = 3,
-                     title: str | None = None) -> Any:
-    """One figure: the image, its Grad-CAM heatmap, the overlay and the top-k class scores.
-
-    Example:
-        >>> fig = plot_explanation(np.zeros((32, 32, 3), "uint8"), np.ones((32, 32)),
-        ...                        [0.7, 0.3], ["cat", "dog"], "/tmp/explained.png")
-    """
-    from matplotlib.figure import Figure
-
-    probabilities = np.asarray(probabilities, np.float64).reshape(-1)
-    names = [str(n) for n in class_names]
-    if len(names) != len(probabilities):
-        raise ValueError(f"{len(names)} class names for {len(probabilities)} scores.")
-    top = np.argsort(-probabilities, kind="stable")[:max(1, top_k)]
-    fig = Figure(figsize=(11, 3.0), dpi=100)
-    ax = fig.add_subplot(1, 4, 1)
-    ax.imshow(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-    ax.set_title("image", fontsize=9)
-    ax.axis("off")
-    ax = fig.add_subplot(1, 4, 2)
-    ax.imshow(np.clip(np.asarray(heatmap, np.float32), 0, 1), cmap="jet", vmin=0, vmax=1)
-    ax.set_title(f"Grad-CAM: {names[top[0]]}", fontsize=9)
-    ax.axis("off")
-    ax = fig.add_subplot(1, 4, 3)
-    ax.imshow(overlay(image, heatmap))
-    ax.set_title("overlay", fontsize=9)
-    ax.axis("off")
-    ax = fig.add_subplot(1, 4, 4)
-    ax.barh(range(len(top))[::-1], probabilities[top], color="tab:blue")
-    ax.set_yticks(range(len(top))[::-1], [names[i] for i in top], fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("probability", fontsize=8)
-    for k, i in enumerate(top):
-        ax.text(min(probabilities[i] + 0.02, 0.8), len(top) - 1 - k, f"{probabilities[i]:.3f}",
-                va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_contact_sheet(images: Any, heatmaps: Any, titles: Sequence[str],
-                       path: str | os.PathLike | None = None, cols: int = 4,
-                       title: str | None = None) -> Any:
-    """A grid of Grad-CAM overlays, one titled cell per image.
-
-    Example:
-        >>> fig = plot_contact_sheet(np.zeros((2, 32, 32, 3), "uint8"), np.ones((2, 32, 32)),
-        ...                          ["a", "b"], "/tmp/sheet.png")
-    """
-    from matplotlib.figure import Figure
-
-    images, heatmaps = np.asarray(images), np.asarray(heatmaps)
-    if not len(images) or len(images) != len(heatmaps) or len(titles) != len(images):
-        raise ValueError(f"{len(images)} images, {len(heatmaps)} heatmaps and {len(titles)} "
-                         "titles: pass one heatmap and one title per image (at least one).")
-    cols = max(1, min(cols, len(images)))
-    rows = -(-len(images) // cols)
-    fig = Figure(figsize=(2.3 * cols, 2.5 * rows + (0.3 if title else 0)), dpi=100)
-    for k in range(len(images)):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(overlay(images[k], heatmaps[k]))
-        ax.set_title(titles[k], fontsize=7)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def _image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    from tfx_transfer.data.files import IMAGE_EXTENSIONS, find_images
-
-    files, _ = find_images(paths)
-    if not files:
-        raise ValueError(f"no image files in {[str(p) for p in paths]} (extensions: "
-                         f"{', '.join(IMAGE_EXTENSIONS)}).")
-    return files
-
-
-def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-                  class_names: Sequence[str] | None = None, top_k: int = 3,
-                  batch_size: int = 16) -> dict[str, Any]:
-    """Explain image files: one PNG per image (image, heatmap, overlay, top-k) and a contact sheet.
-
-    What ``tfx-transfer explain RUN_DIR IMAGE_OR_FOLDER... --out DIR`` runs.
-
-    Args:
-        model: a transfer model, a run folder (``model.keras`` + ``config.json``,
-            whose class names are used) or a ``.keras`` file.
-        paths: image files and/or folders (searched recursively).
-        out: output folder: ``<image name>.png`` each, and ``contact_sheet.png``.
-        class_names: default: the run's (or ``"0"``, ``"1"``, ...).
-
-    Returns:
-        ``{"files": [png per image], "contact_sheet": path, "rows": [{"path",
-        "predicted_class", "probability"}]}``.
-
-    Example:
-        >>> import os, tempfile, tfx_transfer as tt
-        >>> from PIL import Image
-        >>> tmp = tempfile.mkdtemp()
-        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
-        ...                                 class_names=["cat", "dog"])
-        >>> model.save(os.path.join(tmp, "model.keras"))
-        >>> Image.new("RGB", (40, 40), "red").save(os.path.join(tmp, "photo.png"))
-        >>> result = explain_files(os.path.join(tmp, "model.keras"), [os.path.join(tmp, "photo.png")],
-        ...                        os.path.join(tmp, "explained"))
-        >>> [os.path.basename(f) for f in result["files"]]
-        ['photo.png']
-    """
-    import tensorflow as tf
-
-    from tfx_transfer.data.folder import decode_and_resize
-    from tfx_transfer.evaluation.evaluate import load_for_evaluation
-
-    loaded, known = load_for_evaluation(model)
-    if not hasattr(loaded, "get_layer"):
-        raise ValueError("explain needs the Keras model (a run folder or a .keras file), not an "
-                         "exported SavedModel: Grad-CAM needs the gradients of the model's layers.")
-    files = _image_files(paths)
-    size = tuple(int(s) for s in loaded.input_shape[1:3])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names: list[str] | None = list(class_names or known or []) or None
-    written, rows, sheet_images, sheet_maps, titles, used = [], [], [], [], [], set()
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        images = np.stack([decode_and_resize(tf.io.read_file(str(p)), size).numpy() for p in chunk])
-        maps, probs, classes = gradcam(loaded, images)
-        heatmaps = np.clip(_resize(maps, size), 0.0, 1.0)
-        if names is None:
-            names = [str(i) for i in range(probs.shape[1])]
-        for path, image, heatmap, p, c in zip(chunk, images, heatmaps, probs, classes):
-            stem = path.stem
-            while stem in used:  # same file name in two folders
-                stem += "_"
-            used.add(stem)
-            target = out / f"{stem}.png"
-            plot_explanation(image, heatmap, p, names, target, top_k=top_k,
-                             title=f"{path.name}: {names[c]} ({p[c]:.3f})")
-            written.append(str(target))
-            rows.append({"path": str(path), "predicted_class": names[c], "probability": float(p[c])})
-            if len(sheet_images) < 48:
-                sheet_images.append(image)
-                sheet_maps.append(heatmap)
-                titles.append(f"{path.name[:18]}\n{names[c]} ({p[c]:.2f})")
-    sheet = out / "contact_sheet.png"
-    plot_contact_sheet(np.stack(sheet_images), np.stack(sheet_maps), titles, sheet, cols=6,
-                       title=f"Grad-CAM of the predicted class ({len(files)} images"
-                             + (", first 48 shown)" if len(files) > 48 else ")"))
-    return {"files": written, "contact_sheet": str(sheet), "rows": rows}

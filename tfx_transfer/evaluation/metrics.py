@@ -3,9 +3,9 @@
 Example:
     >>> import numpy as np
     >>> m = classification_metrics([0, 1, 1], np.array([[.9, .1], [.2, .8], [.6, .4]]),
-    ...                            ["cat", "dog"], top_k=1)
-    >>> round(m["accuracy"], 3), m["confusion_matrix"]
-    (0.667, [[1, 0], [1, 1]])
+    ...                            ["cat", "dog"])
+    >>> round(m["accuracy"], 3), m["confusion_matrix"], "top_k_accuracy" in m  # top-2 of 2: omitted
+    (0.667, [[1, 0], [1, 1]], False)
 """
 
 from __future__ import annotations
@@ -15,10 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from tfx_transfer.defaults import default_top_k
+
 _EPS = 1e-7
 
 
 def as_int_labels(labels: Any, num_classes: int) -> np.ndarray:
+    """Integer class ids ``(N,)`` from ids or one-hot rows, checked against ``num_classes``.
+
+    Example:
+        >>> as_int_labels(np.eye(3)[[2, 0]], 3).tolist()
+        [2, 0]
+    """
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == num_classes:  # one-hot (or mixed) labels
         labels = labels.argmax(axis=1)
@@ -35,18 +43,13 @@ def as_int_labels(labels: Any, num_classes: int) -> np.ndarray:
     return labels
 
 
-def default_top_k(num_classes: int) -> int:
-    """The k reported by default: ``min(5, num_classes - 1)`` (top-C accuracy is always 1).
-
-    Example:
-        >>> default_top_k(3), default_top_k(100)
-        (2, 5)
-    """
-    return max(1, min(5, num_classes - 1))
-
-
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     """``int64 (C, C)`` counts: row = true class, column = predicted class.
+
+    Args:
+        y_true: true labels, integer ids ``(N,)`` or one-hot rows ``(N, C)``.
+        y_pred: predicted labels, the same forms (e.g. ``probabilities.argmax(1)``).
+        num_classes: ``C``; every label must be in ``0..C-1``.
 
     Example:
         >>> confusion_matrix([0, 1, 1], [0, 0, 1], 2).tolist()
@@ -65,9 +68,15 @@ def top_k_accuracy(y_true: Any, probabilities: Any, k: int) -> float:
 
     Ties are broken by class order (stable sort), as ``numpy.argsort(kind="stable")``.
 
+    Args:
+        y_true: true labels, integer ids ``(N,)`` or one-hot rows ``(N, C)``.
+        probabilities: predicted class scores ``(N, C)``.
+        k: how many of the highest scores count, ``1 <= k <= C`` (no samples: 0.0).
+
     Example:
-        >>> top_k_accuracy([2, 0], np.array([[.5, .3, .2], [.1, .2, .7]]), k=2)
-        0.0
+        >>> probabilities = np.array([[.5, .3, .2], [.1, .2, .7]])
+        >>> top_k_accuracy([1, 2], probabilities, k=2), top_k_accuracy([2, 0], probabilities, k=2)
+        (1.0, 0.0)
     """
     probabilities = np.asarray(probabilities, np.float64)
     y_true = as_int_labels(y_true, probabilities.shape[1])
@@ -111,13 +120,16 @@ def classification_metrics(
         y_true: integer labels ``(N,)`` or one-hot ``(N, C)``.
         probabilities: predicted class probabilities ``(N, C)``.
         class_names: names of the ``C`` classes (default ``"0"``, ``"1"``, ...).
-        top_k: k of the top-k accuracy; default :func:`default_top_k`.
+        top_k: k of the top-k accuracy; default
+            :func:`tfx_transfer.defaults.default_top_k` (``min(5, C)``).
 
     Returns:
         ``{"num_samples", "accuracy", "top_k", "top_k_accuracy", "loss"`` (mean
         cross-entropy of the probabilities), ``"per_class": {name: {"precision",
         "recall", "f1", "support"}}, "macro_avg", "weighted_avg", "class_names",
-        "confusion_matrix"`` (list of rows; row = true class)``}``.
+        "confusion_matrix"`` (list of rows; row = true class)``}``. ``"top_k"`` and
+        ``"top_k_accuracy"`` are left out when ``k >= C``: the true class is then
+        always among the top k, an accuracy of 1 that says nothing.
 
     Example:
         >>> m = classification_metrics([0, 1], np.array([[.8, .2], [.3, .7]]), ["a", "b"])
@@ -139,6 +151,8 @@ def classification_metrics(
     if len(y_true) == 0:
         raise ValueError("Nothing to evaluate: no samples.")
     k = default_top_k(num_classes) if top_k is None else int(top_k)
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"top_k={k} must be between 1 and the number of classes, {num_classes}.")
     y_pred = probabilities.argmax(axis=1)
     cm = confusion_matrix(y_true, y_pred, num_classes)
     prf = precision_recall_f1(cm)
@@ -149,11 +163,11 @@ def classification_metrics(
         weights = weights / weights.sum() if weights.sum() else weights
         return {key: float(np.sum(prf[key] * weights)) for key in ("precision", "recall", "f1")}
 
+    top = {"top_k": k, "top_k_accuracy": top_k_accuracy(y_true, probabilities, k)} if k < num_classes else {}
     return {
         "num_samples": int(len(y_true)),
         "accuracy": float(np.mean(y_pred == y_true)),
-        "top_k": k,
-        "top_k_accuracy": top_k_accuracy(y_true, probabilities, k),
+        **top,
         "loss": float(loss.mean()),
         "per_class": {
             name: {"precision": float(prf["precision"][i]), "recall": float(prf["recall"][i]),
@@ -170,16 +184,18 @@ def classification_metrics(
 def format_report(metrics: Mapping[str, Any]) -> str:
     """A plain-text report: headline figures, the per-class table, the confusion matrix.
 
+    The top-k accuracy is shown when :func:`classification_metrics` reported one (k < C).
+
     Example:
         >>> m = classification_metrics([0, 1], np.array([[.8, .2], [.3, .7]]), ["a", "b"])
         >>> print(format_report(m).splitlines()[0])
-        accuracy 1.0000   top-1 accuracy 1.0000   loss 0.2899   (2 images)
+        accuracy 1.0000   loss 0.2899   (2 images)
     """
     names = list(metrics["class_names"])
     width = max(12, *(len(n) for n in names)) + 2
+    top = f"top-{metrics['top_k']} accuracy {metrics['top_k_accuracy']:.4f}   " if "top_k_accuracy" in metrics else ""
     lines = [
-        f"accuracy {metrics['accuracy']:.4f}   top-{metrics['top_k']} accuracy "
-        f"{metrics['top_k_accuracy']:.4f}   loss {metrics['loss']:.4f}   "
+        f"accuracy {metrics['accuracy']:.4f}   {top}loss {metrics['loss']:.4f}   "
         f"({metrics['num_samples']} images)",
         "",
         f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",

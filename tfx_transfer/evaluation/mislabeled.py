@@ -25,93 +25,21 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tfx_transfer.data.labelled import labelled_batches
+from tfx_transfer.evaluation.metrics import as_int_labels
 from tfx_transfer.evaluation.plots import save_figure
+from tfx_transfer.evaluation.predictor import model_image_size, predictor
+from tfx_transfer.runs.layout import TOP_LOSSES_CSV, TOP_LOSSES_PNG
 
-TOP_LOSSES_PNG = "top_losses.png"
-TOP_LOSSES_CSV = "top_losses.csv"
 CSV_COLUMNS = ("rank", "index", "path", "true_class", "predicted_class", "probability",
                "p_true", "loss")
 _EPS = 1e-7
-
-
-def _model_image_size(model: Any) -> tuple[int, int]:
-    if hasattr(model, "image_size") and not hasattr(model, "input_shape"):  # ExportedModel
-        return tuple(int(s) for s in model.image_size)
-    shape = tuple(model.input_shape)
-    return int(shape[1]), int(shape[2])
-
-
-def _probabilities(model: Any, images: np.ndarray) -> np.ndarray:
-    if hasattr(model, "predict_on_batch"):
-        import keras
-
-        return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(images)), np.float64)
-    if hasattr(model, "probabilities"):  # tfx_transfer.load_exported(...)
-        return np.asarray(model.probabilities(images), np.float64)
-    if callable(model):
-        return np.asarray(model(images), np.float64)
-    raise ValueError(f"model={type(model).__name__}: pass a Keras model, an exported model "
-                     "(tfx_transfer.load_exported) or a function images -> probabilities.")
-
-
-def _int_labels(labels: Any) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim == 2:  # one-hot (or MixUp-mixed) rows
-        labels = labels.argmax(axis=1)
-    return labels.reshape(-1).astype(np.int64)
-
-
-def _folder_batches(folder: str | os.PathLike, model: Any, class_names: Sequence[str] | None,
-                    batch_size: int, split: str | None) -> tuple[Iterable, list[str], list[str]]:
-    """Batches of a folder's split, labels in the model's order (the split rule of evaluate_model:
-    test/, else val/, else the class folders; or ``split`` = test, val, train or all)."""
-    from tfx_transfer.data.folder import load_image_folder, split_folders
-
-    found = split_folders(folder)
-    if split is None:
-        parts = [next(name for name in ("test", "validation", "train") if name in found)]
-    elif split == "all":
-        parts = [name for name in ("train", "validation", "test") if name in found]
-    else:
-        wanted = {"val": "validation"}.get(split, split)
-        if wanted not in found:
-            raise ValueError(f"split={split!r}: {folder} has the splits {sorted(found)}; use one "
-                             "of them or 'all'.")
-        parts = [wanted]
-    loaded = load_image_folder(folder, image_size=_model_image_size(model), batch_size=batch_size,
-                               shuffle=False, validation_split=None)
-    dataset = getattr(loaded, parts[0])
-    for part in parts[1:]:
-        dataset = dataset.concatenate(getattr(loaded, part))
-    names = list(class_names or loaded.class_names)
-    unknown = [n for n in loaded.class_names if n not in names]
-    if unknown:
-        raise ValueError(f"{folder} has class folder(s) {unknown} that the model does not know; "
-                         f"its classes are {names}.")
-    mapping = np.array([names.index(n) for n in loaded.class_names])
-    batches = ((images, mapping[_int_labels(labels)]) for images, labels in dataset.as_numpy_iterator())
-    return batches, [path for part in parts for path, _ in loaded.files[part]], names
-
-
-def _batches(data: Any, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    if isinstance(data, tuple) and len(data) >= 2 and not hasattr(data, "element_spec"):
-        x, y = np.asarray(data[0]), np.asarray(data[1])
-        if len(x) != len(y):
-            raise ValueError(f"{len(x)} images but {len(y)} labels.")
-        for start in range(0, len(x), batch_size):
-            yield x[start:start + batch_size], y[start:start + batch_size]
-        return
-    for batch in data:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError("top_losses needs labelled data: batches of (images, labels), an "
-                             "(x, y) tuple of arrays, or an image folder path.")
-        yield np.asarray(batch[0]), np.asarray(batch[1])
 
 
 def top_losses(
@@ -129,18 +57,19 @@ def top_losses(
         model: a Keras model, an exported model (:func:`tfx_transfer.load_exported`)
             or a function ``images -> probabilities``.
         data: a ``tf.data`` dataset (or iterable) of ``(images, labels)`` batches, an
-            ``(x, y)`` tuple of arrays, or an image folder path (class folders, or
-            ``test/``/``val/`` folders of them: that split is used; classes are
-            matched to ``class_names`` by name). Labels: ints or one-hot rows.
-            Images: RGB pixels in 0..255 at the model's input size.
+            ``(x, y)`` tuple of arrays, an :class:`~tfx_transfer.ImageFolder` or an image
+            folder path (classes are matched to ``class_names`` by name). Labels: ints
+            or one-hot rows. Images: RGB pixels in 0..255 at the model's input size.
         k: rows returned (``None``: every image).
         class_names: class names in label order (default: the model's recorded
             ones, else the folder's, else ``"0"``, ``"1"``, ...).
         paths: the file of each image, in data order (filled in for a folder).
         batch_size: for arrays and folders.
-        split: for a folder: ``None`` (its ``test/``, else ``val/``, else its class
-            folders, as :func:`tfx_transfer.evaluate_model`), ``"test"``, ``"val"``,
-            ``"train"`` or ``"all"``.
+        split: for a folder or ``ImageFolder``: ``None`` (its test split, else its
+            validation split, else -- for a plain folder of classes -- every image;
+            a folder with only ``train/`` is refused, as by
+            :func:`tfx_transfer.evaluate_model`), ``"test"``, ``"val"``, ``"train"``
+            or ``"all"`` (:func:`tfx_transfer.data.labelled.labelled_batches`).
 
     Returns:
         Rows (dicts), worst first: ``rank``, ``index`` (position in ``data``),
@@ -170,24 +99,19 @@ def _ranked(model: Any, data: Any, class_names: Sequence[str] | None, paths: Seq
     if class_names is None:
         class_names = (getattr(model, "transfer_config", None) or {}).get("class_names") \
             or getattr(model, "class_names", None)
-    if isinstance(data, (str, os.PathLike)):
-        if not Path(data).is_dir():
-            raise FileNotFoundError(f"image folder {str(data)!r} does not exist.")
-        batches, paths, class_names = _folder_batches(data, model, class_names, batch_size, split)
-    else:
-        batches = _batches(data, batch_size)
+    labelled = labelled_batches(data, model_image_size(model), class_names, batch_size=batch_size,
+                                split=split, caller="top_losses")
+    class_names = labelled.class_names
+    paths = labelled.paths if labelled.paths is not None else paths
+    batches, predict = labelled.batches, predictor(model)
     losses, truths, probs_all, kept = [], [], [], {}
     budget = keep_images
     offset = 0
     for images, labels in batches:
-        probs = _probabilities(model, images)
-        y = _int_labels(labels)
+        probs = predict(images)
+        y = as_int_labels(labels, probs.shape[1])
         if len(y) != len(probs):
             raise ValueError(f"a batch of {len(probs)} images has {len(y)} labels.")
-        if y.size and (y.min() < 0 or y.max() >= probs.shape[1]):
-            raise ValueError(f"label {int(y.max() if y.max() >= probs.shape[1] else y.min())} is "
-                             f"outside 0..{probs.shape[1] - 1} (the model has {probs.shape[1]} "
-                             "classes).")
         loss = -np.log(np.clip(probs[np.arange(len(y)), y], _EPS, 1.0))
         for i in range(len(y)):  # keep only the images of the current worst k
             kept[offset + i] = np.asarray(images[i])
@@ -225,9 +149,11 @@ def write_top_losses_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike
     """The rows as CSV (``rank,index,path,true_class,predicted_class,probability,p_true,loss``).
 
     Example:
+        >>> import os, tempfile
         >>> x, y = np.zeros((3, 8, 8, 3), "uint8"), np.array([0, 1, 1])
         >>> rows = top_losses(lambda images: np.full((len(images), 2), .5), (x, y), k=2)
-        >>> write_top_losses_csv(rows, "/tmp/top_losses.csv").read_text().splitlines()[1]
+        >>> path = os.path.join(tempfile.mkdtemp(), "top_losses.csv")
+        >>> write_top_losses_csv(rows, path).read_text().splitlines()[1]
         '1,0,,0,0,0.500000,0.500000,0.693147'
     """
     path = Path(path)
@@ -263,14 +189,27 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
     (:func:`tfx_transfer.explain`) of its *predicted* class: what the model looked
     at when it went wrong. Returns the ``matplotlib.figure.Figure``.
 
+    Args:
+        rows: :func:`top_losses` rows (each with its ``image``).
+        model: the model that ranked them; a Keras transfer model adds the heatmaps,
+            anything else (or ``None``) shows the plain images.
+        path: where to save the PNG (``None``: not saved).
+        cols: images per row (at most ``len(rows)``).
+        title: the figure's title (default: what the cells show).
+
     Example:
+        >>> import os, tempfile
         >>> x, y = np.zeros((3, 8, 8, 3), "uint8"), np.array([0, 1, 1])
         >>> rows = top_losses(lambda images: np.full((len(images), 2), .5), (x, y), k=2)
-        >>> fig = plot_top_losses(rows, None, "/tmp/top_losses.png")
+        >>> path = os.path.join(tempfile.mkdtemp(), "top_losses.png")
+        >>> fig = plot_top_losses(rows, None, path)
+        >>> os.path.isfile(path)
+        True
     """
     from matplotlib.figure import Figure
 
-    from tfx_transfer.evaluation.gradcam import explain, overlay
+    from tfx_transfer.evaluation.explain_plots import overlay
+    from tfx_transfer.evaluation.gradcam import explain
 
     if not rows:
         raise ValueError("plot_top_losses: no rows to plot.")
@@ -310,7 +249,13 @@ def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,
                      batch_size: int = 32, split: str | None = None) -> dict[str, str]:
     """:func:`top_losses`, then ``top_losses.png`` (k worst) and ``top_losses.csv`` (every image).
 
-    Returns ``{"top_losses_png": path, "top_losses_csv": path}``.
+    Args:
+        model, data, class_names, paths, batch_size, split: as for :func:`top_losses`.
+        out: the folder to write into (created).
+        k: images drawn in the PNG (the CSV lists every image).
+
+    Returns:
+        ``{"top_losses_png": path, "top_losses_csv": path}`` (strings).
 
     Example:
         >>> import tempfile, numpy as np, tfx_transfer as tt

@@ -19,8 +19,6 @@ import numpy as np
 
 from tfx_transfer.evaluation.metrics import as_int_labels
 
-HISTORY_PNG = "history.png"
-
 
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
@@ -93,6 +91,11 @@ def plot_history(history: Any, path: str | os.PathLike | None = None,
     :class:`tfx_transfer.StagedUnfreeze`) marks where fine-tuning starts: a
     dashed line and a shaded phase 2.
 
+    Args:
+        history: see above.
+        path: where to save the PNG (``None``: not saved).
+        title: the figure's title.
+
     Returns:
         The ``matplotlib.figure.Figure`` (also saved as PNG when ``path`` is given).
 
@@ -149,6 +152,16 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
                           title: str | None = "confusion matrix") -> Any:
     """The confusion matrix as a heat map: colour = row-normalised recall, text = counts.
 
+    Args:
+        cm: ``(C, C)`` counts, row = true class, column = predicted class
+            (:func:`tfx_transfer.evaluation.metrics.confusion_matrix`).
+        class_names: the ``C`` class names, in label order.
+        path: where to save the PNG (``None``: not saved).
+        title: the axes' title (``None``: none).
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+
     Example:
         >>> fig = plot_confusion_matrix([[5, 1], [0, 6]], ["cat", "dog"])  # path=None: not saved
         >>> type(fig).__name__
@@ -187,7 +200,18 @@ def plot_predictions(images: Any, y_true: Any, probabilities: Any, class_names: 
                      title: str | None = None) -> Any:
     """A grid of images titled "predicted (score) / true": misclassified first, in red.
 
-    ``title`` defaults to how many of the given images are misclassified.
+    Args:
+        images: ``(N, H, W, 3)`` RGB pixels in 0..255.
+        y_true: true labels, integer ids ``(N,)`` or one-hot rows.
+        probabilities: predicted class scores ``(N, C)``.
+        class_names: the ``C`` class names, in label order.
+        path: where to save the PNG (``None``: not saved).
+        max_images: the most images shown.
+        title: the figure's title; default: how many of the given images are
+            misclassified.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
 
     Example:
         >>> import os, tempfile

@@ -19,17 +19,27 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from tfx_transfer.evaluation.predictor import predictor
 
 
 def tta_views(images: Any, flip: bool = True, shift: float = 0.1) -> list[np.ndarray]:
     """The views :func:`predict_tta` averages over: the images, mirrored, and shifted 4 ways.
 
-    ``shift`` is a fraction of the side (at least one pixel when > 0); shifted
-    views fill the uncovered border by reflection.
+    Args:
+        images: a batch ``(N, H, W, C)``.
+        flip: add the left-right mirror image.
+        shift: shift by this fraction of the side, in ``[0, 0.5)`` (at least one
+            pixel when > 0), down, up, right and left; the uncovered border is
+            filled by reflection. 0: no shifted views.
+
+    Returns:
+        The views, each ``(N, H, W, C)``: the images, the mirror (``flip``), then the
+        four shifts.
 
     Example:
         >>> len(tta_views(np.zeros((1, 32, 32, 3))))
@@ -54,22 +64,12 @@ def tta_views(images: Any, flip: bool = True, shift: float = 0.1) -> list[np.nda
     return views
 
 
-def _predict_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    if hasattr(model, "predict_on_batch"):
-        import keras
-
-        return lambda images: np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(images)))
-    if callable(model):
-        return model
-    raise ValueError(f"model={type(model).__name__}: pass a Keras model or a function "
-                     "images -> probabilities.")
-
-
 def predict_tta(model: Any, images: Any, flip: bool = True, shift: float = 0.1) -> np.ndarray:
     """Class probabilities averaged over :func:`tta_views` of each image.
 
     Args:
-        model: a Keras model or a function ``images (N, H, W, 3) -> probabilities``.
+        model: a Keras model, an exported model or a function ``images (N, H, W, 3) ->
+            probabilities`` (:func:`tfx_transfer.evaluation.predictor.predictor`).
         images: a batch of RGB pixels in 0..255 at the model's input size.
         flip: add the left-right mirror image (for photos; not for text or digits).
         shift: also shift by this fraction of the side, 4 ways (0: no shifts).
@@ -81,7 +81,7 @@ def predict_tta(model: Any, images: Any, flip: bool = True, shift: float = 0.1) 
         >>> predict_tta(lambda x: np.full((len(x), 2), .5), np.zeros((1, 8, 8, 3))).tolist()
         [[0.5, 0.5]]
     """
-    predict = _predict_fn(model)
+    predict = predictor(model)
     views = tta_views(images, flip=flip, shift=shift)
     return np.mean([np.asarray(predict(np.ascontiguousarray(v)), np.float64) for v in views], axis=0)
 
@@ -98,7 +98,7 @@ def format_tta(plain: Mapping[str, Any], tta: Mapping[str, Any]) -> str:
     lines = [f"{'':<18}{'plain':>10}{'TTA':>10}{'change':>11}" +
              (f"   (TTA: mean of {views} views)" if views else "")]
     rows = [("accuracy", "accuracy"), ("loss", "loss")]
-    if plain["top_k"] > 1:  # top-1 accuracy is the accuracy
+    if "top_k_accuracy" in plain and plain["top_k"] > 1:  # top-1 accuracy is the accuracy
         rows.insert(1, (f"top-{plain['top_k']} accuracy", "top_k_accuracy"))
     for label, key in rows:
         lines.append(f"{label:<18}{plain[key]:>10.4f}{tta[key]:>10.4f}{tta[key] - plain[key]:>+11.4f}")

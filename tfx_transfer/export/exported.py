@@ -28,14 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_transfer.data.files import find_images
-from tfx_transfer.export.saved_model import (
-    LABELS_FILE,
-    METADATA_FILE,
+from tfx_transfer.defaults import default_top_k
+from tfx_transfer.export.saved_model import LABELS_FILE, METADATA_FILE, list_versions
+from tfx_transfer.export.signatures import (
     SERVING_FORMATS,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
     SIGNATURE_PIXELS_UINT8,
-    list_versions,
 )
 
 
@@ -86,7 +85,8 @@ class ExportedModel:
             )
         self.class_names = labels.read_text(encoding="utf-8").splitlines()
         self.metadata = json.loads(meta.read_text(encoding="utf-8"))
-        self.image_size = tuple(self.metadata["input_size"])
+        # "input_size" in exports written before the vocabulary settled on image_size
+        self.image_size = tuple(self.metadata.get("image_size", self.metadata.get("input_size")))
         self.saved_model = tf.saved_model.load(str(self.path))
 
     def __repr__(self) -> str:
@@ -222,6 +222,18 @@ def predict_files(
     named in one ``UserWarning``. Folders are walked recursively
     (hidden files ignored); a progress bar (``keras.utils.Progbar``) counts images.
 
+    Args:
+        export: an ``export_dir`` (its newest version), a version folder, or an
+            :class:`ExportedModel` already loaded.
+        paths_or_folder: an image file, a folder, or a list of them. TIFFs are
+            skipped: the serving graph does not decode them.
+        top_k: classes per image; default
+            :func:`tfx_transfer.defaults.default_top_k` (``min(5, C)``).
+        batch_size: files per call of the export.
+        progress: show the progress bar.
+        skipped: a list that receives ``(path, reason)`` for each file left out,
+            instead of the warning.
+
     Returns:
         ``[{"path": str, "top": [(class, score), ...]}]`` in file order.
 
@@ -238,7 +250,7 @@ def predict_files(
         [('1.jpg', 1), ('2.png', 1)]
     """
     exported = export if isinstance(export, ExportedModel) else load_exported(export)
-    top_k = min(3, len(exported.class_names)) if top_k is None else top_k
+    top_k = default_top_k(len(exported.class_names)) if top_k is None else top_k
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     report = skipped

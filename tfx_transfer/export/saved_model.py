@@ -2,34 +2,10 @@
 
 :func:`export_saved_model` writes a TensorFlow SavedModel in the TF Serving
 layout (``<export_dir>/<version>/``) that needs nothing of ours at serving time:
-encoded images in, class names and probabilities out. Its signatures:
-
-=========================  ==========================================================
-``serving_default``        ``images``: ``tf.string [None]`` (JPEG, PNG, GIF, BMP or
-                           WebP bytes) -> ``probabilities`` ``float32 [None, C]``,
-                           ``class_ids`` ``int32 [None, k]``, ``class_names``
-                           ``string [None, k]``, ``scores`` ``float32 [None, k]``
-``predict_pixels``         ``pixels``: ``float32 [None, None, None, 3]``, RGB in
-                           0..255, any size -> the same four outputs
-``predict_pixels_uint8``   ``pixels``: ``uint8 [None, None, None, 3]`` -> the same
-=========================  ==========================================================
-
-Pixels go through exactly the training pipeline's code
-(:func:`tfx_transfer.data.folder.decode_and_resize`): decode to RGB (grayscale, palette,
-RGBA become RGB; a GIF gives its first frame), bilinear antialiased resize to
-the model's input size, rounded to ``uint8``; then the model with
-``training=False`` (augmentation layers are identity). A pixel batch already at
-the model size is passed to the model unchanged (no rounding), so
-``predict_pixels`` equals ``model.predict`` exactly; other sizes are resized as
-in training. Resize semantics can differ from yours in two documented ways:
-images you resize yourself (PIL, OpenCV) before sending differ by that
-resampler's rounding; and TensorFlow reads 8-bit palette BMPs as their palette
-indices (the training pipeline reads those, and TIFFs, with Pillow) -- send PNG
-or JPEG instead.
-
-A bad image in a batch fails the call with ``tf.errors.InvalidArgumentError``
-naming every bad index and why, e.g. ``Could not decode 1 of 3 image(s) of the
-batch (index 1: not a JPEG, PNG, GIF, BMP or WebP image)``.
+encoded images in, class names and probabilities out. Its signatures
+(``serving_default`` on image bytes, ``predict_pixels`` and
+``predict_pixels_uint8`` on pixels), their inputs, outputs and pixel semantics
+are described in :mod:`tfx_transfer.export.signatures`.
 
 The class names are a constant of the graph, also listed in ``assets/labels.txt``
 (one name a line), and ``assets.extra/metadata.json`` records the backbone,
@@ -66,19 +42,29 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_transfer._compat import write_archive
-from tfx_transfer.data.folder import TENSORFLOW_DECODES_WEBP, decode_and_resize, resize_image
+from tfx_transfer.defaults import default_top_k
+from tfx_transfer.export.signatures import (
+    SERVING_FORMATS,
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+    SIGNATURE_PIXELS_UINT8,
+    Serving,
+)
 
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"  # under <version>/assets.extra/
-SIGNATURE_IMAGES = "serving_default"
-SIGNATURE_PIXELS = "predict_pixels"
-SIGNATURE_PIXELS_UINT8 = "predict_pixels_uint8"
-SERVING_FORMATS = "JPEG, PNG, GIF, BMP or WebP" if TENSORFLOW_DECODES_WEBP else "JPEG, PNG, GIF or BMP"
 
 # -- checks ---------------------------------------------------------------------------
 
 
 def tensorflow_backend() -> bool:
+    """Whether Keras runs on TensorFlow in this process (exports build TensorFlow graphs).
+
+    Example:
+        >>> import keras
+        >>> tensorflow_backend() == (keras.backend.backend() == "tensorflow")
+        True
+    """
     import keras
 
     return keras.backend.backend() == "tensorflow"
@@ -110,6 +96,13 @@ def _export_through_tensorflow(model: Any, out: str | os.PathLike, kwargs: dict)
 
 
 def model_image_size(model: Any) -> tuple[int, int]:
+    """``(height, width)`` of a model that takes ``(None, H, W, 3)`` pixels; else ``ValueError``.
+
+    Example:
+        >>> import keras
+        >>> model_image_size(keras.Sequential([keras.Input((48, 32, 3)), keras.layers.Flatten()]))
+        (48, 32)
+    """
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
         raise ValueError(
@@ -133,110 +126,6 @@ def _check_class_names(class_names: Sequence[str], model: Any) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"Class names {names!r} have duplicates; each class needs its own name.")
     return names
-
-
-# -- graph pieces (pure TensorFlow ops: they end up in the SavedModel) ----------------
-
-
-def _recognised_format(images: tf.Tensor) -> tf.Tensor:
-    """Per element: do the bytes start like JPEG, PNG, GIF, BMP or WebP?"""
-    head = tf.strings.substr(tf.strings.join([images, "\0" * 12]), 0, 12)
-
-    def starts(prefix: bytes) -> tf.Tensor:
-        return tf.equal(tf.strings.substr(head, 0, len(prefix)), prefix)
-
-    known = starts(b"\xff\xd8\xff") | starts(b"\x89PNG") | starts(b"GIF8") | starts(b"BM")
-    if not TENSORFLOW_DECODES_WEBP:  # TensorFlow < 2.19 cannot decode WebP in the graph
-        return known
-    return known | (starts(b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
-
-
-def _decode_batch(images: tf.Tensor, image_size: tuple[int, int], crop: bool) -> tf.Tensor:
-    """``(N,)`` encoded images -> ``uint8 (N, H, W, 3)`` with ``decode_and_resize``.
-
-    Each image is decoded on its own inside ``tf.data`` (in parallel); failures
-    are dropped with ``ignore_errors`` and then reported together by one assert,
-    so the error names the index of every bad image instead of the graph node.
-    """
-    height, width = image_size
-    count = tf.shape(images, out_type=tf.int64)[0]
-    decoded = (
-        tf.data.Dataset.from_tensor_slices((tf.range(count), images))
-        .map(lambda i, data: (i, decode_and_resize(data, image_size, crop)),
-             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .ignore_errors()
-        .batch(tf.maximum(count, 1))
-    )
-    empty = (tf.zeros([0], tf.int64), tf.zeros([0, height, width, 3], tf.uint8))
-    ok, pixels = decoded.reduce(
-        empty, lambda acc, batch: (tf.concat([acc[0], batch[0]], 0), tf.concat([acc[1], batch[1]], 0))
-    )
-    hit = tf.scatter_nd(ok[:, None], tf.ones_like(ok, tf.int32), tf.reshape(count, [1]))
-    bad = tf.where(tf.equal(hit, 0))[:, 0]
-    reasons = tf.where(
-        tf.gather(_recognised_format(images), bad),
-        "corrupt or truncated image data",
-        f"not a {SERVING_FORMATS} image",
-    )
-    details = tf.strings.reduce_join(
-        tf.strings.join(["index ", tf.strings.as_string(bad), ": ", reasons]), separator="; "
-    )
-    message = tf.strings.join([
-        "Could not decode ", tf.strings.as_string(tf.size(bad)), " of ",
-        tf.strings.as_string(count), " image(s) of the batch (", details, ")",
-    ])
-    check = tf.debugging.Assert(tf.equal(tf.size(bad), 0), [message])
-    with tf.control_dependencies([check]):
-        return tf.ensure_shape(tf.identity(pixels), [None, height, width, 3])
-
-
-def _fit_pixels(pixels: tf.Tensor, image_size: tuple[int, int], crop: bool) -> tf.Tensor:
-    """Pixels at the model size pass unchanged; others are resized like training images."""
-    height, width = image_size
-    shape = tf.shape(pixels)
-    same = tf.logical_and(tf.equal(shape[1], height), tf.equal(shape[2], width))
-
-    def resize() -> tf.Tensor:
-        out = tf.map_fn(
-            lambda image: resize_image(image, image_size, crop),
-            pixels,
-            fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8),
-        )
-        return tf.cast(out, tf.float32)
-
-    fitted = tf.cond(same, lambda: tf.cast(pixels, tf.float32), resize)
-    return tf.ensure_shape(fitted, [None, height, width, 3])
-
-
-class _Serving:
-    """The signature functions of one export (closes over the model and the class names)."""
-
-    def __init__(self, model: Any, labels: tf.Tensor, image_size: tuple[int, int],
-                 top_k: int, crop: bool) -> None:
-        self.model, self.labels, self.image_size = model, labels, image_size
-        self.top_k, self.crop = top_k, crop
-
-    def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        # An empty batch never reaches the network: TensorFlow's oneDNN convolutions fail on
-        # zero-size inputs inside a SavedModel graph.
-        probabilities = tf.cond(
-            tf.shape(pixels)[0] > 0,
-            lambda: tf.cast(self.model(pixels, training=False), tf.float32),
-            lambda: tf.zeros([0, self.labels.shape[0]], tf.float32))
-        scores, class_ids = tf.math.top_k(probabilities, k=self.top_k)
-        return {
-            "probabilities": probabilities,
-            "class_ids": class_ids,
-            "class_names": tf.gather(self.labels, class_ids),
-            "scores": scores,
-        }
-
-    def images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = _decode_batch(images, self.image_size, self.crop)
-        return self._outputs(tf.cast(pixels, tf.float32))
-
-    def pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(_fit_pixels(pixels, self.image_size, self.crop))
 
 
 # -- metadata and folders ------------------------------------------------------------
@@ -269,7 +158,7 @@ def _metadata(model: Any, class_names: list[str], image_size: tuple[int, int], t
         "format": "tfx_transfer-savedmodel-1",
         "backbone": backbone,
         "head": config.get("head"),
-        "input_size": list(image_size),
+        "image_size": list(image_size),
         "num_classes": len(class_names),
         "class_names": class_names,
         "top_k": top_k,
@@ -346,7 +235,7 @@ def export_saved_model(
 ) -> Path:
     """Write ``model`` as a SavedModel that takes encoded images (TF Serving layout).
 
-    See the module docstring for the signatures. The version folder is written
+    See :mod:`tfx_transfer.export.signatures` for the signatures. The version folder is written
     into a hidden temporary folder next to it and renamed into place, so a server
     watching ``out`` never sees a half-written version and a failure
     leaves nothing behind.
@@ -395,7 +284,7 @@ def export_saved_model(
             metadata=metadata, crop_to_aspect_ratio=crop_to_aspect_ratio))
     image_size = model_image_size(model)
     names = _check_class_names(class_names, model)
-    top_k = min(5, len(names)) if top_k is None else int(top_k)
+    top_k = default_top_k(len(names)) if top_k is None else int(top_k)
     if not 1 <= top_k <= len(names):
         raise ValueError(f"top_k={top_k} must be between 1 and the number of classes, {len(names)}.")
     export_dir = Path(out)
@@ -418,7 +307,7 @@ def export_saved_model(
     try:
         # Class names are a constant of the graph (no lookup-table resource, which older Keras
         # export archives do not save); assets/labels.txt lists them for people and tools.
-        serving = _Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio)
+        serving = Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio)
         archive = keras.export.ExportArchive()
         # No archive.track(model): with it every weight is stored twice (keras-team/keras#23553);
         # the endpoints' captured variables are tracked by the archive anyway.

@@ -1,12 +1,14 @@
 """TFLite export with a parity check against the Keras model.
 
-Example:
-    >>> import os, tempfile, tfx_transfer as tt
-    >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None)
+Example (any Keras classifier with a fixed pixel input; a tiny one here):
+    >>> import os, tempfile, keras, tfx_transfer as tt
+    >>> model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
+    ...                           keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+    ...                           keras.layers.Dense(2, activation="softmax")])
     >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
     >>> report = tt.export_tflite(model, path, quantization="float16")
-    >>> report["max_abs_diff"] <= report["tolerance"]
-    True
+    >>> report["max_abs_diff"] <= report["tolerance"], os.path.isfile(path)
+    (True, True)
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def export_tflite(
     (flips only where Keras's top-2 margin is small). ResNet50 (head x10):
     float16 7e-5, dynamic 1.3e-3. Check real images of your task before
     shipping a ``"dynamic"`` model.
+
+    Args:
+        model: a Keras model with a fixed ``(None, H, W, 3)`` pixel input (a
+            :func:`tfx_transfer.build_transfer_model` model); TensorFlow backend.
+        path: the ``.tflite`` file to write (folders created).
+        quantization: ``"float16"`` (default), ``"dynamic"`` or ``None``.
+        check: run the parity check (and refuse to write a model that fails it).
+        sample_pixels: ``(N, H, W, 3)`` RGB pixels in 0..255 for the check.
+        tolerance: largest allowed absolute probability difference; default
+            :data:`TFLITE_TOLERANCE` for the quantization.
 
     Returns:
         ``{"path", "quantization", "size_bytes", "max_abs_diff", "top1_agreement",

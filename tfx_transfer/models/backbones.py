@@ -29,9 +29,9 @@ PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    """Description of one backbone family member.
+    """Description of one backbone family member (each argument is also an attribute).
 
-    Attributes:
+    Args:
         name: canonical registry key (lowercase, e.g. ``"resnet50"``).
         constructor: the ``keras.applications`` attribute name (``"ResNet50"``)
             or a callable taking the ``keras.applications`` keyword arguments.
@@ -41,14 +41,15 @@ class BackboneSpec:
         default_size: the input size the ImageNet weights were trained at.
         min_size: smallest spatial input the architecture accepts.
         blocks: ``(block_name, regex)`` pairs, bottom to top.
-        default_unfreeze: blocks unfrozen by default in phase 2.
+        default_unfreeze: blocks unfrozen by default in phase 2; default: the top
+            block.
         kwargs: extra constructor keyword arguments.
 
     Example:
         >>> spec = BackboneSpec("tinyvgg", "VGG16", "caffe", 224, 32,
-        ...                     blocks=(("block5", r"^block5_"),))
-        >>> spec.block_names
-        ('block5',)
+        ...                     blocks=(("block4", r"^block4_"), ("block5", r"^block5_")))
+        >>> spec.block_names, spec.default_unfreeze
+        (('block4', 'block5'), ('block5',))
     """
 
     name: str

@@ -2,7 +2,8 @@
 
 A transfer model's backbone is partitioned into named blocks by the registry
 (:func:`tfx_transfer.backbone_blocks`: ``block1..block5`` for VGG, ``conv1..conv5``
-for ResNet, ...). These functions set which blocks train; the backbone keeps
+for ResNet, ...), once per model (``model.blocks``, :func:`tfx_transfer.model_parts`).
+These functions set which blocks train; the backbone keeps
 running in inference mode (:class:`tfx_transfer.Backbone`) unless
 ``train_bn=True``. Changing ``trainable`` takes effect at the next ``compile``,
 or inside ``fit`` through :class:`tfx_transfer.StagedUnfreeze`.
@@ -18,25 +19,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import keras
 import numpy as np
 
-from tfx_transfer.models.backbones import backbone_blocks, get_backbone
-from tfx_transfer.models.transfer_model import backbone_name, get_backbone_layer, get_backbone_model
+from tfx_transfer.models.parts import ModelParts, model_parts
 
 Blocks = Any  # str | Sequence[str] | int : see unfreeze()
 
 
-def _blocks_of(model: keras.Model) -> tuple[keras.Model, dict[str, list[keras.layers.Layer]]]:
-    base = get_backbone_model(model)
-    return base, backbone_blocks(backbone_name(model), base)
-
-
 def block_layers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
-    """``{block name: backbone layers}``, bottom to top, of a transfer model.
+    """``{block name: backbone layers}``, bottom to top, of a transfer model (a copy).
+
+    ``model.blocks`` (read-only) on a :class:`~tfx_transfer.TransferModel`.
 
     Example:
         >>> import tfx_transfer as tt
@@ -44,12 +40,12 @@ def block_layers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
         >>> [layer.name for layer in block_layers(model)["block5"]][:2]
         ['block5_conv1', 'block5_conv2']
     """
-    return _blocks_of(model)[1]
+    return {name: list(layers) for name, layers in model_parts(model).blocks.items()}
 
 
-def _default_blocks(model: keras.Model, blocks: Mapping[str, list]) -> list[str]:
-    chosen = [b for b in get_backbone(backbone_name(model)).default_unfreeze if b in blocks]
-    return chosen or [list(blocks)[-1]]
+def _default_blocks(parts: ModelParts) -> list[str]:
+    chosen = [b for b in parts.spec.default_unfreeze if b in parts.blocks]
+    return chosen or [list(parts.blocks)[-1]]
 
 
 def resolve_blocks(model: keras.Model, blocks: Blocks) -> list[keras.layers.Layer]:
@@ -61,7 +57,11 @@ def resolve_blocks(model: keras.Model, blocks: Blocks) -> list[keras.layers.Laye
         >>> [layer.name for layer in resolve_blocks(model, 2)]
         ['block5_conv2', 'block5_conv3', 'block5_pool']
     """
-    base, named = _blocks_of(model)
+    return _resolve(model_parts(model), blocks)
+
+
+def _resolve(parts: ModelParts, blocks: Blocks) -> list[keras.layers.Layer]:
+    base, named = parts.backbone_model, parts.blocks
     if isinstance(blocks, bool):
         raise ValueError(f"blocks={blocks!r}: use a block name, a list of names, 'all', "
                          "'default' or an int (top N layers).")
@@ -77,7 +77,7 @@ def resolve_blocks(model: keras.Model, blocks: Blocks) -> list[keras.layers.Laye
     if isinstance(blocks, str):
         if blocks == "all":
             return [layer for block in named.values() for layer in block]
-        names = _default_blocks(model, named) if blocks == "default" else [blocks]
+        names = _default_blocks(parts) if blocks == "default" else [blocks]
     else:
         names = list(blocks)
     unknown = [n for n in names if n not in named]
@@ -103,6 +103,11 @@ def unfreeze(model: keras.Model, blocks: Blocks = "default", train_bn: bool = Fa
     training mode. Takes effect at the next ``compile`` or, inside ``fit``, through
     :class:`StagedUnfreeze`.
 
+    Args:
+        model: a transfer model (any model with one :class:`tfx_transfer.Backbone` layer).
+        blocks: which blocks, in one of the forms above.
+        train_bn: also train the chosen blocks' BatchNormalization layers.
+
     Returns:
         Names of the backbone layers that are trainable after the call.
 
@@ -116,9 +121,13 @@ def unfreeze(model: keras.Model, blocks: Blocks = "default", train_bn: bool = Fa
         >>> tt.unfreeze(model, "block5")
         ['block5_conv1', 'block5_conv2', 'block5_conv3', 'block5_pool']
     """
-    wrapper = get_backbone_layer(model)
+    return _unfreeze(model_parts(model), blocks, train_bn)
+
+
+def _unfreeze(parts: ModelParts, blocks: Blocks, train_bn: bool) -> list[str]:
+    wrapper = parts.backbone
     base = wrapper.model
-    chosen = {id(layer) for layer in resolve_blocks(model, blocks)}
+    chosen = {id(layer) for layer in _resolve(parts, blocks)}
     was = {id(layer) for layer in base.layers if base.trainable and layer.trainable}
     # The container's setter recurses; then every sub-layer is set explicitly.
     base.trainable = True
@@ -135,7 +144,6 @@ def unfreeze(model: keras.Model, blocks: Blocks = "default", train_bn: bool = Fa
     return trainable
 
 
-
 def block_names(model: keras.Model) -> list[str]:
     """The backbone's block names, bottom to top.
 
@@ -144,7 +152,7 @@ def block_names(model: keras.Model) -> list[str]:
         >>> tt.block_names(tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None))
         ['block1', 'block2', 'block3', 'block4', 'block5']
     """
-    return list(block_layers(model))
+    return list(model_parts(model).blocks)
 
 
 def freeze(model: keras.Model) -> list[str]:
@@ -159,10 +167,13 @@ def freeze(model: keras.Model) -> list[str]:
         >>> tt.unfreeze(model, "all") != [] and tt.freeze(model) == []
         True
     """
-    wrapper = get_backbone_layer(model)
-    wrapper.model.trainable = False
-    wrapper.inference_mode = True
+    _freeze(model_parts(model))
     return []
+
+
+def _freeze(parts: ModelParts) -> None:
+    parts.backbone.model.trainable = False
+    parts.backbone.inference_mode = True
 
 
 def freeze_to(model: keras.Model, n: int, train_bn: bool = False) -> list[str]:
@@ -171,6 +182,11 @@ def freeze_to(model: keras.Model, n: int, train_bn: bool = False) -> list[str]:
     As fastai's ``Learner.freeze_to``: ``freeze_to(model, -1)`` trains the top
     block only, ``freeze_to(model, -2)`` the top two, ``freeze_to(model, 0)``
     every block. The head always trains.
+
+    Args:
+        model: a transfer model (any model with one :class:`tfx_transfer.Backbone` layer).
+        n: index of the first block that trains, in :func:`block_names` order.
+        train_bn: also train the BatchNormalization layers of those blocks.
 
     Returns:
         Names of the backbone layers that are trainable after the call.
@@ -181,9 +197,10 @@ def freeze_to(model: keras.Model, n: int, train_bn: bool = False) -> list[str]:
         >>> len(tt.freeze_to(model, -2))
         8
     """
-    names = block_names(model)
+    parts = model_parts(model)
+    names = list(parts.blocks)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not -len(names) <= n < len(names):
         raise ValueError(f"freeze_to(n={n!r}): n must be an int in [{-len(names)}, "
                          f"{len(names) - 1}] for the blocks {names}.")
-    freeze(model)
-    return unfreeze(model, names[n:], train_bn=train_bn)
+    _freeze(parts)
+    return _unfreeze(parts, names[n:], train_bn)

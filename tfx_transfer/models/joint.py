@@ -4,7 +4,7 @@ For very small target sets, fine-tuning the backbone on the target alone can
 forget what pretraining learned and overfit a few dozen images. Joint training
 keeps the source task in the loss while the backbone adapts::
 
-    loss = L_target + lam * L_source          (lam default 0.5)
+    loss = L_target + loss_weight * L_source          (loss_weight default 0.5)
 
 It is an ordinary Keras functional model with two inputs and two outputs,
 ``{"target": ..., "source": ...}``, compiled with ``loss_weights`` and fed a
@@ -45,16 +45,13 @@ from typing import Any
 
 import keras
 
-from tfx_transfer.models.transfer_model import (
-    PREPROCESS_NAME,
-    build_head,
-    get_backbone_layer,
-    get_backbone_model,
-    transfer_config,
-)
+from tfx_transfer.defaults import DEFAULT_SEED
+from tfx_transfer.models.heads import build_head
+from tfx_transfer.models.parts import model_parts
+from tfx_transfer.models.transfer_model import get_backbone_model, transfer_config
 
 SOURCE_HEAD_NAME = "source_head"
-DEFAULT_LAMBDA = 0.5
+DEFAULT_LOSS_WEIGHT = 0.5
 
 
 def build_joint_model(
@@ -73,6 +70,12 @@ def build_joint_model(
     saved (``<name>.head.weights.h5``), otherwise it starts random. All layers are
     shared with ``target_model``, which keeps working on its own.
 
+    Args:
+        target_model: a :func:`~tfx_transfer.build_transfer_model` model.
+        num_source_classes: classes of the source task (at least 2).
+        source_head_weights: the source head's weights file; ``None``: random init.
+        name: the joint model's name.
+
     Example:
         >>> import tfx_transfer as tt
         >>> target = tt.build_transfer_model("mobilenetv2", 2, input_shape=32,
@@ -86,8 +89,8 @@ def build_joint_model(
             f"num_source_classes={num_source_classes!r}: need the number of source classes "
             "(an integer of at least 2)."
         )
-    backbone = get_backbone_model(target_model)
-    preprocess = target_model.get_layer(PREPROCESS_NAME)
+    parts = model_parts(target_model)
+    backbone, preprocess = parts.backbone_model, parts.preprocess
     config = transfer_config(target_model)
     source_head = build_head(
         tuple(backbone.output.shape[1:]), num_source_classes, config.get("head", "avg"),
@@ -113,7 +116,7 @@ def build_joint_model(
     for layer in target_model.layers:
         if not isinstance(layer, keras.layers.InputLayer):
             target = layer(target)
-    features = get_backbone_layer(target_model)(preprocess(inputs["source"]))
+    features = parts.backbone(preprocess(inputs["source"]))
     outputs = {"target": target, "source": source_head(features)}
     return keras.Model(inputs, outputs, name=name)
 
@@ -171,16 +174,17 @@ def fit_joint(
     source_data: Any,
     *,
     num_source_classes: int | None = None,
-    lam: float = DEFAULT_LAMBDA,
+    loss_weight: float = DEFAULT_LOSS_WEIGHT,
     epochs: int = 5,
     steps_per_epoch: int | None = None,
     lr: float = 1e-4,
     optimizer: keras.optimizers.Optimizer | None = None,
     source_head_weights: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    seed: int | None = DEFAULT_SEED,
     verbose: Any = "auto",
 ) -> keras.callbacks.History:
-    """Train ``target_model`` jointly with the source task: ``L_target + lam * L_source``.
+    """Train ``target_model`` jointly with the source task: ``L_target + loss_weight * L_source``.
 
     Args:
         target_model: a :func:`~tfx_transfer.build_transfer_model` model, trained in
@@ -189,7 +193,7 @@ def fit_joint(
             (integer or one-hot labels, e.g. ``load_image_folder(...).train``), images
             at the target model's input size.
         num_source_classes: defaults to the width of one-hot source labels.
-        lam: weight of the source loss (default 0.5; 0 is plain fine-tuning).
+        loss_weight: weight of the source loss (default 0.5; 0 is plain fine-tuning).
         epochs: epochs (default 5).
         steps_per_epoch: default: the larger dataset's number of batches.
         lr: Adam learning rate when ``optimizer`` is None (default 1e-4,
@@ -197,6 +201,8 @@ def fit_joint(
         optimizer: a Keras optimizer instance instead of ``Adam(lr)``.
         source_head_weights: the source head from :func:`~tfx_transfer.pretrain`.
         callbacks: Keras callbacks for ``fit``.
+        seed: seeds the source head's initialisation and the training
+            (``keras.utils.set_random_seed``); ``None`` leaves the global seeds alone.
         verbose: passed to ``fit``.
 
     Returns:
@@ -210,13 +216,14 @@ def fit_joint(
         >>> source = tf.data.Dataset.from_tensor_slices((x, [0, 1, 2, 0, 1, 2])).batch(2)
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
         >>> _ = tt.unfreeze(model, "block5")
-        >>> history = fit_joint(model, target, source, lam=0.5, num_source_classes=3,
+        >>> history = fit_joint(model, target, source, loss_weight=0.5, num_source_classes=3,
         ...                     epochs=1, verbose=0)
         >>> history.params["steps"]  # the larger dataset's batches
         3
     """
-    if lam < 0:
-        raise ValueError(f"lam={lam!r}: the source-loss weight must be >= 0.")
+    if loss_weight < 0:
+        raise ValueError(f"loss_weight={loss_weight!r}: the source-loss weight must be >= 0 "
+                         "(0 is plain fine-tuning).")
     source_labels = source_data.element_spec[1]
     if num_source_classes is None:
         if source_labels.shape.rank != 2 or source_labels.shape[-1] is None:
@@ -233,6 +240,8 @@ def fit_joint(
         )
     if steps_per_epoch is None:
         steps_per_epoch = max(_batches(target_data, "target"), _batches(source_data, "source"))
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
 
     joint = build_joint_model(target_model, num_source_classes,
                               source_head_weights=source_head_weights)
@@ -240,7 +249,7 @@ def fit_joint(
         optimizer=optimizer or keras.optimizers.Adam(lr),
         loss={"target": _label_loss(target_data.element_spec[1], "target"),
               "source": _label_loss(source_labels, "source")},
-        loss_weights={"target": 1.0, "source": float(lam)},
+        loss_weights={"target": 1.0, "source": float(loss_weight)},
         metrics={"target": ["accuracy"], "source": ["accuracy"]},
     )
     return joint.fit(joint_dataset(target_data, source_data), epochs=epochs,

@@ -24,6 +24,7 @@ import keras
 # Importing these modules registers the kit's serializable objects.
 from tfx_transfer.data import augmentation, augmentation_layers  # noqa: F401
 from tfx_transfer.models import ensembles, layers, transfer_model  # noqa: F401
+from tfx_transfer.runs.layout import MODEL_FILE
 from tfx_transfer.training import optimizers  # noqa: F401
 
 
@@ -48,8 +49,8 @@ def load_model(path: str | os.PathLike, compile: bool = True, safe_mode: bool = 
         'mobilenetv2_transfer'
     """
     file = Path(path)
-    if file.is_dir() and (file / "model.keras").is_file():
-        file = file / "model.keras"
+    if file.is_dir() and (file / MODEL_FILE).is_file():
+        file = file / MODEL_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a .keras file (nor a run folder holding "
                                 "model.keras); save one with model.save('name.keras').")

@@ -1,4 +1,9 @@
-"""``build_transfer_model``: a frozen pretrained backbone plus a new head.
+"""``build_transfer_model``: a frozen pretrained backbone plus a new head, in a ``TransferModel``.
+
+A :class:`TransferModel` carries its build settings (:func:`transfer_config`) and
+knows its parts (``model.backbone``, ``model.head``, ``model.blocks``, ...:
+:mod:`tfx_transfer.models.parts`); the ``get_*`` functions read the same parts from
+any model holding the kit's layers.
 
 Example:
     >>> import tfx_transfer as tt
@@ -10,18 +15,19 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 
 from tfx_transfer.models.backbones import BackboneSpec, get_backbone
+from tfx_transfer.models.heads import HEADS, build_head
 from tfx_transfer.models.layers import Backbone, Preprocess
+from tfx_transfer.models.parts import ModelParts, model_parts
 from tfx_transfer.models.weights import guard_downloads, load_weights_by_name
 
-HEADS = ("flatten", "avg", "max")
-HEAD_NAME = "head"
 PREPROCESS_NAME = "preprocess"
 AUGMENT_NAME = "augmentation"
 BACKBONE_NAME = "backbone"
@@ -29,14 +35,32 @@ BACKBONE_NAME = "backbone"
 
 @keras.saving.register_keras_serializable(package="tfx_transfer")
 class TransferModel(keras.Model):
-    """A functional Keras model that carries the settings it was built with.
+    """A functional Keras model that carries its build settings and knows its parts.
 
     The settings (backbone, num_classes, input_shape, head, units, dropout,
     weights, class_names when known) are part of the model's own ``get_config``,
     as in keras-hub, so they survive ``model.save`` / ``keras.saving.load_model``.
-    Read them with :func:`transfer_config`. Otherwise an ordinary functional model.
+    Read them with :func:`transfer_config`.
+
+    Its parts are properties, found once and kept (:class:`ModelParts`):
+    ``model.backbone`` is the :class:`~tfx_transfer.Backbone` layer, the model's
+    layer named ``"backbone"`` (as keras-hub's ``task.backbone`` is the task's
+    backbone layer: freeze it, read ``.inference_mode``), ``model.backbone_model``
+    the ``keras.applications`` model inside it (its ``.layers``, ``.get_layer``),
+    ``model.head``, ``model.preprocess``, ``model.augmentation`` (``None`` without
+    one) and ``model.blocks``, the backbone's named blocks ``{name: layers}``,
+    bottom to top, from the registry. A property the model cannot answer (an
+    ensemble has several backbones) raises a ``ValueError``. For models of other
+    classes use :func:`get_backbone_layer`, :func:`get_backbone_model`,
+    :func:`get_head` or :func:`model_parts`. Otherwise an ordinary functional model.
 
     Example:
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> model.backbone is model.get_layer("backbone"), model.backbone_model.name
+        (True, 'vgg16')
+        >>> list(model.blocks)[-2:], model.blocks["block5"][0].name
+        (['block4', 'block5'], 'block5_conv1')
         >>> inputs = keras.Input((4,))
         >>> m = TransferModel(inputs, keras.layers.Dense(2)(inputs),
         ...                   transfer_config={"num_classes": 2})
@@ -58,6 +82,42 @@ class TransferModel(keras.Model):
         model = super().from_config(config, custom_objects=custom_objects)
         model.transfer_config = dict(settings or {})
         return model
+
+    # Kept in the instance's __dict__ (cached_property writes there directly), so
+    # neither Keras's attribute tracking nor a TensorFlow checkpoint sees it.
+    @functools.cached_property
+    def _transfer_parts(self) -> ModelParts:
+        return ModelParts(self)
+
+    @property
+    def backbone(self) -> Backbone:
+        """The :class:`~tfx_transfer.Backbone` layer (named ``"backbone"``)."""
+        return self._transfer_parts.backbone
+
+    @property
+    def backbone_model(self) -> keras.Model:
+        """The ``keras.applications`` model inside :attr:`backbone`."""
+        return self._transfer_parts.backbone_model
+
+    @property
+    def head(self) -> keras.layers.Layer:
+        """The nested head (a ``keras.Sequential`` named ``"head"``)."""
+        return self._transfer_parts.head
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The :class:`~tfx_transfer.Preprocess` layer."""
+        return self._transfer_parts.preprocess
+
+    @property
+    def augmentation(self) -> keras.layers.Layer | None:
+        """The augmentation layer in front of :attr:`preprocess`, or ``None``."""
+        return self._transfer_parts.augmentation
+
+    @property
+    def blocks(self) -> Mapping[str, tuple[keras.layers.Layer, ...]]:
+        """The backbone's named blocks ``{name: layers}``, bottom to top (read-only)."""
+        return self._transfer_parts.blocks
 
 
 def transfer_config(model: keras.Model) -> dict:
@@ -126,36 +186,6 @@ def _build_backbone(spec: BackboneSpec, input_shape: tuple, weights: Any) -> ker
     )
 
 
-def build_head(feature_shape: tuple, num_classes: int, head: str = "avg", units: int = 256,
-               dropout: float = 0.2, name: str = HEAD_NAME) -> keras.Sequential:
-    """A classifier head (``keras.Sequential``) on a backbone's feature map.
-
-    ``head`` is ``"flatten"`` (Flatten -> Dense(units, relu) -> Dropout -> Dense),
-    ``"avg"`` or ``"max"`` (global pooling -> Dropout -> Dense); softmax output in
-    float32 under any precision policy.
-
-    Example:
-        >>> build_head((7, 7, 512), 5).output_shape
-        (None, 5)
-    """
-    if head not in HEADS:
-        raise ValueError(f"head={head!r} is not one of {HEADS}.")
-    layers: list[keras.layers.Layer] = [keras.Input(shape=feature_shape)]
-    if head == "flatten":
-        layers += [keras.layers.Flatten(name="flatten"),
-                   keras.layers.Dense(units, activation="relu", name="fc")]
-    elif head == "avg":
-        layers.append(keras.layers.GlobalAveragePooling2D(name="avg_pool"))
-    else:
-        layers.append(keras.layers.GlobalMaxPooling2D(name="max_pool"))
-    if dropout:
-        layers.append(keras.layers.Dropout(dropout, name="dropout"))
-    # float32 output even under a mixed-precision policy (stable softmax, exports).
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                                     name="predictions"))
-    return keras.Sequential(layers, name=name)
-
-
 def build_transfer_model(
     backbone: str | BackboneSpec,
     num_classes: int,
@@ -194,8 +224,10 @@ def build_transfer_model(
         head: ``"flatten"``, ``"avg"`` or ``"max"``.
         units: width of the flatten head's hidden Dense layer.
         dropout: dropout before the classifier; default 0.5 (flatten), 0.2 (pooled).
-        augmentation: optional layer (e.g. :class:`tfx_transfer.Augmentation`) run
-            first; random layers are identity at inference and export.
+        augmentation: optional layer (e.g. :class:`tfx_transfer.Augmentation`), preset
+            name or dict of ImageDataGenerator keywords
+            (:func:`tfx_transfer.data.augmentation.as_augmentation`) run first; random
+            layers are identity at inference and export.
         name: model name; default ``"<backbone>_transfer"``.
         class_names: optional names of the classes in label order (stored in the
             model's settings, used by export and reports).
@@ -232,11 +264,11 @@ def build_transfer_model(
 
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = inputs
-    if augmentation is not None:
-        if isinstance(augmentation, str):
-            from tfx_transfer.data.augmentation import Augmentation
+    if not isinstance(augmentation, keras.layers.Layer):  # None, a preset name or IDG keywords
+        from tfx_transfer.data.augmentation import as_augmentation
 
-            augmentation = Augmentation(preset=augmentation, name=AUGMENT_NAME)
+        augmentation = as_augmentation(augmentation, name=AUGMENT_NAME)
+    if augmentation is not None:
         x = augmentation(x)
     x = Preprocess(spec.preprocessing, name=PREPROCESS_NAME)(x)
     x = Backbone(base, name=BACKBONE_NAME)(x)
@@ -258,23 +290,21 @@ def build_transfer_model(
 def get_backbone_layer(model: keras.Model) -> Backbone:
     """The :class:`tfx_transfer.Backbone` layer of a :func:`build_transfer_model` model.
 
+    Any model with one Backbone layer; ``model.backbone`` on a :class:`TransferModel`.
+
     Example:
         >>> import tfx_transfer as tt
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
         >>> get_backbone_layer(model).inference_mode
         True
     """
-    found = [layer for layer in model.layers if isinstance(layer, Backbone)]
-    if len(found) != 1:
-        raise ValueError(
-            f"Model {model.name!r} does not look like a build_transfer_model() model: "
-            f"expected one Backbone layer, found {[layer.name for layer in found]}."
-        )
-    return found[0]
+    return model_parts(model).backbone
 
 
 def get_backbone_model(model: keras.Model) -> keras.Model:
     """The backbone (a ``keras.applications`` model) of a :func:`build_transfer_model` model.
+
+    ``model.backbone_model`` on a :class:`TransferModel`.
 
     Example:
         >>> import tfx_transfer as tt
@@ -282,11 +312,13 @@ def get_backbone_model(model: keras.Model) -> keras.Model:
         >>> get_backbone_model(model).name
         'vgg16'
     """
-    return get_backbone_layer(model).model
+    return model_parts(model).backbone_model
 
 
 def get_head(model: keras.Model) -> keras.Sequential:
     """The nested head (``keras.Sequential``) of a :func:`build_transfer_model` model.
+
+    ``model.head`` on a :class:`TransferModel`.
 
     Example:
         >>> import tfx_transfer as tt
@@ -294,13 +326,7 @@ def get_head(model: keras.Model) -> keras.Sequential:
         >>> get_head(model).layers[-1].name
         'predictions'
     """
-    try:
-        return model.get_layer(HEAD_NAME)
-    except ValueError as exc:
-        raise ValueError(
-            f"Model {model.name!r} has no layer named {HEAD_NAME!r}; was it made by "
-            "build_transfer_model()?"
-        ) from exc
+    return model_parts(model).head
 
 
 def backbone_name(model: keras.Model) -> str:
@@ -311,7 +337,4 @@ def backbone_name(model: keras.Model) -> str:
         >>> backbone_name(tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None))
         'vgg16'
     """
-    settings = getattr(model, "transfer_config", None) or {}
-    if settings.get("backbone") and "+" not in settings["backbone"]:
-        return settings["backbone"]
-    return get_backbone(get_backbone_model(model).name).name
+    return model_parts(model).backbone_name

@@ -118,12 +118,17 @@ def _unavailable_message(backbone: str, target: Path, origin: str | None, name: 
     )
 
 
-def fetch_weights(names: Iterable[str], *, input_size: int | None = None) -> list[Path]:
+def fetch_weights(names: Iterable[str], *, image_size: int | None = None) -> list[Path]:
     """Download the ImageNet (no-top) weights of backbones into the Keras cache.
 
     Run this on a machine with network before going offline; copy the cache folder
     (:func:`keras_cache_dir`) to the offline machine. Also ``tfx-transfer weights
     fetch NAME...``.
+
+    Args:
+        names: registry names of the backbones.
+        image_size: the square input side to build them at (only MobileNet variants
+            have size-specific weights files); ``None``: each backbone's default.
 
     Example (not run by the tests: it downloads the ImageNet weights):
         >>> fetch_weights(["vgg16", "resnet50"])  # doctest: +SKIP
@@ -136,7 +141,7 @@ def fetch_weights(names: Iterable[str], *, input_size: int | None = None) -> lis
     for name in names:
         spec = get_backbone(name)
         before = set(cache.glob("*")) if cache.exists() else set()
-        size = input_size or spec.default_size
+        size = image_size or spec.default_size
         with guard_downloads(spec.name):
             spec.build((size, size, 3), weights="imagenet")
         after = set(cache.glob("*")) if cache.exists() else set()

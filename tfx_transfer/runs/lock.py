@@ -21,14 +21,30 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOCK_FILE = ".lock"
 
 
 class RunFolderLockedError(RuntimeError):
-    """Another live process is using the run folder."""
+    """Another live process is using the run folder.
+
+    Raised by :func:`lock_run_folder`; the message names the holder's pid, host,
+    command and start time.
+
+    Example (a second lock on a held folder is refused, also within one process):
+        >>> import tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> with lock_run_folder(run, command="train"):
+        ...     try:
+        ...         with lock_run_folder(run):
+        ...             pass
+        ...     except RunFolderLockedError as err:
+        ...         refused = str(err)
+        >>> refused.startswith(f"Run folder {run!r} is in use by process"), "(train," in refused
+        (True, True)
+    """
 
 
 @contextlib.contextmanager

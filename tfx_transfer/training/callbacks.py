@@ -31,8 +31,8 @@ import keras
 import numpy as np
 
 from tfx_transfer._compat import record_optimizer
-from tfx_transfer.models.freezing import Blocks, block_layers, resolve_blocks, unfreeze
-from tfx_transfer.models.transfer_model import get_backbone_model
+from tfx_transfer.models.freezing import Blocks, resolve_blocks, unfreeze
+from tfx_transfer.models.parts import model_parts
 from tfx_transfer.training.optimizers import (
     DiscriminativeOptimizer,
     copy_optimizer,
@@ -160,23 +160,18 @@ class StagedUnfreeze(keras.callbacks.Callback):
         """Number of stages applied so far (0: nothing unfrozen yet)."""
         return len(self.applied)
 
-    def _is_transfer_model(self) -> bool:
-        try:
-            get_backbone_model(self.model)
-        except ValueError:
-            return False
-        return True
-
     def on_train_begin(self, logs: dict | None = None) -> None:
-        if not self._is_transfer_model():
+        parts = model_parts(self.model)
+        try:
+            _ = parts.backbone
+        except ValueError as exc:
             raise ValueError(
                 f"StagedUnfreeze cannot find the backbone of model {self.model.name!r}: it needs "
                 "a model made by build_transfer_model() (or loaded with tfx_transfer.load_model), "
                 "with its Backbone layer."
-            )
+            ) from exc
         if self._gradual is not None:
-            named = block_layers(self.model)
-            self._resolve_gradual(list(reversed(list(named))))
+            self._resolve_gradual(list(reversed(list(parts.blocks))))
         for blocks in self.schedule.values():  # fail before training on a bad block name
             resolve_blocks(self.model, blocks)
 
@@ -211,7 +206,7 @@ class StagedUnfreeze(keras.callbacks.Callback):
         _replace_optimizer(model, learning_rate, self.discriminative)
         self.applied = done
         if self.verbose:
-            base = get_backbone_model(model)
+            base = model_parts(model).backbone_model
             blocks = ", ".join(_blocks_label(self.schedule[e]) for e in due)
             print(f"\nStagedUnfreeze: epoch {epoch + 1}: stage {self.stage}: unfroze {blocks}; "
                   f"{len(base.trainable_weights)} backbone weights trainable; learning rate "

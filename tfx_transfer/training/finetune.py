@@ -31,7 +31,7 @@ from tfx_transfer._compat import (
     raw_learning_rate,
 )
 from tfx_transfer.models.freezing import Blocks, resolve_blocks
-from tfx_transfer.models.transfer_model import get_backbone_layer, get_backbone_model, get_head
+from tfx_transfer.models.parts import ModelParts, model_parts
 from tfx_transfer.training.callbacks import (
     StagedBackupAndRestore,
     StagedUnfreeze,
@@ -49,9 +49,9 @@ DEFAULT_FINE_TUNE_LR = 1e-5
 _SAVING_CALLBACKS = (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore)
 
 
-def _random_layers(model: keras.Model) -> list[str]:
+def _random_layers(parts: ModelParts) -> list[str]:
     """Names of active random layers in front of the backbone (they make features differ)."""
-    front = model.layers[: model.layers.index(get_backbone_layer(model))]
+    front = parts.model.layers[: parts.model.layers.index(parts.backbone)]
 
     def walk(layer: keras.layers.Layer) -> Iterable[keras.layers.Layer]:
         yield layer
@@ -70,10 +70,10 @@ def _random_layers(model: keras.Model) -> list[str]:
     return found
 
 
-def _resolve_cache(cache: Any, model: keras.Model, train: Any, callbacks: Sequence,
+def _resolve_cache(cache: Any, parts: ModelParts, train: Any, callbacks: Sequence,
                    head_epochs: int, fit_kwargs: Mapping) -> bool:
     reasons = []
-    random_layers = _random_layers(model)
+    random_layers = _random_layers(parts)
     if random_layers:
         reasons.append(f"the model has random augmentation layer(s) {random_layers} in front "
                        "of the backbone")
@@ -85,7 +85,7 @@ def _resolve_cache(cache: Any, model: keras.Model, train: Any, callbacks: Sequen
         reasons.append("the training data is a Python generator (it can be read only once)")
     if fit_kwargs.get("steps_per_epoch"):
         reasons.append("steps_per_epoch is set (repeating data cannot be cached)")
-    strategy = distribute_strategy(model)  # set under a tf.distribute scope
+    strategy = distribute_strategy(parts.model)  # set under a tf.distribute scope
     if strategy is not None:
         reasons.append(f"the model is distributed ({type(strategy).__name__}): predict() "
                        "gives per-replica, sharded features")
@@ -149,9 +149,9 @@ def infer_loss(labels: Any, num_classes: int) -> str:
     return "sparse_categorical_crossentropy"
 
 
-def _feature_extractor(model: keras.Model) -> keras.Model:
+def _feature_extractor(parts: ModelParts) -> keras.Model:
     """``pixels -> [augmentation] -> preprocess -> backbone``: the head's input, as a model."""
-    return keras.Model(model.inputs, get_backbone_layer(model).output, name="feature_extractor")
+    return keras.Model(parts.model.inputs, parts.backbone.output, name="feature_extractor")
 
 
 def _extract(extractor: keras.Model, data: Any, batch_size: int | None, verbose: int):
@@ -298,7 +298,8 @@ def fine_tune(
     for name, value in (("head_epochs", head_epochs), ("fine_tune_epochs", fine_tune_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an int >= 0.")
-    get_backbone_model(model)  # fails early on a model that is not a transfer model
+    parts = model_parts(model)
+    _ = parts.backbone  # fails early on a model that is not a transfer model
     total = head_epochs + fine_tune_epochs
 
     if loss is None:
@@ -325,12 +326,12 @@ def fine_tune(
     backup = [] if backup_dir is None else [StagedBackupAndRestore(backup_dir, stage)]
     fit = dict(validation_data=validation, class_weight=class_weight, verbose=verbose,
                batch_size=batch_size, **fit_kwargs)
-    cache = _resolve_cache(cache_features, model, train, callbacks, head_epochs, fit_kwargs)
+    cache = _resolve_cache(cache_features, parts, train, callbacks, head_epochs, fit_kwargs)
     try:
         if not cache:
             return model.fit(**_fit_data(train), epochs=total,
                              callbacks=[stage, *callbacks, *backup], **fit)
-        return _fine_tune_cached(model, train, validation, stage, callbacks, backup, head_epochs,
+        return _fine_tune_cached(parts, train, validation, stage, callbacks, backup, head_epochs,
                                  total, loss, metrics, fit)
     finally:
         clear_initial_epoch(model)  # set by BackupAndRestore; would leak into a later fit
@@ -352,13 +353,14 @@ def _head_lr(optimizer: Any, head_lr: float | None) -> float | None:
     return float(head_lr)
 
 
-def _fine_tune_cached(model, train, validation, stage, callbacks, backup, head_epochs, total,
+def _fine_tune_cached(parts, train, validation, stage, callbacks, backup, head_epochs, total,
                       loss, metrics, fit) -> keras.callbacks.History:
+    model = parts.model
     first = keras.callbacks.History()
     first.set_model(model)
     resumed = backup and backup_epoch(backup[0].backup_dir) is not None
     if not resumed:  # a backup holds later weights: phase 2 restores it
-        first = _train_head_on_features(model, train, validation, stage, callbacks, head_epochs,
+        first = _train_head_on_features(parts, train, validation, callbacks, head_epochs,
                                         loss, metrics, fit)
         optimizer = model.optimizer
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -380,16 +382,16 @@ def _fine_tune_cached(model, train, validation, stage, callbacks, backup, head_e
     return _merge_histories(first, second, model)
 
 
-def _train_head_on_features(model, train, validation, stage, callbacks, head_epochs, loss,
+def _train_head_on_features(parts, train, validation, callbacks, head_epochs, loss,
                             metrics, fit) -> keras.callbacks.History:
     verbose = 0 if fit["verbose"] == 0 else 1
-    extractor = _feature_extractor(model)
+    extractor = _feature_extractor(parts)
     if verbose:
         print("fine_tune: computing backbone features once for the head-only phase")
     features, labels, weights, batch_size = _extract(extractor, train, fit["batch_size"], verbose)
-    head = get_head(model)
+    head = parts.head
     head_model = keras.Model(head.inputs, head.outputs, name="head")  # same layers, same weights
-    head_model.compile(optimizer=copy_optimizer(model.optimizer), loss=loss,
+    head_model.compile(optimizer=copy_optimizer(parts.model.optimizer), loss=loss,
                        metrics=[_copy_metric(m) for m in metrics])
     kwargs = {k: v for k, v in fit.items() if k not in ("validation_data", "batch_size")}
     if validation is not None:

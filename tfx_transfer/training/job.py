@@ -4,8 +4,10 @@
 load the folder (:func:`tfx_transfer.load_image_folder`), build the model
 (:func:`tfx_transfer.build_transfer_model`), train the head then fine-tune the top
 blocks (:func:`tfx_transfer.fine_tune`, Keras progress bars), keep the best
-checkpoint, evaluate it on the validation split (:func:`tfx_transfer.evaluate_model`)
-and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
+checkpoint, evaluate it on the validation split (:func:`tfx_transfer.runs.report.evaluate_run`)
+and export it (:func:`tfx_transfer.export_saved_model`). Its steps are in
+:mod:`tfx_transfer.training.steps`, the file names in :mod:`tfx_transfer.runs.layout`,
+the settings in :mod:`tfx_transfer.runs.config`. The run folder::
 
     RUN/config.json             the resolved configuration (weights actually used, classes, ...)
     RUN/history.csv             one row per epoch: loss, accuracy, val_*, stage (0 = head
@@ -21,11 +23,11 @@ and export it (:func:`tfx_transfer.export_saved_model`). The run folder::
     RUN/predictions.png         validation images, predicted vs true, misclassified first
     RUN/top_losses.png          the validation images with the highest loss, with Grad-CAM
     RUN/top_losses.csv          every validation image, worst loss first (path, true, predicted)
-    RUN/lr_finder.png           with head_lr="auto": the learning-rate finder's curve
+    RUN/lr_finder.png, .csv     with head_lr="auto": the learning-rate finder's curve and steps
     RUN/tensorboard/            with tensorboard=True: event files (`tensorboard --logdir RUN`)
     RUN/export/1/               SavedModel (TF Serving layout), metrics in its metadata
     RUN/skipped_files.txt       files left out of the data and why (empty when none)
-    RUN/test/                   metrics and plots on DATA/test/, when the folder has one
+    RUN/test/                   the same report on DATA/test/, when the folder has one
     RUN/backup/                 only while training: what ``resume=True`` continues from
     RUN/.lock                   one process per run folder (an OS lock, released on any exit)
 
@@ -45,33 +47,28 @@ Example:
     ['.lock', 'best.json', 'best.keras', 'config.json', 'confusion_matrix.png', 'export',
      'history.csv', 'history.png', 'metrics.json', 'model.keras', 'predictions.png',
      'report.txt', 'skipped_files.txt', 'top_losses.csv', 'top_losses.png']
-    >>> os.path.relpath(result["paths"]["export"], run)
+    >>> result["paths"]["export"].relative_to(run).as_posix()
     'export/1'
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
 import importlib.util
 import inspect
 import json
 import os
-import shutil
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
-from tfx_transfer.evaluation.evaluate import evaluate_model
-from tfx_transfer.evaluation.metrics import format_report
-from tfx_transfer.evaluation.plots import HISTORY_PNG, plot_history
-from tfx_transfer.models.backbones import get_backbone
-from tfx_transfer.models.saving import load_model
+from tfx_transfer.defaults import DEFAULT_SEED
+from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config
+from tfx_transfer.runs.layout import RunFolder
 from tfx_transfer.runs.lock import lock_run_folder
+from tfx_transfer.training import steps
 from tfx_transfer.training.finetune import (
     DEFAULT_FINE_TUNE_EPOCHS,
     DEFAULT_FINE_TUNE_LR,
@@ -79,477 +76,18 @@ from tfx_transfer.training.finetune import (
     DEFAULT_HEAD_LR,
 )
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-BEST_FILE = "best.keras"
-BEST_STATE_FILE = "best.json"
-MODEL_FILE = "model.keras"
-SKIPPED_FILE = "skipped_files.txt"
-BACKUP_DIR = "backup"
-EXPORT_DIR = "export"
-TENSORBOARD_DIR = "tensorboard"
-LR_FINDER_PNG = "lr_finder.png"
-AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
-CACHE_MODES = ("auto", "memory", "none")
-# The settings that define a run: train()'s arguments, the CLI's flags and config.json's keys.
-RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
-             "augmentation", "batch_size", "head", "units", "dropout", "head_lr", "fine_tune_lr",
-             "validation_split", "seed", "cache_features", "cache_images", "cache_budget_gb",
-             "class_weight",
-             "monitor", "top_k", "train_bn", "deterministic")
-
-
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the whole transfer model whenever the monitored value improves.
-
-    ``ModelCheckpoint(save_best_only=True)`` saves ``self.model``, which during
-    :func:`tfx_transfer.fine_tune`'s cached-features head phase is the head model
-    alone (and ``fine_tune`` therefore turns feature caching off when it sees one).
-    This callback always saves the ``model`` it was given, so it works in both
-    phases and with cached features. The best value and epoch go to a JSON file
-    next to the checkpoint, from which a resumed run continues to compare.
-
-    Example:
-        >>> import os, tempfile, numpy as np, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
-        >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
-        >>> best = BestModelCheckpoint(model, os.path.join(tempfile.mkdtemp(), "best.keras"),
-        ...                            monitor="val_loss", verbose=0)
-        >>> _ = tt.fine_tune(model, (x, y), (x, y), head_epochs=1, fine_tune_epochs=0,
-        ...                  callbacks=[best], verbose=0)
-        >>> best.filepath.is_file(), best.state_path.is_file()
-        (True, True)
-    """
-
-    def __init__(self, model: keras.Model, filepath: str | os.PathLike, monitor: str = "val_loss",
-                 resume: bool = False, verbose: int = 1):
-        super().__init__()
-        self.full_model = model
-        self.filepath = Path(filepath)
-        self.state_path = self.filepath.with_name(BEST_STATE_FILE)
-        self.monitor = monitor
-        self.mode = "max" if "acc" in monitor or monitor.endswith("auc") else "min"
-        self.verbose = verbose
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        if resume and self.state_path.exists() and self.filepath.exists():
-            state = json.loads(self.state_path.read_text())
-            if state.get("monitor") == monitor:
-                self.best, self.best_epoch = float(state["value"]), int(state["epoch"])
-
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value < self.best if self.mode == "min" else value > self.best
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            raise ValueError(
-                f"BestModelCheckpoint monitors {self.monitor!r} but the epoch logs only have "
-                f"{sorted(logs or {})}; pass validation data or monitor one of those."
-            )
-        value = float(value)
-        if not self._improved(value):
-            return
-        if self.verbose:
-            before = "" if self.best is None else f" (was {self.best:.4f})"
-            print(f"\nEpoch {epoch + 1}: {self.monitor} {value:.4f}{before}; saving {self.filepath}")
-        self.best, self.best_epoch = value, epoch
-        self.full_model.save(self.filepath)
-        self.state_path.write_text(json.dumps(
-            {"monitor": self.monitor, "value": value, "epoch": epoch}, indent=2))
-
-
-# ---------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------
+__all__ = ["RUN_SETTINGS", "find_lr_for_folder", "train", "train_defaults"]
 
 
 def train_defaults() -> dict[str, Any]:
     """The default of every keyword argument of :func:`train` (run settings and ``verbose``).
 
     Example:
-        >>> train_defaults()["fine_tune_lr"]
-        1e-05
+        >>> train_defaults()["fine_tune_lr"], train_defaults()["head"]
+        (1e-05, 'avg')
     """
     return {name: p.default for name, p in inspect.signature(train).parameters.items()
             if p.default is not inspect.Parameter.empty}
-
-
-def _as_jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_as_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
-def _normalise(name: str, value: Any) -> Any:
-    if name == "image_size" and value is not None:
-        size = [int(value)] * 2 if isinstance(value, (int, np.integer)) else [int(v) for v in value]
-        if len(size) != 2:
-            raise ValueError(f"image_size={value!r}: pass an int or (height, width).")
-        return size
-    if name == "augmentation":
-        key = "none" if value is None else str(value).lower()
-        if key not in AUGMENT_PRESETS:
-            raise ValueError(f"augmentation={value!r}: choose one of {AUGMENT_PRESETS}.")
-        return key
-    if name == "head_lr" and isinstance(value, str):
-        if value.lower() != "auto":
-            raise ValueError(f"head_lr={value!r}: pass a learning rate (e.g. 1e-3) or 'auto' (the "
-                             "learning-rate finder picks it).")
-        return "auto"
-    if name == "cache_images":
-        if value is None or str(value).lower() in CACHE_MODES:
-            return "none" if value is None else str(value).lower()
-        return os.fspath(value)
-    if name == "weights":
-        return "none" if value is None else os.fspath(value) if isinstance(value, os.PathLike) else value
-    return _as_jsonable(value)
-
-
-def _resume_config(run: Path, given: dict[str, Any]) -> dict[str, Any]:
-    """The saved configuration; an argument set to a non-default value must agree with it."""
-    path = run / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Nothing to resume in {str(run)!r}: it has no {CONFIG_FILE}. Start the run without "
-            "resume (--resume) first."
-        )
-    config = json.loads(path.read_text())
-    defaults = train_defaults()
-    clashes = []
-    for name in RUN_SETTINGS:
-        value = _normalise(name, given[name])
-        saved = config.get(f"{name}_requested", config.get(name)) if name in ("weights", "head_lr") \
-            else config.get(name)
-        if value != _normalise(name, defaults[name]) and value != saved:
-            clashes.append(f"{name}={value!r} (the run has {saved!r})")
-    if clashes:
-        raise ValueError(
-            f"Cannot resume {str(run)!r} with different settings: {', '.join(clashes)}. Drop "
-            "those arguments (the saved config.json is reused) or start a new run folder."
-        )
-    return config
-
-
-def _new_config(data_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
-    config = {name: _normalise(name, given[name]) for name in RUN_SETTINGS}
-    spec = get_backbone(config["backbone"])
-    config["backbone"] = spec.name
-    if config["image_size"] is None:
-        config["image_size"] = [spec.default_size, spec.default_size]
-    budget = config["cache_budget_gb"]
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
-        raise ValueError(f"cache_budget_gb={budget!r} must be a number of GB >= 0.")
-    if config["monitor"] not in ("val_loss", "val_accuracy"):
-        raise ValueError(f"monitor={config['monitor']!r}: use 'val_loss' or 'val_accuracy'.")
-    if config["class_weight"] not in (None, "balanced"):
-        raise ValueError(f"class_weight={config['class_weight']!r}: use None or 'balanced'.")
-    for name in ("head_epochs", "fine_tune_epochs"):
-        if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] < 0:
-            raise ValueError(f"{name}={config[name]!r} must be an int >= 0.")
-    if config["head_epochs"] + config["fine_tune_epochs"] == 0:
-        raise ValueError("head_epochs=0 and fine_tune_epochs=0: nothing to train.")
-    config["data_dir"] = str(data_dir.resolve())
-    return config
-
-
-def _run_config(data_dir: Any, run: Path, resume: bool, given: dict[str, Any]) -> dict[str, Any]:
-    """The configuration of a new run, or the saved one of the run to resume."""
-    if resume:
-        config = _resume_config(run, given)
-        if data_dir is not None and Path(data_dir).resolve() != Path(config["data_dir"]):
-            raise ValueError(f"Cannot resume {str(run)!r} on {str(data_dir)!r}: the run trains on "
-                             f"{config['data_dir']!r}. Drop DATA_DIR or pass that folder.")
-        return config
-    if data_dir is None:
-        raise ValueError("data_dir is required (None is only for resume=True).")
-    if (run / CONFIG_FILE).exists():
-        raise ValueError(f"{str(run)!r} already holds a run; pass resume=True (--resume) to "
-                         "continue it, or choose another run folder (--out).")
-    return _new_config(Path(data_dir), given)
-
-
-def _has_split_folders(root: Path) -> dict[str, Path]:
-    from tfx_transfer.data.folder import (
-        split_folders,  # the loader's own rule for train/val/test layouts
-    )
-
-    return split_folders(root)
-
-
-# ---------------------------------------------------------------------------
-# Steps
-# ---------------------------------------------------------------------------
-
-
-def _say(verbose: Any, *lines: str) -> None:
-    if verbose != 0:
-        print(*lines, sep="\n", flush=True)
-
-
-def _banner(text: str) -> str:
-    rule = "=" * 78
-    return f"{rule}\n{text}\n{rule}"
-
-
-def _load_data(config: dict[str, Any], verbose: Any):
-    from tfx_transfer.data.augmentation import Augmentation
-    from tfx_transfer.data.folder import load_image_folder
-
-    root = Path(config["data_dir"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"Data folder {str(root)!r} does not exist or is not a folder.")
-    split = config["validation_split"]
-    splits = _has_split_folders(root)
-    if "validation" in splits:
-        _say(verbose, f"data: validation images from {splits['validation']} "
-                      "(validation_split is not applied)")
-        split = None
-    elif not split:
-        raise ValueError(
-            f"{root} has no val/ folder and validation_split={split!r}: training needs "
-            "validation images (best checkpoint, metrics). Pass validation_split=0.2 or add "
-            f"{root}/val/<class>/ folders."
-        )
-    config["validation_split_used"] = split
-    heavy = config["augmentation"] == "heavy"  # MixUp mixes labels: dataset side, one-hot labels
-
-    def load(cache: str | None):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Skipped \d+ file")  # train lists them itself
-            return load_image_folder(
-                root, image_size=config["image_size"], batch_size=config["batch_size"],
-                validation_split=split, seed=config["seed"], cache_images=cache,
-                label_mode="categorical" if heavy else "int",
-                augmentation=Augmentation(preset="heavy", seed=config["seed"]) if heavy else None,
-            )
-
-    mode = config["cache_images"]
-    if mode != "auto":
-        config["cache_images_used"] = mode
-        return load(None if mode == "none" else mode)
-    folder = load(None)  # datasets are lazy: this lists (and verifies) the files only
-    used, reason = choose_image_cache(folder.counts, config["image_size"],
-                                      config["cache_budget_gb"])
-    config["cache_images_used"], config["cache_images_reason"] = used, reason
-    _say(verbose, f"data: cache_images=auto -> {used} ({reason})")
-    return folder if used == "none" else load(used)
-
-
-def choose_image_cache(counts: dict[str, dict[str, int]], image_size: Sequence[int],
-                       budget_gb: float) -> tuple[str, str]:
-    """``("memory", why)`` when the decoded images fit ``budget_gb``, else ``("none", why)``.
-
-    Decoded images cost ``height * width * 3`` bytes each (uint8), over every split.
-    Cached in memory, each image is decoded and resized once and the epochs after
-    the first only run the batched augmentation (``benchmarks/data_pipeline.py``
-    measures both paths: about 140x less host CPU per image); past the budget,
-    images are streamed (decoded every epoch).
-
-    Example:
-        >>> choose_image_cache({"train": {"a": 800, "b": 800}, "validation": {"a": 200, "b": 200}},
-        ...                    (224, 224), budget_gb=2.0)
-        ('memory', 'decoded images 0.30 GB <= budget 2 GB: decoded once, kept in memory')
-        >>> choose_image_cache({"train": {"a": 800}}, (224, 224), budget_gb=0.1)[0]
-        'none'
-    """
-    images = sum(sum(per_class.values()) for per_class in counts.values())
-    need = images * int(image_size[0]) * int(image_size[1]) * 3 / 1e9
-    if need <= budget_gb:
-        return "memory", (f"decoded images {need:.2f} GB <= budget {budget_gb:g} GB: decoded once, "
-                          "kept in memory")
-    return "none", (f"decoded images {need:.2f} GB > budget {budget_gb:g} GB: streamed from disk "
-                    "(decoded every epoch); raise cache_budget_gb or pass cache_images=DIR")
-
-
-def _build(config: dict[str, Any], num_classes: int, verbose: Any) -> keras.Model:
-    from tfx_transfer.data.augmentation import Augmentation
-    from tfx_transfer.models.transfer_model import build_transfer_model
-    from tfx_transfer.models.weights import WeightsUnavailableError
-
-    in_model = config["augmentation"] in ("light", "standard")
-    kwargs = dict(num_classes=num_classes, input_shape=tuple(config["image_size"]) + (3,),
-                  head=config["head"], units=config["units"], dropout=config["dropout"],
-                  class_names=config["class_names"])
-
-    def build(weights: Any) -> keras.Model:
-        keras.utils.set_random_seed(config["seed"])
-        augmentation = Augmentation(preset=config["augmentation"], seed=config["seed"]) if in_model else None
-        return build_transfer_model(config["backbone"], weights=weights, augmentation=augmentation,
-                                    **kwargs)
-
-    requested = config.get("weights_requested", config["weights"])
-    weights = config["weights"]
-    if weights == "auto":
-        try:
-            model = build("imagenet")
-            config["weights"] = "imagenet"
-            config["weights_note"] = "ImageNet weights were cached or downloadable"
-            _say(verbose, _banner(f"WEIGHTS: ImageNet ({config['backbone']}) -- requested 'auto', "
-                                  "and the ImageNet weights were available."))
-        except WeightsUnavailableError as err:
-            config["weights"] = "none"
-            config["weights_note"] = ("ImageNet weights neither cached nor downloadable; "
-                                      "trained from random initialisation")
-            print(_banner(  # printed even when quiet: never a silent fallback
-                f"WEIGHTS: RANDOM INITIALISATION (weights=none) -- requested 'auto', but the "
-                f"ImageNet weights of {config['backbone']!r}\nare not cached and cannot be "
-                "downloaded here. Expect far lower accuracy than with ImageNet weights.\n"
-                f"To use them: run `tfx-transfer weights fetch {config['backbone']}` where there is "
-                "network and copy the Keras cache here.\n"
-                + next((line.strip() for line in str(err).splitlines() if "missing file" in line), "")),
-                flush=True)
-            model = build(None)
-    else:
-        model = build(None if weights == "none" else weights)
-        what = {"imagenet": "ImageNet", "none": "RANDOM INITIALISATION (weights=none)"}.get(
-            weights, f"from the file {weights}")
-        _say(verbose, _banner(f"WEIGHTS: {what} ({config['backbone']})"))
-    config["weights_requested"] = requested
-    return model
-
-
-def _find_lr(model: keras.Model, folder: Any, config: dict[str, Any], run: Path,
-             verbose: Any) -> None:
-    """head_lr="auto": the learning-rate finder's suggestion becomes the head-phase rate."""
-    from tfx_transfer.training.lr_finder import find_head_lr
-
-    _say(verbose, "head_lr: auto -- running the learning-rate finder on the head (backbone features "
-                  "of up to 2048 training images, 100 steps)")
-    result = find_head_lr(model, folder.train, batch_size=config["batch_size"], seed=config["seed"])
-    result.plot(run / LR_FINDER_PNG, title=f"learning-rate finder: suggestion {result.suggestion:.2g}")
-    config["head_lr_requested"] = "auto"
-    config["head_lr"] = float(f"{result.suggestion:.3g}")
-    config["lr_finder"] = {"suggestion": result.suggestion, "lr_min": result.lr_min,
-                           "steps": len(result.lrs), "stopped": result.stopped}
-    _say(verbose, f"head_lr: the finder suggests {config['head_lr']:g} ({result.stopped} after "
-                  f"{len(result.lrs)} steps; curve in {run / LR_FINDER_PNG})")
-
-
-def _prune_history(path: Path, keep_epochs: int) -> None:
-    """Keep the rows of epochs ``< keep_epochs`` (a resumed run rewrites the rest)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    index = header.index("epoch") if "epoch" in header else 0
-    kept = [row for row in body if row and int(float(row[index])) < keep_epochs]
-    if keep_epochs == 0 or not kept:
-        path.unlink()
-        return
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([header, *kept])
-
-
-def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]], verbose: Any) -> None:
-    path.write_text("".join(f"{file}\t{reason}\n" for file, reason in skipped))
-    if skipped:
-        _say(verbose, f"data: skipped {len(skipped)} file(s) (listed in {path}):",
-             *(f"  {file}: {reason}" for file, reason in skipped))
-
-
-def _fit(model: keras.Model, folder: Any, config: dict[str, Any], run: Path, resume: bool,
-         callbacks: Sequence[keras.callbacks.Callback], verbose: Any) -> BestModelCheckpoint:
-    from tfx_transfer.data.folder import class_weights
-    from tfx_transfer.training.callbacks import backup_epoch
-    from tfx_transfer.training.finetune import fine_tune
-
-    backup = run / BACKUP_DIR
-    done = backup_epoch(backup) if resume else None
-    if resume:
-        _prune_history(run / HISTORY_FILE, done or 0)
-        if not done:  # nothing saved to continue from: the run starts over
-            for name in (BEST_FILE, BEST_STATE_FILE):
-                (run / name).unlink(missing_ok=True)
-        total = config["head_epochs"] + config["fine_tune_epochs"]
-        _say(verbose, f"resume: continuing {run} from epoch {(done or 0) + 1} of {total}"
-                      + ("" if done else " (no backup yet: starting over)"))
-    elif backup.exists():
-        shutil.rmtree(backup)
-    best = BestModelCheckpoint(model, run / BEST_FILE, monitor=config["monitor"],
-                               resume=bool(done), verbose=int(verbose != 0))
-    logger = keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=bool(done))
-    cache = "auto" if config["cache_features"] and config["augmentation"] != "heavy" else False
-    weights = class_weights(folder) if config["class_weight"] == "balanced" else None
-    with warnings.catch_warnings():
-        # Keras 3.15 warns on every fit(tf.data.Dataset) that its default shuffle=True is
-        # ignored; our datasets are shuffled by load_image_folder.
-        warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
-        fine_tune(
-            model, folder.train, folder.validation,
-            head_epochs=config["head_epochs"], fine_tune_epochs=config["fine_tune_epochs"],
-            blocks=config["blocks"], head_lr=config["head_lr"], fine_tune_lr=config["fine_tune_lr"],
-            callbacks=[logger, best, *callbacks], cache_features=cache, backup_dir=backup,
-            class_weight=weights, train_bn=config["train_bn"], verbose=verbose,
-        )
-    return best
-
-
-def _final_model(run: Path, model: keras.Model) -> keras.Model:
-    """The best checkpoint, loaded, saved again as model.keras without optimizer state."""
-    best = load_model(run / BEST_FILE, compile=False)  # weights only, no optimizer
-    best.transfer_config = dict(model.transfer_config)  # class names may have been added since
-    best.save(run / MODEL_FILE)
-    return best
-
-
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("num_samples", "accuracy", "top_k", "top_k_accuracy", "loss", "macro_avg")
-    return {key: metrics[key] for key in keys}
-
-
-def _evaluate_and_export(final: keras.Model, folder: Any, config: dict[str, Any], run: Path,
-                         best_state: dict[str, Any], verbose: Any) -> tuple[dict, dict | None, dict]:
-    """Metrics, report and plots of the final model, then its SavedModel export."""
-    from tfx_transfer.evaluation.mislabeled import write_top_losses
-    from tfx_transfer.export.saved_model import export_saved_model
-
-    metrics = evaluate_model(final, folder.validation, folder.class_names, top_k=config["top_k"],
-                             out=run, batch_size=config["batch_size"], verbose=False)
-    files = metrics.pop("files")
-    files.update(write_top_losses(final, folder.validation, run, class_names=folder.class_names,
-                                  paths=[path for path, _ in folder.files["validation"]],
-                                  batch_size=config["batch_size"]))
-    plot_history(run / HISTORY_FILE, run / HISTORY_PNG,
-                 title=f"{config['backbone']}, weights: {config['weights']}")
-    test_metrics = None
-    if folder.test is not None:
-        test_metrics = evaluate_model(final, folder.test, folder.class_names, top_k=config["top_k"],
-                                      out=run / "test", batch_size=config["batch_size"],
-                                      verbose=False)
-        test_metrics.pop("files")
-
-    info = {"metrics": {"validation": _summary(metrics),
-                        **({"test": _summary(test_metrics)} if test_metrics else {})},
-            "training": {k: config[k] for k in ("weights", "weights_requested", "image_size",
-                                                "head_epochs", "fine_tune_epochs", "blocks",
-                                                "augmentation", "head_lr", "fine_tune_lr", "seed")},
-            "checkpoint": best_state}
-    export_path = export_saved_model(final, run / EXPORT_DIR, folder.class_names, version=1,
-                                     overwrite=True, metadata=info)
-    paths = {"run": str(run), "config": str(run / CONFIG_FILE), "history": str(run / HISTORY_FILE),
-             "history_png": str(run / HISTORY_PNG), "best": str(run / BEST_FILE),
-             "model": str(run / MODEL_FILE), "metrics": files["metrics"], "report": files["report"],
-             "confusion_matrix": files["confusion_matrix"], "predictions": files["predictions"],
-             "top_losses": files["top_losses_png"], "top_losses_csv": files["top_losses_csv"],
-             "export": str(export_path), "skipped": str(run / SKIPPED_FILE)}
-    _say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
-         *(f"  {name:<17}{path}" for name, path in paths.items()))
-    if test_metrics:
-        _say(verbose, "", "test:", format_report(test_metrics))
-    return metrics, test_metrics, paths
-
-
-# ---------------------------------------------------------------------------
-# The job
-# ---------------------------------------------------------------------------
 
 
 def train(
@@ -570,8 +108,8 @@ def train(
     head_lr: float | str = DEFAULT_HEAD_LR,
     fine_tune_lr: float = DEFAULT_FINE_TUNE_LR,
     validation_split: float | None = 0.2,
-    seed: int = 1337,
-    cache_features: bool = True,
+    seed: int = DEFAULT_SEED,
+    cache_features: bool | str = "auto",
     cache_images: str | os.PathLike | None = "auto",
     cache_budget_gb: float = 2.0,
     class_weight: str | None = None,
@@ -613,7 +151,7 @@ def train(
         head_lr, fine_tune_lr: Adam learning rates of the two phases. ``head_lr="auto"``:
             the learning-rate finder (:func:`tfx_transfer.training.lr_finder.find_head_lr`) picks
             the head-phase rate first; it is recorded in ``config.json`` (``"head_lr"``,
-            with ``"head_lr_requested": "auto"``) and its curve in ``lr_finder.png``.
+            with ``"head_lr_requested": "auto"``), its curve in ``lr_finder.png``.
         validation_split: fraction of each class held out when the folder has no
             ``val/`` (ignored, with a note, when it has).
         seed: seeds the split, shuffling, augmentation and initialisation.
@@ -621,18 +159,22 @@ def train(
             (``tf.config.experimental.enable_op_determinism``), so two runs with the
             same seed on the same machine write identical ``history.csv`` (slower
             on GPU; TensorFlow backend).
-        cache_features: let phase 1 train the head on backbone features computed
-            once (only without augmentation; see :func:`tfx_transfer.fine_tune`).
+        cache_features: as in :func:`tfx_transfer.fine_tune`: ``"auto"`` trains the
+            head on backbone features computed once when the head phase allows it
+            (no augmentation in front of the backbone), else through the model;
+            ``True`` caches or raises, naming why; ``False`` never caches.
         cache_images: ``"auto"`` (in memory when the decoded images fit
             ``cache_budget_gb``, else streamed from disk; the choice is printed and
             saved in ``config.json`` as ``cache_images_used``), ``"memory"``,
             ``"none"``/``None`` (decode every epoch) or a folder for cache files
-            (:func:`tfx_transfer.load_image_folder`).
+            (:mod:`tfx_transfer.data.image_cache`).
         cache_budget_gb: memory budget of ``cache_images="auto"``, in GB of decoded
             uint8 pixels (``images * height * width * 3`` bytes).
         class_weight: ``"balanced"`` to weight classes by inverse frequency.
         monitor: ``"val_loss"`` (default) or ``"val_accuracy"`` for the best checkpoint.
-        top_k: k of the reported top-k accuracy (default ``min(5, classes - 1)``).
+        top_k: k of the reported top-k accuracy (default
+            :func:`tfx_transfer.defaults.default_top_k`, ``min(5, classes)``; not reported
+            when ``k >= classes``).
         train_bn: also train BatchNormalization scale/offset in phase 2.
         resume: continue the interrupted run in ``out`` from its last
             completed epoch, with the configuration saved in its ``config.json``
@@ -646,7 +188,7 @@ def train(
 
     Returns:
         ``{"metrics": validation metrics, "test_metrics": ... or None, "config":
-        resolved config, "best": {"monitor", "value", "epoch"}, "paths": {name: path}}``.
+        resolved config, "best": {"monitor", "value", "epoch"}, "paths": {name: Path}}``.
 
     Raises:
         ValueError: bad arguments, no validation images, resuming with other
@@ -672,7 +214,7 @@ def train(
         (2, ['circle', 'square'])
     """
     given = {name: value for name, value in locals().items() if name in RUN_SETTINGS}
-    run = Path(out)
+    run = RunFolder(out)
     _check_export_possible()  # before minutes of training, not after
     if tensorboard:
         if importlib.util.find_spec("tensorflow") is None or \
@@ -681,10 +223,10 @@ def train(
                              "writer, which needs the tensorboard package (TensorFlow >= 2.20 no "
                              "longer installs it): pip install tensorboard "
                              "(or tfx_transfer[tensorboard]), or drop tensorboard.")
-        callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run / TENSORBOARD_DIR),
+        callbacks = [*callbacks, keras.callbacks.TensorBoard(str(run.tensorboard),
                                                              write_graph=False)]
-    run.mkdir(parents=True, exist_ok=True)
-    with lock_run_folder(run, command="train"):
+    run.path.mkdir(parents=True, exist_ok=True)
+    with lock_run_folder(run.path, command="train"):
         return _train_locked(data_dir, run, resume, given, callbacks, verbose)
 
 
@@ -705,58 +247,123 @@ def _set_determinism(config: dict[str, Any]) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _train_locked(data_dir: Any, run: Path, resume: bool, given: dict[str, Any],
+def _versions() -> dict[str, str]:
+    from tfx_transfer import __version__
+
+    versions = {"tfx_transfer": __version__, "keras": keras.__version__,
+                "backend": keras.backend.backend()}
+    if importlib.util.find_spec("tensorflow") is not None:
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    return versions
+
+
+def _auto_head_lr(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
+                  verbose: Any) -> None:
+    """head_lr="auto": the learning-rate finder's suggestion becomes the head-phase rate."""
+    result, files = steps.suggest_head_lr(model, folder, config, run.path, verbose)
+    config["head_lr_requested"] = "auto"
+    config["head_lr"] = float(f"{result.suggestion:.3g}")
+    config["lr_finder"] = {"suggestion": result.suggestion, "lr_min": result.lr_min,
+                           "steps": len(result.lrs), "stopped": result.stopped}
+    steps.say(verbose, f"head_lr: the finder suggests {config['head_lr']:g} ({result.stopped} "
+                       f"after {len(result.lrs)} steps; curve in {files['plot']})")
+
+
+def _announce(run: RunFolder, folder: Any, config: dict[str, Any], verbose: Any) -> None:
+    counts = ", ".join(f"{split} {sum(c.values())}" for split, c in folder.counts.items())
+    steps.say(
+        verbose,
+        f"run: {run.path}  data: {config['data_dir']} ({folder.num_classes} classes: "
+        f"{', '.join(folder.class_names)}; images: {counts})",
+        f"settings: backbone={config['backbone']} weights={config['weights']} "
+        f"image_size={config['image_size'][0]}x{config['image_size'][1]} head={config['head']} "
+        f"augmentation={config['augmentation']} batch_size={config['batch_size']}",
+        f"phases: {config['head_epochs']} head epoch(s) at lr {config['head_lr']:g}, then "
+        f"{config['fine_tune_epochs']} fine-tuning epoch(s) of {config['blocks']!r} at lr "
+        f"{config['fine_tune_lr']:g}")
+
+
+def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, Any],
                   callbacks: Sequence[keras.callbacks.Callback], verbose: Any) -> dict[str, Any]:
-    config = _run_config(data_dir, run, resume, given)
+    config = run_config(data_dir, run.path, resume, given, train_defaults())
     _set_determinism(config)
 
-    folder = _load_data(config, verbose)
+    folder = steps.load_data(config, verbose)
     if resume and config.get("class_names") not in (None, folder.class_names):
         raise ValueError(f"The classes in {config['data_dir']} are now {folder.class_names}; the "
                          f"run was started with {config['class_names']}. Start a new run.")
     config["class_names"] = folder.class_names
     config["counts"] = folder.counts
-    _write_skipped(run / SKIPPED_FILE, folder.skipped, verbose)
-    model = _build(config, folder.num_classes, verbose)
+    steps.write_skipped(run.skipped, folder.skipped, verbose)
+    model = steps.build_model(config, folder.num_classes, verbose)
     if config["head_lr"] == "auto":
-        _find_lr(model, folder, config, run, verbose)
-
-    from tfx_transfer import __version__
-
+        _auto_head_lr(model, folder, config, run, verbose)
     config.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    config["versions"] = {"tfx_transfer": __version__, "keras": keras.__version__,
-                          "backend": keras.backend.backend()}
-    if importlib.util.find_spec("tensorflow") is not None:
-        import tensorflow as tf
+    config["versions"] = _versions()
+    run.write_config(config)
+    _announce(run, folder, config, verbose)
 
-        config["versions"]["tensorflow"] = tf.__version__
-    (run / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    counts = ", ".join(f"{split} {sum(c.values())}" for split, c in folder.counts.items())
-    _say(verbose,
-         f"run: {run}  data: {config['data_dir']} ({folder.num_classes} classes: "
-         f"{', '.join(folder.class_names)}; images: {counts})",
-         f"settings: backbone={config['backbone']} weights={config['weights']} "
-         f"image_size={config['image_size'][0]}x{config['image_size'][1]} head={config['head']} "
-         f"augment={config['augmentation']} batch_size={config['batch_size']}",
-         f"phases: {config['head_epochs']} head epoch(s) at lr {config['head_lr']:g}, then "
-         f"{config['fine_tune_epochs']} fine-tuning epoch(s) of {config['blocks']!r} at lr "
-         f"{config['fine_tune_lr']:g}")
-
-    state_path = run / BEST_STATE_FILE
-    finished = resume and state_path.exists() and json.loads(state_path.read_text()).get("finished")
+    finished = resume and run.best_state.exists() and \
+        json.loads(run.best_state.read_text()).get("finished")
     if finished:
-        _say(verbose, f"resume: training of {run} had finished; evaluating and exporting again")
+        steps.say(verbose, f"resume: training of {run.path} had finished; evaluating and "
+                           "exporting again")
     else:
-        (run / MODEL_FILE).unlink(missing_ok=True)
-        _fit(model, folder, config, run, resume, callbacks, verbose)
-        state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "finished": True},
-                                         indent=2))
-    best_state = json.loads(state_path.read_text())
-    final = _final_model(run, model)
-    _say(verbose, f"final model: best {best_state['monitor']} {best_state['value']:.4f} at epoch "
-                  f"{best_state['epoch'] + 1} -> {run / MODEL_FILE}")
+        run.model.unlink(missing_ok=True)
+        steps.fit(model, folder, config, run, resume, callbacks, verbose)
+        run.best_state.write_text(json.dumps(
+            {**json.loads(run.best_state.read_text()), "finished": True}, indent=2))
+    best_state = json.loads(run.best_state.read_text())
+    final = steps.final_model(run, model)
+    steps.say(verbose, f"final model: best {best_state['monitor']} {best_state['value']:.4f} at "
+                       f"epoch {best_state['epoch'] + 1} -> {run.model}")
 
-    metrics, test_metrics, paths = _evaluate_and_export(final, folder, config, run, best_state,
-                                                         verbose)
+    metrics, test_metrics, paths = steps.report_and_export(final, folder, config, run, best_state,
+                                                           verbose)
     return {"metrics": metrics, "test_metrics": test_metrics, "config": config,
             "best": best_state, "paths": paths}
+
+
+def find_lr_for_folder(data_dir: str | os.PathLike, out: str | os.PathLike, *,
+                       verbose: Any = "auto", **kwargs: Any) -> tuple[Any, dict[str, Path]]:
+    """The learning-rate finder on the model :func:`train` would build: ``tfx-transfer find-lr``.
+
+    Loads the folder and builds the model with :func:`train`'s steps and settings
+    (its defaults for any not given: the same head, weights, image size and
+    validation split), then ramps the head's learning rate on the backbone features
+    of the training images (:func:`~tfx_transfer.training.lr_finder.find_head_lr`).
+
+    Args:
+        data_dir: the image folder, as for :func:`train`.
+        out: folder for ``lr_finder.png`` and ``lr_finder.csv``.
+        verbose: 0 quiet, else a line per step of the job.
+        **kwargs: :func:`train`'s settings (``backbone``, ``weights``, ``image_size``,
+            ``head``, ...) and :func:`~tfx_transfer.find_lr`'s ramp (``start_lr``,
+            ``end_lr``, ``num_steps``).
+
+    Returns:
+        The finder's :class:`~tfx_transfer.training.lr_finder.LRFinderResult` and
+        ``{"plot": Path, "csv": Path}``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> data = Path(tempfile.mkdtemp())
+        >>> for i in range(8):
+        ...     (data / f"c{i % 2}").mkdir(exist_ok=True)
+        ...     Image.new("RGB", (40, 40), (200 * (i % 2), 80, 0)).save(data / f"c{i % 2}/{i}.png")
+        >>> result, files = find_lr_for_folder(data, tempfile.mkdtemp(), backbone="vgg16",
+        ...                                    weights=None, image_size=32, num_steps=10, verbose=0)
+        >>> sorted(files), 2 <= len(result.lrs) <= 10
+        (['csv', 'plot'], True)
+    """
+    settings = {name: kwargs.pop(name) for name in list(kwargs) if name in RUN_SETTINGS}
+    config = new_config(data_dir, {**train_defaults(), **settings})
+    keras.utils.set_random_seed(config["seed"])
+    folder = steps.load_data(config, verbose)
+    config["class_names"] = folder.class_names
+    model = steps.build_model(config, folder.num_classes, verbose)
+    return steps.suggest_head_lr(model, folder, config, out, verbose, **kwargs)

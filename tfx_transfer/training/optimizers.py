@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from tfx_transfer._compat import raw_learning_rate
-from tfx_transfer.models.freezing import block_layers
+from tfx_transfer.models.parts import model_parts
 
 
 def _set_config_lr(config: dict, learning_rate: float) -> None:
@@ -79,6 +79,12 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
     group). ``multipliers`` maps a regex, searched in ``variable.path``, to a
     multiplier; the first match wins; unmatched variables get 1.0. Gradient
     clipping by norm applies per group.
+
+    Args:
+        optimizer: a Keras optimizer (instance, name or config) to copy per group; its
+            learning rate becomes the wrapper's base rate.
+        multipliers: regex (searched in ``variable.path``) -> learning-rate multiplier.
+        name: the optimizer's name (default ``"discriminative"``).
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
@@ -200,7 +206,7 @@ def discriminative_multipliers(model: keras.Model, factor: float) -> dict[str, f
     if not factor or factor < 1:
         raise ValueError(f"discriminative={factor!r}: the per-block factor must be >= 1 "
                          "(e.g. 2.6: each block down trains 2.6x slower).")
-    named = block_layers(model)
+    named = model_parts(model).blocks
     out: dict[str, float] = {}
     for depth, block in enumerate(reversed(list(named.values())), start=1):
         for layer in block:

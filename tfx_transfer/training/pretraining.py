@@ -10,16 +10,18 @@ The from-scratch recipe (all defaults, all overridable):
   mode (batch statistics; moving averages updated) -- unlike
   :func:`~tfx_transfer.build_transfer_model`, which calls the backbone with
   ``training=False`` for transfer -- with BatchNorm momentum 0.9 so the moving
-  averages keep up in short runs (see :func:`build_scratch_model`);
+  averages keep up in short runs (see
+  :func:`~tfx_transfer.training.scratch.build_scratch_model`);
 * ``Augmentation(preset="standard")`` on the training batches (tf.data side);
 * cross-entropy with ``label_smoothing=0.1``;
 * ``AdamW`` (``learning_rate=1e-3``, decoupled ``weight_decay=0.05`` on kernels
   only: biases and BatchNormalization gamma/beta are not decayed), with a linear
   warmup over the first 5% of the steps and cosine decay to 0 afterwards
-  (:func:`scratch_optimizer`);
+  (:func:`~tfx_transfer.training.scratch.scratch_optimizer`);
 * head ``"avg"`` (global average pooling -> Dropout(0.2) -> Dense softmax);
 * after training, the BatchNorm moving statistics are recomputed on 100
-  un-augmented training batches (:func:`recalibrate_batchnorm`);
+  un-augmented training batches
+  (:func:`~tfx_transfer.training.scratch.recalibrate_batchnorm`);
 * 10% of each class held out for validation (``validation_split=0.1``), unless
   the folder has its own ``val/`` (then pass ``validation_split=None``).
 
@@ -61,177 +63,19 @@ from typing import Any
 
 import keras
 
+from tfx_transfer.defaults import DEFAULT_SEED
 from tfx_transfer.models.backbones import get_backbone
-from tfx_transfer.models.transfer_model import (
-    PREPROCESS_NAME,
-    build_transfer_model,
-    get_backbone_layer,
-    get_backbone_model,
-    get_head,
-    transfer_config,
+from tfx_transfer.models.batchnorm import batchnorm_layers
+from tfx_transfer.models.transfer_model import get_backbone_model, get_head, transfer_config
+from tfx_transfer.training.scratch import (
+    build_scratch_model,
+    recalibrate_batchnorm,
+    scratch_optimizer,
 )
 
 WEIGHTS_SUFFIX = ".weights.h5"
 HEAD_SUFFIX = ".head.weights.h5"
 INFO_SUFFIX = ".json"
-NO_DECAY = ("bias", "gamma", "beta")
-
-
-def build_scratch_model(
-    backbone: str,
-    num_classes: int,
-    input_shape: Sequence[int] | int | None = None,
-    head: str = "avg",
-    units: int = 256,
-    dropout: float | None = None,
-    augmentation: Any = None,
-    bn_momentum: float | None = 0.9,
-    name: str | None = None,
-) -> keras.Model:
-    """A randomly initialised classifier whose whole backbone trains, BatchNorm included.
-
-    Same structure and layer names as :func:`~tfx_transfer.build_transfer_model`
-    (``pixels -> [augmentation] -> Preprocess -> backbone -> head``), so
-    :func:`~tfx_transfer.get_backbone_model` and :func:`~tfx_transfer.get_head` work
-    on it, with two differences for training from scratch: the backbone is
-    trainable, and it is called *without* ``training=False``, so its
-    BatchNormalization layers use batch statistics (and update their moving
-    averages) inside ``fit`` and their moving averages at inference.
-
-    ``bn_momentum`` (default 0.9, PyTorch's default) replaces the momentum of every
-    BatchNormalization layer of the backbone: ``keras.applications`` uses 0.99 to
-    0.999, tuned for long ImageNet runs, with which the moving averages of a run of
-    a few hundred steps are still mostly their initial values (mean 0, variance 1)
-    at inference. ``None`` keeps the backbone's own momentum.
-
-    Example:
-        >>> import numpy as np
-        >>> model = build_scratch_model("mobilenetv2", 3, input_shape=32)
-        >>> model.predict(np.zeros((2, 32, 32, 3), "uint8"), verbose=0).shape
-        (2, 3)
-    """
-    if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
-        raise ValueError(f"bn_momentum={bn_momentum!r} must be in [0, 1), e.g. 0.9.")
-    spec = get_backbone(backbone)
-    model = build_transfer_model(spec, num_classes, input_shape=input_shape, weights=None,
-                                 head=head, units=units, dropout=dropout,
-                                 augmentation=augmentation,
-                                 name=name or f"{spec.name}_scratch")
-    # Everything trains, BatchNorm included, in training mode during fit (batch
-    # statistics, Dropout active) and inference mode at prediction.
-    get_backbone_layer(model).inference_mode = False
-    base = get_backbone_model(model)
-    base.trainable = True
-    if bn_momentum is not None:
-        for layer in base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(bn_momentum)
-    model.transfer_config["bn_momentum"] = bn_momentum
-    return model
-
-
-def scratch_optimizer(
-    total_steps: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup: float = 0.05,
-) -> keras.optimizers.AdamW:
-    """AdamW with linear warmup then cosine decay to 0, for training from scratch.
-
-    ``warmup`` is the fraction of ``total_steps`` spent rising linearly from 0 to
-    ``lr`` (at least one step); the rest follows
-    ``keras.optimizers.schedules.CosineDecay``. Weight decay is decoupled (AdamW)
-    and skips variables named ``bias``, ``gamma`` or ``beta``.
-
-    Example:
-        >>> opt = scratch_optimizer(total_steps=1000)
-        >>> round(float(opt.learning_rate), 6)   # step 0: start of the warmup
-        0.0
-    """
-    total_steps = int(total_steps)
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r}: need at least one training step.")
-    if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"warmup={warmup!r} is a fraction of the steps in [0, 1).")
-    warmup_steps = min(max(1, round(warmup * total_steps)), total_steps - 1) if warmup else 0
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else lr,
-        decay_steps=max(1, total_steps - warmup_steps),
-        warmup_target=lr if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
-    return optimizer
-
-
-def recalibrate_batchnorm(model: keras.Model, data: Any, max_batches: int | None = 100) -> int:
-    """Recompute the backbone's BatchNorm moving statistics on ``data`` ("precise BN").
-
-    Runs the backbone in training mode (no weight update) over up to
-    ``max_batches`` batches and sets every BatchNormalization layer's moving mean
-    and variance to the plain average of the per-batch statistics, replacing the
-    exponential moving averages. Those start at mean 0 / variance 1 and, after a
-    short run from scratch, still carry part of that start: in a MobileNetV2 whose
-    depthwise activations have variances near 0.01, even a remainder of 0.002
-    shrinks every block's output at inference, and the network then predicts one
-    class. :func:`pretrain` calls this after training.
-
-    Args:
-        model: a :func:`build_scratch_model` or
-            :func:`~tfx_transfer.build_transfer_model` model (its backbone is used,
-            after its Preprocess layer; augmentation and head are not run).
-        data: batches of images or ``(images, labels, ...)`` (e.g. an un-augmented
-            ``load_image_folder(...).train``).
-        max_batches: at most this many batches (``None``: all of ``data``).
-
-    Returns:
-        The number of batches used.
-
-    Example:
-        >>> import numpy as np
-        >>> model = build_scratch_model("mobilenetv2", 2, input_shape=32)
-        >>> recalibrate_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 3)
-        3
-    """
-    backbone = get_backbone_model(model)
-    preprocess = model.get_layer(PREPROCESS_NAME)
-    layers = [layer for layer in backbone.layers
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers:
-        raise ValueError(f"Backbone {backbone.name!r} has no BatchNormalization layer to recalibrate.")
-    momentum = [layer.momentum for layer in layers]
-    count = 0
-    try:
-        for batch in data:
-            if max_batches is not None and count >= max_batches:
-                break
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            for layer in layers:
-                layer.momentum = count / (count + 1)  # running mean over batches; 0 drops the old value
-            backbone(preprocess(images), training=True)
-            count += 1
-    finally:
-        for layer, value in zip(layers, momentum):
-            layer.momentum = value
-    if not count:
-        raise ValueError("recalibrate_batchnorm: data yielded no batch.")
-    return count
-
-
-def _as_augmentation(augment: Any) -> Any:
-    if augment is None or hasattr(augment, "map_dataset"):
-        return augment
-    from tfx_transfer.data.augmentation import Augmentation
-
-    if isinstance(augment, str):
-        return None if augment.lower() == "none" else Augmentation(preset=augment)
-    if isinstance(augment, dict):
-        return Augmentation(**augment)
-    raise ValueError(
-        f"augment={augment!r}: pass a preset name ('light', 'standard', 'heavy'), a dict of "
-        "ImageDataGenerator keywords, an Augmentation, or None."
-    )
 
 
 def output_paths(out_path: str | os.PathLike, backbone: str) -> dict[str, Path]:
@@ -333,13 +177,13 @@ def pretrain(
     cache_images: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     backup_dir: str | os.PathLike | None = None,
-    seed: int | None = 0,
+    seed: int | None = DEFAULT_SEED,
     verbose: Any = "auto",
 ) -> Path:
     """Train ``backbone`` from random init on a labelled source folder; save it for transfer.
 
     Loads ``source`` with :func:`~tfx_transfer.load_image_folder` (one-hot labels,
-    ``augmentation`` on the training batches), trains :func:`build_scratch_model` with
+    ``augmentation`` on the training batches), trains :func:`~tfx_transfer.training.scratch.build_scratch_model` with
     the from-scratch recipe of this module, and writes the backbone weights
     (``backbone.save_weights``), the source head's weights and a JSON description.
     ``build_transfer_model(backbone, n, input_shape=..., weights=PATH)`` then starts
@@ -363,11 +207,12 @@ def pretrain(
         validation_split: fraction held out per class (default 0.1); ``None`` when
             ``source`` has its own ``val/`` or for no validation.
         bn_momentum: BatchNormalization momentum while pretraining (default 0.9;
-            see :func:`build_scratch_model`).
+            see :func:`~tfx_transfer.training.scratch.build_scratch_model`).
         recalibrate_batches: after training, recompute the BatchNorm moving
             statistics on up to this many un-augmented training batches
-            (:func:`recalibrate_batchnorm`; default 100, 0 to skip).
-        cache_images: ``load_image_folder`` cache (``None``, ``"memory"`` or a folder).
+            (:func:`~tfx_transfer.training.scratch.recalibrate_batchnorm`; default 100, 0 to skip).
+        cache_images: decoded-image cache: ``None``/``"none"``, ``"memory"``, ``"auto"``
+            or a folder (:mod:`tfx_transfer.data.image_cache`).
         callbacks: extra Keras callbacks (``TerminateOnNaN`` is always added).
         backup_dir: folder for ``keras.callbacks.BackupAndRestore`` (weights,
             optimizer state, epoch; saved every epoch). An interrupted run called
@@ -395,9 +240,11 @@ def pretrain(
         ['vgg16.head.weights.h5', 'vgg16.json', 'vgg16.weights.h5']
         >>> read_pretrain_info(path)["class_names"]
         ['class0', 'class1']
-        >>> model = build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=path, head="avg")
     """
     from tfx_transfer import __version__
+    from tfx_transfer.data.augmentation import as_augmentation
     from tfx_transfer.data.folder import load_image_folder
 
     spec = get_backbone(backbone)
@@ -412,16 +259,15 @@ def pretrain(
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
-    augmenter = _as_augmentation(augmentation)
+    augmenter = as_augmentation(augmentation)
     folder = load_image_folder(
         source, image_size=image_size, batch_size=batch_size, validation_split=validation_split,
-        seed=0 if seed is None else seed, label_mode="categorical", cache_images=cache_images,
+        seed=DEFAULT_SEED if seed is None else seed, label_mode="categorical", cache_images=cache_images,
     )
     train = folder.train if augmenter is None else augmenter.map_dataset(folder.train)
     model = build_scratch_model(spec.name, folder.num_classes, input_shape=image_size + (3,),
                                 head=head, dropout=dropout, bn_momentum=bn_momentum)
-    if recalibrate_batches and not any(isinstance(layer, keras.layers.BatchNormalization)
-                                       for layer in get_backbone_model(model).layers):
+    if recalibrate_batches and not batchnorm_layers(get_backbone_model(model)):
         # Said before training, not after it: there are no BatchNorm statistics to recalibrate.
         print(f"pretrain: backbone {spec.name!r} has no BatchNormalization layer; "
               f"recalibrate_batches={recalibrate_batches} is not applied.", flush=True)

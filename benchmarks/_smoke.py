@@ -1,0 +1,48 @@
+"""What the benchmarks' smoke modes (``--smoke``) share: the sample images and a tiny backbone.
+
+A smoke run checks in seconds that a script runs end to end (``tests/test_benchmarks.py``
+runs every one); its figures mean nothing. It reads ``data_samples/`` (procedural images
+in the repository) or generated data, never ``../shared``, and trains
+:data:`BACKBONE`, three convolution blocks registered with
+:func:`tfx_transfer.register_backbone` like any user's backbone, instead of a
+``keras.applications`` network (building and tracing those costs most of a smoke run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
+BACKBONE = "smoke_cnn"
+IMAGE_SIZE = 32
+
+
+def tiny_cnn(include_top: bool = False, weights: str | None = None,
+             input_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 3)):
+    """Conv -> BatchNorm -> ReLU, three times (BatchNorm: AdaBN needs statistics to adapt)."""
+    import keras
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for block, (filters, strides) in enumerate(((8, 1), (16, 2), (16, 2)), start=1):
+        x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                name=f"b{block}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"b{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"b{block}_relu")(x)
+    return keras.Model(inputs, x, name=BACKBONE)
+
+
+def register_backbone() -> str:
+    """Registers :func:`tiny_cnn` as ``"smoke_cnn"`` (blocks b1..b3, b3 unfrozen by default).
+
+    Example:
+        >>> import tfx_transfer as tt
+        >>> tt.get_backbone(register_backbone()).default_unfreeze
+        ('b3',)
+    """
+    import tfx_transfer as tt
+
+    tt.register_backbone(tt.BackboneSpec(BACKBONE, tiny_cnn, "tf", IMAGE_SIZE, 16,
+                                         blocks=(("b1", "^b1_"), ("b2", "^b2_"), ("b3", "^b3_"))),
+                         overwrite=True)
+    return BACKBONE

@@ -1,0 +1,217 @@
+"""Every benchmark script runs in its smoke mode (``--smoke``: data_samples/ or generated
+data, tiny settings, seconds), so a renamed argument cannot break one unseen.
+
+The smoke modes never read ``../shared``. The scripts run in this process (``main(argv)``)
+except where they need a process of their own: ``data_pipeline.py --per-core`` pins the
+process to one core and sets TensorFlow's thread pools, ``gpu_throughput.sh`` is a shell
+script that runs ``train_throughput.py`` on Keras + JAX. The figures of a smoke run mean
+nothing; what is checked is that each script gets to its report and that the report's
+numbers are numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+NUMBER = r"(-?[\d.]+|nan|inf)"
+
+
+def load(name: str):
+    """The benchmark script ``benchmarks/<name>.py`` as a module (its ``main`` not run)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _global_keras_state():
+    """What a script may change globally (precision policy, backbone registry) goes back."""
+    import keras
+
+    from tfx_transfer.models import backbones
+
+    registry = dict(backbones._REGISTRY)
+    yield
+    backbones._REGISTRY.clear()
+    backbones._REGISTRY.update(registry)
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+def run(name: str, capsys, *argv: str) -> str:
+    load(name).main(["--smoke", *argv])
+    return capsys.readouterr().out
+
+
+def numbers(pattern: str, text: str) -> list[float]:
+    """The numbers of the first line matching ``pattern`` (one group per number)."""
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{text[-3000:]}"
+    return [float(g) for g in match.groups()]
+
+
+def test_every_script_has_a_smoke_mode():
+    scripts = sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_"))
+    tested = {name for name in globals() if name.startswith("test_")}
+    for script in scripts:
+        assert "--smoke" in (BENCHMARKS / f"{script}.py").read_text(), script
+        assert f"test_{script}" in tested, f"benchmarks/{script}.py has no smoke test here"
+
+
+def test_smoke_modes_do_not_read_shared():
+    for script in BENCHMARKS.glob("[!_]*.py"):
+        module = load(script.stem)
+        parse = getattr(module, "parse_args", None) or module.parse
+        args = parse(["--smoke"])
+        for key, value in vars(args).items():
+            assert "shared" not in Path(str(value)).parts, f"{script.name} --smoke: {key}={value}"
+
+
+@pytest.mark.slow
+def test_accuracy(capsys):
+    out = run("accuracy", capsys)
+    for recipe in "abcde":
+        (accuracy,) = numbers(rf"^seed 0 \({recipe}\) .*: accuracy {NUMBER} in", out)
+        assert 0 <= accuracy <= 1, recipe
+    assert out.count("| data_samples | 32 px |") == 5  # the summary table, one row per recipe
+
+
+def test_data_pipeline(capsys):
+    out = run("data_pipeline", capsys)
+    (legacy,) = numbers(rf"^legacy ImageDataGenerator.*: +{NUMBER} images/s", out)
+    affine, keras_chain = numbers(rf"^ratio \(cached steady state / legacy\): {NUMBER}x with "
+                                  rf"engine='affine', {NUMBER}x", out)
+    assert legacy > 0 and affine > 0 and keras_chain > 0
+
+
+@pytest.mark.slow
+def test_data_pipeline_per_core():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "data_pipeline.py"), "--smoke",
+                           "--per-core"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "per core (pinned to CPU" in done.stdout
+    rates = re.findall(rf"{NUMBER} img per CPU-second -> +{NUMBER} cores", done.stdout)
+    assert len(rates) == 2 and all(float(r) > 0 for r, _ in rates), done.stdout
+
+
+@pytest.mark.slow
+def test_domain_adaptation(capsys, tmp_path):
+    out = run("domain_adaptation", capsys, "--json", str(tmp_path / "da.json"))
+    result = json.loads((tmp_path / "da.json").read_text())
+    methods = ["source_only", "adabn", "coral", "adabn+coral", "adabn_plain"]
+    assert sorted(result["mean_accuracy"]) == sorted(methods)
+    assert all(0 <= v <= 1 for v in result["mean_accuracy"].values())
+    for method in methods:
+        assert re.search(rf"^{re.escape(method)} +[\d.]+ ", out, re.MULTILINE), method
+    assert not Path(result["settings"]["target"]).exists()  # the shifted copy was temporary
+
+
+def test_explain_cost(capsys):
+    out = run("explain_cost", capsys)
+    (explain,) = numbers(rf"explain / predict = {NUMBER}$", out)
+    (tta,) = numbers(rf"TTA / predict = {NUMBER}$", out)
+    assert explain > 0 and tta > 0
+
+
+def test_feature_cache(capsys):
+    out = run("feature_cache", capsys)
+    (ratio,) = numbers(rf"^per-epoch speed-up after the first epoch: {NUMBER}x", out)
+    assert ratio > 0 and math.isfinite(ratio)
+
+
+def test_fit_overhead(capsys):
+    out = run("fit_overhead", capsys)
+    (ratio,) = numbers(rf"ratio recipe/fine_tune {NUMBER} ", out)
+    assert ratio > 0
+
+
+def test_head_sweep(capsys, tmp_path):
+    out = run("head_sweep", capsys, "--json", str(tmp_path / "sweep.json"))
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    variants = load("head_sweep").VARIANTS
+    assert list(result["results"]) == list(variants)
+    for name, runs in result["results"].items():
+        assert len(runs["best"]) == 1 and all(0 <= v <= 1 for v in runs["best"]), name
+        assert name in out
+
+
+def test_make_shift(capsys, tmp_path):
+    out = run("make_shift", capsys, "--out", str(tmp_path))
+    shifts = sorted(load("make_shift").SHIFTS)
+    for shift in shifts:
+        (count,) = numbers(rf"^{NUMBER} images -> {re.escape(str(tmp_path / shift))}$", out)
+        assert count == 30 == len(list((tmp_path / shift).rglob("*.jpg"))), shift
+
+
+@pytest.mark.slow
+def test_serve_load(capsys):
+    out = run("serve_load", capsys)
+    for level in (1, 2):
+        row = numbers(rf"^ +{level} \| +{NUMBER} +{NUMBER} +{NUMBER} \| +{NUMBER} +{NUMBER} "
+                      rf"+{NUMBER} \|", out)
+        assert all(v > 0 for v in row), (level, row)
+    assert "server (all levels and warm-up):" in out
+
+
+def gpu_script_lines() -> tuple[list[str], list[list[str]]]:
+    """gpu_throughput.sh's train_throughput.py arguments: (common to all, one list per line)."""
+    script = (BENCHMARKS / "gpu_throughput.sh").read_text().replace("\\\n", " ")
+    common = shlex.split(re.search(r"train_throughput\.py (.+?) \"\$@\"", script).group(1))
+    lines = [shlex.split(m) for m in re.findall(r"^bench \d+ (.+)$", script, re.MULTILINE)]
+    assert len(lines) == 3 and common[-2:] == ["--json", "$json"], (common, lines)
+    return common[:-2], lines
+
+
+def test_train_throughput(capsys, tmp_path):
+    """The python lines of gpu_throughput.sh (their flags, then --smoke), in this process."""
+    common, lines = gpu_script_lines()
+    assert common[:2] == ["--backend", "jax"]
+    jsonl = tmp_path / "records.jsonl"
+    for line in lines:  # without --backend jax: this process runs Keras on TensorFlow
+        run("train_throughput", capsys, *common[2:], *line, "--json", str(jsonl), "--smoke")
+    records = [json.loads(r) for r in jsonl.read_text().splitlines()]
+    # --smoke trains its tiny backbone instead of ResNet50 / VGG16 (one record per phase)
+    assert [(r["phase"], r["precision"]) for r in records] == [
+        (1, "mixed_bfloat16"), (2, "mixed_bfloat16"), (1, "mixed_bfloat16"),
+        (2, "mixed_bfloat16"), (2, "float32")]
+    assert all(r["images_per_second"] > 0 and r["image_size"] == 32 for r in records)
+
+
+@pytest.mark.slow
+def test_gpu_throughput(tmp_path):
+    """The script's shell is valid, and its first python line runs on Keras + JAX (--smoke)."""
+    pytest.importorskip("jax")
+    script = BENCHMARKS / "gpu_throughput.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    common, lines = gpu_script_lines()
+    jsonl = tmp_path / "records.jsonl"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "train_throughput.py"), *common,
+                           *lines[0], "--json", str(jsonl), "--smoke"], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(r) for r in jsonl.read_text().splitlines()]
+    assert [(r["phase"], r["precision"], r["backend"]) for r in records] == [
+        (1, "mixed_bfloat16", "jax"), (2, "mixed_bfloat16", "jax")]
+
+
+@pytest.mark.slow
+def test_transfer_protocol(capsys):
+    out = run("transfer_protocol", capsys)
+    for method in load("transfer_protocol").METHODS.values():
+        cells = numbers(rf"^\| {re.escape(method)} \| {NUMBER} ± {NUMBER} \(.*\) \| "
+                        rf"{NUMBER} ± {NUMBER} \(.*\) \|$", out)
+        assert 0 <= cells[0] <= 1 and 0 <= cells[2] <= 1, method

@@ -1,0 +1,103 @@
+"""The evaluation report of a run: one orchestration for ``train`` and ``tfx-transfer evaluate``.
+
+:func:`evaluate_run` scores a model on labelled images
+(:func:`tfx_transfer.evaluate_model`) and ranks the same images by their loss
+(:func:`tfx_transfer.evaluation.mislabeled.write_top_losses`), writing into one folder::
+
+    metrics.json  report.txt  confusion_matrix.png  predictions.png  top_losses.png  top_losses.csv
+
+``train`` writes it for the validation images into the run folder (and for
+``test/`` into ``RUN/test/``); ``tfx-transfer evaluate RUN FOLDER`` into
+``RUN/evaluate-<FOLDER name>/`` (:func:`tfx_transfer.runs.layout.report_dir`).
+
+Example:
+    >>> import tempfile, numpy as np, tfx_transfer as tt
+    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+    ...                                 class_names=["cat", "dog"])
+    >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+    >>> metrics = evaluate_run(model, (x, y), tempfile.mkdtemp(), verbose=False)
+    >>> sorted(metrics["files"])
+    ['confusion_matrix', 'metrics', 'predictions', 'report', 'top_losses_csv', 'top_losses_png']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tfx_transfer.runs.layout import report_dir
+
+
+def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
+                 paths: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Evaluate ``model`` on labelled images and write the whole report into ``out``.
+
+    Args:
+        model: a Keras model, an :class:`~tfx_transfer.ExportedModel`, or a path: a run
+            folder, an export (or version) folder or a ``.keras`` file.
+        data: labelled images: an image folder (its split chosen as
+            :func:`tfx_transfer.evaluate_model` does), a dataset of ``(images,
+            labels)`` batches or an ``(x, y)`` tuple of arrays.
+        out: the report folder; default for an image folder:
+            :func:`~tfx_transfer.runs.layout.report_dir` (``RUN/evaluate-<name>/``
+            for a run folder, else ``./evaluate-<name>/``).
+        paths: the file of each image, in ``data``'s order (listed in
+            ``top_losses.csv`` when ``data`` is not a folder).
+        **options: :func:`tfx_transfer.evaluate_model`'s keywords (``class_names``,
+            ``top_k``, ``batch_size``, ``max_images``, ``split``, ``tta``, ``verbose``);
+            the top losses are ranked on the same images.
+
+    Returns:
+        ``evaluate_model``'s metrics plus ``"files"``: ``{name: Path}`` of every file written.
+
+    Example:
+        >>> import tempfile, numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
+        >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
+        >>> out = tempfile.mkdtemp()
+        >>> metrics = evaluate_run(model, (x, y), out, class_names=["cat", "dog"], verbose=False)
+        >>> metrics["num_samples"], metrics["files"]["top_losses_csv"].name
+        (4, 'top_losses.csv')
+    """
+    from tfx_transfer.evaluation.evaluate import evaluate_model, load_for_evaluation
+    from tfx_transfer.evaluation.mislabeled import write_top_losses
+
+    if isinstance(data, (str, os.PathLike)) and not Path(data).is_dir():
+        raise FileNotFoundError(f"{str(data)!r} does not exist or is not a folder (labelled "
+                                "images: class folders, or test/ or val/ of them).")
+    if out is None:
+        if not isinstance(data, (str, os.PathLike)):
+            raise ValueError("evaluate_run: pass out= (the report folder) when data is not an "
+                             "image folder.")
+        out = report_dir(model, data)
+    metrics = evaluate_model(model, data, out=out, **options)
+    loaded, known_names = load_for_evaluation(model)  # the same images, ranked by their loss
+    ranking = {key: options[key] for key in ("batch_size", "split") if key in options}
+    files = {**metrics.pop("files"), **write_top_losses(
+        loaded, data, out, class_names=options.get("class_names") or known_names, paths=paths,
+        **ranking)}
+    return {**metrics, "files": {name: Path(path) for name, path in files.items()}}
+
+
+def format_evaluation(metrics: dict[str, Any]) -> str:
+    """The text of :func:`evaluate_run`'s result: the report (with TTA when scored) and the files.
+
+    Example:
+        >>> import numpy as np
+        >>> from tfx_transfer.evaluation.metrics import classification_metrics
+        >>> metrics = classification_metrics(np.array([0, 1]), np.eye(2), ["cat", "dog"])
+        >>> print(format_evaluation({**metrics, "files": {"report": Path("r/report.txt")}}))
+        accuracy ...
+          report           r/report.txt
+    """
+    from tfx_transfer.evaluation.metrics import format_report
+
+    parts = [format_report(metrics)]
+    if metrics.get("tta"):
+        from tfx_transfer.evaluation.tta import format_tta
+
+        parts.append(format_tta(metrics, metrics["tta"]))
+    parts.append("\n".join(f"  {name:<17}{path}" for name, path in metrics.get("files", {}).items()))
+    return "\n\n".join(parts)
