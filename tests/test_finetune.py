@@ -14,6 +14,7 @@ import pytest
 
 import tfx_transfer as tt
 from tests.helpers import tiny_labels, tiny_pixels, weights_by_name
+from tests.tiny_backbone import tinyvgg_registered
 from tfx_transfer.training import finetune as ft
 from tfx_transfer.training.callbacks import backup_epoch
 from tfx_transfer.training.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR
@@ -24,9 +25,17 @@ needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None
 N, BATCH = 8, 4  # 2 steps per epoch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _tinyvgg():
+    with tinyvgg_registered():
+        yield
+
+
 def _vgg(seed: int = 0, **kwargs) -> keras.Model:
+    """VGG16's layers and blocks, 8 channels wide (tests/tiny_backbone.py): the block logic
+    is VGG16's, the cost a fraction."""
     keras.utils.set_random_seed(seed)
-    return tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None,
+    return tt.build_transfer_model("tinyvgg", 2, input_shape=(32, 32, 3), weights=None,
                                    head="avg", **kwargs)
 
 

@@ -2,6 +2,8 @@
 
 ``tinycam``: three convolutions, trains in seconds, a 12x12 map at 48 px (Grad-CAM).
 ``tinybn``: convolution + BatchNormalization in two blocks, a fast stand-in for ResNet.
+``tinyvgg``: VGG16's layers, names and blocks with 8 channels per convolution: the block
+logic of VGG16 (block5 = 3 convolutions + pool, 13 weighted layers) at a fraction of its cost.
 """
 
 from __future__ import annotations
@@ -67,3 +69,30 @@ def tinybn():
                          overwrite=True)
     yield "tinybn"
     backbones._REGISTRY.pop("tinybn", None)
+
+
+def tiny_vgg_backbone(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    """VGG16 with 8 channels per convolution (same layer names, same blocks)."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for block, convs in enumerate((2, 2, 3, 3, 3), start=1):
+        for i in range(1, convs + 1):
+            x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                                    name=f"block{block}_conv{i}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="tinyvgg")
+
+
+@contextlib.contextmanager
+def tinyvgg_registered() -> Iterator[str]:
+    """"tinyvgg" registered inside the block, with VGG16's blocks and default (block5)."""
+    from tfx_transfer.models import backbones
+
+    vgg = tt.get_backbone("vgg16")
+    tt.register_backbone(tt.BackboneSpec("tinyvgg", tiny_vgg_backbone, vgg.preprocessing, 32, 32,
+                                         blocks=vgg.blocks, default_unfreeze=vgg.default_unfreeze),
+                         overwrite=True)
+    try:
+        yield "tinyvgg"
+    finally:
+        backbones._REGISTRY.pop("tinyvgg", None)
