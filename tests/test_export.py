@@ -17,6 +17,7 @@ import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.helpers import tiny_pixels  # noqa: E402
+from tests.tiny_backbone import tinyvgg_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.data.decode import TENSORFLOW_DECODES_WEBP, decode_and_resize  # noqa: E402
 from tfx_transfer.export.exported import load_exported, predict_files  # noqa: E402
@@ -36,10 +37,17 @@ def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _tinyvgg():
+    with tinyvgg_registered():
+        yield
+
+
 def tiny_vgg(augmentation=None):
-    """Random-init VGG16 at 32 px whose classifier is calibrated so random images spread over classes."""
+    """Random-init tinyvgg (VGG16's layers, 8 channels: tests/tiny_backbone.py) at 32 px whose
+    classifier is calibrated so random images spread over classes."""
     keras.utils.set_random_seed(0)
-    model = build_transfer_model("vgg16", len(CLASSES), input_shape=(SIZE, SIZE, 3), weights=None,
+    model = build_transfer_model("tinyvgg", len(CLASSES), input_shape=(SIZE, SIZE, 3), weights=None,
                                  head="avg", augmentation=augmentation)
     dense = get_head(model).get_layer("predictions")
     dense.kernel.assign(dense.kernel * 30.0)
@@ -131,7 +139,7 @@ def test_layout_assets_and_metadata(export_dir, model):
     assert (version / "saved_model.pb").is_file()
     assert (version / "assets" / "labels.txt").read_text().splitlines() == CLASSES
     meta = json.loads((version / "assets.extra" / "metadata.json").read_text())
-    assert meta["backbone"] == "vgg16" and meta["head"] == "avg"
+    assert meta["backbone"] == "tinyvgg" and meta["head"] == "avg"
     assert meta["image_size"] == [SIZE, SIZE] and meta["class_names"] == CLASSES
     assert meta["metrics"] == {"val_accuracy": 0.5}
     assert meta["top_k"] == 3
@@ -204,7 +212,7 @@ def test_load_exported_predicts_paths_bytes_and_arrays(export_dir, model, pixels
     path.write_bytes(encode(pixels[0]))
     exported = load_exported(export_dir)
     assert exported.path == export_dir / "1" and exported.class_names == CLASSES
-    assert exported.metadata["backbone"] == "vgg16" and exported.image_size == (SIZE, SIZE)
+    assert exported.metadata["backbone"] == "tinyvgg" and exported.image_size == (SIZE, SIZE)
     rows = exported.predict([path, encode(pixels[1]), pixels[2], pixels[3].astype("float32")], top_k=2)
     expected = model.predict(pixels, verbose=0)
     np.testing.assert_allclose(np.stack([r["probabilities"] for r in rows]), expected, atol=1e-4)
@@ -359,5 +367,5 @@ def test_keras_and_savedmodel_round_trip_after_fine_tuning(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(root / "1")
     assert sorted(p.name for p in root.iterdir()) == ["1"] and not (root / "1" / "stale.txt").exists()
     exported = load_exported(root)
-    assert exported.metadata["backbone"] == "vgg16"
+    assert exported.metadata["backbone"] == "tinyvgg"
     np.testing.assert_allclose(exported.probabilities([encode(p) for p in images]), expected, atol=1e-4)
