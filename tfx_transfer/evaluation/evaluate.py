@@ -199,5 +199,5 @@ def evaluate_model(
                          files["predictions"], max_images=max_images,
                          title=f"predicted (score) / true -- {wrong} of {metrics['num_samples']} "
                                "misclassified, shown first")
-        metrics = {**metrics, "files": {k: str(v) for k, v in files.items()}}
+        metrics = {**metrics, "files": dict(files)}
     return metrics

@@ -217,7 +217,7 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.
             target = out / f"{stem}.png"
             plot_explanation(image, heatmap, p, names, target, top_k=top_k,
                              title=f"{path.name}: {names[c]} ({p[c]:.3f})")
-            written.append(str(target))
+            written.append(target)
             rows.append({"path": str(path), "predicted_class": names[c], "probability": float(p[c])})
             if len(sheet_images) < 48:
                 sheet_images.append(image)
@@ -227,4 +227,4 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.
     plot_contact_sheet(np.stack(sheet_images), np.stack(sheet_maps), titles, sheet, cols=6,
                        title=f"Grad-CAM of the predicted class ({len(files)} images"
                              + (", first 48 shown)" if len(files) > 48 else ")"))
-    return {"files": written, "contact_sheet": str(sheet), "rows": rows}
+    return {"files": written, "contact_sheet": sheet, "rows": rows}

@@ -246,7 +246,7 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
 
 def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,
                      class_names: Sequence[str] | None = None, paths: Sequence[str] | None = None,
-                     batch_size: int = 32, split: str | None = None) -> dict[str, str]:
+                     batch_size: int = 32, split: str | None = None) -> dict[str, Path]:
     """:func:`top_losses`, then ``top_losses.png`` (k worst) and ``top_losses.csv`` (every image).
 
     Args:
@@ -276,4 +276,4 @@ def write_top_losses(model: Any, data: Any, out: str | os.PathLike, k: int = 16,
     plot_top_losses(rows[:k], model, png,
                     title=f"top {min(k, len(rows))} losses of {len(rows)} images ({wrong} "
                           "misclassified): predicted (probability) / true")
-    return {"top_losses_png": str(png), "top_losses_csv": str(csv_path)}
+    return {"top_losses_png": Path(png), "top_losses_csv": Path(csv_path)}
