@@ -72,7 +72,7 @@ venvs:
 	@$(MAKE) --no-print-directory -j3 -k $(STAMP) $(JAX_STAMP) $(FLOOR_STAMP) || \
 		echo "venvs: one failed to build (pip's error is above); its tests will say so"
 
-## make test-jax: the core tests on KERAS_BACKEND=jax with no TensorFlow installed (~1 min)
+## make test-jax: the core tests on KERAS_BACKEND=jax with no TensorFlow installed (~3 min, 1 core)
 ## (skipped, saying why, only when jax/keras cannot be installed and CI is not true)
 test-jax:
 	@if ! $(MAKE) --no-print-directory $(JAX_STAMP); then \
@@ -87,7 +87,7 @@ test-jax:
 			-p no:cacheprovider $(JAX_TESTS) $(PYTEST_ARGS); \
 	fi
 
-## make test-floor: the core and the training path on the oldest supported TensorFlow/Keras (~2 min)
+## make test-floor: the core and the training path on the oldest supported TensorFlow/Keras (~2.5 min, 1 core)
 test-floor: $(FLOOR_STAMP)
 	@echo "test-floor: $$($(FLOOR_VENV)/bin/python -c 'import keras, tensorflow as tf; print("keras", keras.__version__, "tensorflow", tf.__version__)' 2>/dev/null)"
 	$(FLOOR_VENV)/bin/python -m pytest -n $(PYTEST_N) --dist worksteal -q -p no:cacheprovider \
@@ -99,7 +99,7 @@ test-suite: $(STAMP)
 
 ## make test: the venvs (built at the same time), then the whole suite on the latest
 ## TensorFlow/Keras and, alongside it, the core on JAX and on the floor, one process each
-## (CPU, offline: ~10 min on 2 cores from a fresh clone, venvs included)
+## (CPU, offline, 2 shared cores, 2026-12-02: venvs 80 s, suite 10 min with JAX and floor alongside)
 test: venvs
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory test-jax test-floor PYTEST_N=0 >"$$side" 2>&1; \
