@@ -41,7 +41,7 @@ FLOOR_TESTS ?= tests/test_model.py tests/test_inference_mode.py tests/test_ensem
 	--deselect tests/test_finetune.py::test_batchnorm_moving_statistics_never_change_resnet50 \
 	--deselect tests/test_model.py::test_legacy_v0_1_file_loads_predicts_and_knows_its_parts
 
-.PHONY: install venvs test test-suite test-doctest test-fast test-jax test-floor demo data-samples \
+.PHONY: install lint venvs test test-suite test-doctest test-fast test-jax test-floor demo data-samples \
 	bench clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -100,7 +100,7 @@ test-suite: $(STAMP)
 ## make test: the venvs (built at the same time), then the whole suite on the latest
 ## TensorFlow/Keras and, alongside it, the core on JAX and on the floor, one process each
 ## (CPU, offline, 2 shared cores, 2026-12-02: venvs 80 s, suite 10 min with JAX and floor alongside)
-test: venvs
+test: venvs lint
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory test-jax test-floor PYTEST_N=0 >"$$side" 2>&1; \
 	  echo "exit status $$?" >>"$$side" ) & \
@@ -108,6 +108,10 @@ test: venvs
 	wait; echo "---- make test-jax test-floor (ran alongside) ----"; cat "$$side"; \
 	tail -n 1 "$$side" | grep -qx "exit status 0" || status=1; rm -f "$$side"; \
 	exit $$status
+
+## make lint: ruff (lint rules and import order from pyproject.toml); part of make test
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 ## make test-doctest: only the docstring examples of the package
 test-doctest: $(STAMP)

@@ -31,24 +31,7 @@ the settings in :mod:`tfx_transfer.runs.config`. The run folder::
     RUN/backup/                 only while training: what ``resume=True`` continues from
     RUN/.lock                   one process per run folder (an OS lock, released on any exit)
 
-Example:
-    >>> import os, tempfile, tfx_transfer as tt
-    >>> from pathlib import Path
-    >>> from PIL import Image
-    >>> data = Path(tempfile.mkdtemp())  # data/circle/*.png, data/square/*.png
-    >>> for i in range(12):
-    ...     label = data / ("circle", "square")[i % 2]
-    ...     label.mkdir(exist_ok=True)
-    ...     Image.new("RGB", (40, 40), (20 * i, 90, 0)).save(label / f"{i}.png")
-    >>> run = os.path.join(tempfile.mkdtemp(), "shapes")
-    >>> result = tt.train(data, run, backbone="vgg16", weights=None, image_size=32,
-    ...                   head_epochs=1, fine_tune_epochs=1, verbose=0)
-    >>> sorted(os.listdir(run))
-    ['.lock', 'best.json', 'best.keras', 'config.json', 'confusion_matrix.png', 'export',
-     'history.csv', 'history.png', 'metrics.json', 'model.keras', 'predictions.png',
-     'report.txt', 'skipped_files.txt', 'top_losses.csv', 'top_losses.png']
-    >>> result["paths"]["export"].relative_to(run).as_posix()
-    'export/1'
+Example: see :func:`train` (one run, its folder listed).
 """
 
 from __future__ import annotations
@@ -212,6 +195,12 @@ def train(
         ...                head_epochs=1, fine_tune_epochs=0, verbose=0)
         >>> result["metrics"]["num_samples"], result["config"]["class_names"]  # 20% validation
         (2, ['circle', 'square'])
+        >>> sorted(os.listdir(run))
+        ['.lock', 'best.json', 'best.keras', 'config.json', 'confusion_matrix.png', 'export',
+         'history.csv', 'history.png', 'metrics.json', 'model.keras', 'predictions.png',
+         'report.txt', 'skipped_files.txt', 'top_losses.csv', 'top_losses.png']
+        >>> result["paths"]["export"].relative_to(run).as_posix()
+        'export/1'
     """
     given = {name: value for name, value in locals().items() if name in RUN_SETTINGS}
     run = RunFolder(out)

@@ -36,18 +36,7 @@ never leaves a half-written one. Pretraining from scratch is long: pass
 ``backup_dir=`` (CLI: ``--resume``) so that an interrupted run continues from its
 last finished epoch.
 
-Example:
-    >>> import tempfile, tfx_transfer as tt
-    >>> from pathlib import Path
-    >>> from PIL import Image
-    >>> source = Path(tempfile.mkdtemp())  # one sub-folder of images per source class
-    >>> for i in range(8):
-    ...     (source / f"class{i % 2}").mkdir(exist_ok=True)
-    ...     Image.new("RGB", (40, 40), (200 * (i % 2), 80, 0)).save(source / f"class{i % 2}/{i}.png")
-    >>> path = tt.pretrain(source, "vgg16", tempfile.mkdtemp(), image_size=32, epochs=1,
-    ...                    validation_split=None, augmentation=None, recalibrate_batches=0,
-    ...                    verbose=0)  # VGG16 has no BatchNorm to recalibrate
-    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=path)
+Example: see :func:`pretrain` (one run, its files listed, the weights loaded).
 """
 
 from __future__ import annotations
