@@ -99,7 +99,7 @@ test-suite: $(STAMP)
 
 ## make test: the venvs (built at the same time), then the whole suite on the latest
 ## TensorFlow/Keras and, alongside it, the core on JAX and on the floor, one process each
-## (CPU, offline, 2 shared cores, 2026-12-02: venvs 80 s, suite 10 min with JAX and floor alongside)
+## (CPU, offline; fresh clone on 2 cores, 2026-12-02, partly shared with another job: venvs ~2.5 min, suite 12 min, 15.3 min in all)
 test: venvs lint
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory test-jax test-floor PYTEST_N=0 >"$$side" 2>&1; \
@@ -121,7 +121,7 @@ test-doctest: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_N) --dist worksteal -q -m "not slow" tests $(PYTEST_ARGS)
 
-## make demo: train, evaluate, export and predict on data_samples/ (offline: < 10 min on 2 CPU cores)
+## make demo: train, evaluate, export and predict on data_samples/ (offline, 2 CPU cores: about 1.5 min)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out $(RUN)
 
