@@ -54,6 +54,7 @@ _EXPORTS = {
     "fetch_weights": "models.weights",
     # data (TensorFlow)
     "load_image_folder": "data.folder",
+    "load_image_table": "data.table",
     "ImageFolder": "data.folder",
     "class_weights": "data.folder",
     "decode_and_resize": "data.decode",

@@ -72,6 +72,9 @@ class ImageFolder:
         image_size: ``(height, width)`` of the images.
         crop_to_aspect_ratio: whether images were center-cropped before resizing.
         routes: path -> ``"tf"`` or ``"pil"``, the decoder of each file used.
+        multi_label: labels are sets of classes (:func:`tfx_transfer.load_image_table`):
+            each label in ``files`` is a tuple of class indices, batches carry
+            multi-hot ``float32`` ``(B, num_classes)`` rows.
 
     Example:
         >>> import tempfile
@@ -96,6 +99,7 @@ class ImageFolder:
     image_size: tuple[int, int] | None = None
     crop_to_aspect_ratio: bool = False
     routes: dict[str, str] = field(default_factory=dict)
+    multi_label: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -104,10 +108,11 @@ class ImageFolder:
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
-        """Split name -> class name -> number of usable images."""
+        """Split name -> class name -> number of usable images (multi-label: images showing it)."""
         out = {}
         for split, pairs in self.files.items():
-            labels = np.bincount([label for _, label in pairs], minlength=self.num_classes)
+            flat = [lab for _, label in pairs for lab in (label if self.multi_label else [label])]
+            labels = np.bincount(np.asarray(flat, dtype=np.int64), minlength=self.num_classes)
             out[split] = {name: int(n) for name, n in zip(self.class_names, labels)}
         return out
 
@@ -172,10 +177,21 @@ def _usable(split_dirs: dict, scanned: dict, class_names: list[str],
 # -- splitting -------------------------------------------------------------------
 
 
-def _stratified_split(
+def stratified_split(
     files: list[tuple[str, int]], fraction: float, seed: int, class_names: list[str]
 ) -> tuple[list, list]:
-    """Per class, a seeded permutation; the first ``round(n * fraction)`` go to validation."""
+    """``(train, validation)``: per class, a seeded permutation; the first ``round(n * fraction)`` go to validation.
+
+    Args:
+        files: ``(path, label)`` pairs (``int`` labels).
+        fraction: the validation fraction of each class (one image stays in train).
+        seed: the split's seed (with each class name).
+        class_names: the names of the labels.
+
+    Example:
+        >>> stratified_split([("a", 0), ("b", 0), ("c", 1), ("d", 1)], 0.5, 1, ["x", "y"])[1]
+        [('a', 0), ('d', 1)]
+    """
     train, val = [], []
     for label, name in enumerate(class_names):
         paths = sorted(p for p, lab in files if lab == label)
@@ -264,34 +280,101 @@ def load_image_folder(
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {str(root)!r} does not exist or is not a folder.")
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    image_size = (int(image_size[0]), int(image_size[1]))
-    if label_mode not in ("int", "categorical"):
-        raise ValueError(f"label_mode={label_mode!r}: use 'int' or 'categorical'.")
-    if validation_split is not None and not 0 < validation_split < 1:
-        raise ValueError(f"validation_split={validation_split!r} must be in (0, 1), or None for no split.")
-    augmentation = as_augmentation(augmentation)
-    if augmentation is not None and augmentation.mixing and label_mode != "categorical":
-        raise ValueError(
-            f"augmentation mixes labels ({augmentation.mixing}); use label_mode='categorical'."
-        )
+    image_size, augmentation = check_loader_args(image_size, label_mode, validation_split, augmentation)
 
     split_dirs, scanned, class_names, skipped = _scan(root, validation_split)
     candidates = [p for classes in scanned.values() for paths in classes.values() for p in paths]
     routes = verify_images(candidates, root) if verify else assumed_routes(candidates)
     skipped += [(p, reason) for p, reason in routes.items() if reason not in ROUTES]
-    if skipped:
-        lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
-        warnings.warn(f"Skipped {len(skipped)} file(s) under {root}:\n{lines}", UserWarning, stacklevel=2)
+    warn_skipped(skipped, f"under {root}")
     files = _usable(split_dirs, scanned, class_names, routes)
     if validation_split is not None:
-        files["train"], files["validation"] = _stratified_split(files["train"], validation_split, seed, class_names)
+        files["train"], files["validation"] = stratified_split(files["train"], validation_split, seed, class_names)
         if not files["validation"]:
             raise ValueError(
                 f"validation_split={validation_split} leaves no validation image; use a larger fraction."
             )
+    return assemble_image_folder(
+        files, routes, class_names, skipped, image_size=image_size, batch_size=batch_size,
+        label_mode=label_mode, seed=seed, shuffle=shuffle, cache_images=cache_images,
+        crop_to_aspect_ratio=crop_to_aspect_ratio, augmentation=augmentation,
+        cache_budget_gb=cache_budget_gb)
 
+
+# -- shared by the folder and the table loaders ---------------------------------------
+
+
+def check_loader_args(image_size: int | Sequence[int], label_mode: str, validation_split: float | None,
+                      augmentation: Any) -> tuple[tuple[int, int], Any]:
+    """``(image_size as (height, width), augmentation object)``; ValueError on a bad argument.
+
+    ``label_mode`` is ``"int"``, ``"categorical"`` or (tables only) ``"multi_hot"``.
+
+    Example:
+        >>> check_loader_args(32, "int", 0.2, None)
+        ((32, 32), None)
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if label_mode not in ("int", "categorical", "multi_hot"):
+        raise ValueError(f"label_mode={label_mode!r}: use 'int' or 'categorical'.")
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise ValueError(f"validation_split={validation_split!r} must be in (0, 1), or None for no split.")
+    augmentation = as_augmentation(augmentation)
+    if augmentation is not None and augmentation.mixing and label_mode == "int":
+        raise ValueError(
+            f"augmentation mixes labels ({augmentation.mixing}); use label_mode='categorical'."
+        )
+    return image_size, augmentation
+
+
+def warn_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
+    """The loaders' one warning: every file left out and why (nothing when none).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_skipped([("a.jpg", "missing file")], "of labels.csv")
+        >>> str(caught[0].message)
+        'Skipped 1 file(s) of labels.csv:\n  a.jpg: missing file'
+    """
+    if skipped:
+        lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
+        warnings.warn(f"Skipped {len(skipped)} file(s) {where}:\n{lines}", UserWarning, stacklevel=3)
+
+
+def assemble_image_folder(
+    files: dict[str, list[tuple[str, Any]]], routes: dict[str, str], class_names: list[str],
+    skipped: list[tuple[str, str]], *, image_size: tuple[int, int], batch_size: int, label_mode: str,
+    seed: int, shuffle: bool, cache_images: Any, crop_to_aspect_ratio: bool, augmentation: Any,
+    cache_budget_gb: float, multi_label: bool = False,
+) -> ImageFolder:
+    """The :class:`ImageFolder` of labelled files: one dataset per split (:func:`make_dataset`).
+
+    Args:
+        files: split -> ``(path, label)`` of readable files (``label``: an ``int``, or a
+            tuple of class indices when ``multi_label``).
+        routes: path -> ``"tf"`` or ``"pil"``.
+        class_names: the names of the labels.
+        skipped: ``(path, reason)`` of the files left out.
+        image_size, batch_size, label_mode, seed, shuffle, cache_images,
+        crop_to_aspect_ratio, augmentation, cache_budget_gb: as in :func:`load_image_folder`.
+        multi_label: labels are sets of classes (multi-hot batches).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.png")
+        >>> Image.new("RGB", (9, 9)).save(path)
+        >>> folder = assemble_image_folder(
+        ...     {"train": [(path, (0, 2))]}, {path: "tf"}, ["a", "b", "c"], [], image_size=(4, 4),
+        ...     batch_size=2, label_mode="multi_hot", seed=0, shuffle=False, cache_images=None,
+        ...     crop_to_aspect_ratio=False, augmentation=None, cache_budget_gb=1.0, multi_label=True)
+        >>> next(folder.train.as_numpy_iterator())[1].tolist(), folder.counts["train"]
+        ([[1.0, 0.0, 1.0]], {'a': 1, 'b': 0, 'c': 1})
+    """
     counts = {split: {"images": len(pairs)} for split, pairs in files.items()}
     cache, _ = resolve_cache_images(cache_images, counts, image_size, cache_budget_gb)
     common = dict(
@@ -316,6 +399,7 @@ def load_image_folder(
         image_size=image_size,
         crop_to_aspect_ratio=crop_to_aspect_ratio,
         routes={path: routes[path] for pairs in files.values() for path, _ in pairs},
+        multi_label=multi_label,
     )
 
 

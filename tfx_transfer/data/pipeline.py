@@ -73,7 +73,8 @@ def make_dataset(
         num_classes: for one-hot labels.
         image_size: ``(height, width)`` every image is resized to.
         batch_size: images per batch.
-        label_mode: ``"int"`` or ``"categorical"`` (one-hot ``float32``).
+        label_mode: ``"int"``, ``"categorical"`` (one-hot ``float32``) or ``"multi_hot"``
+            (each label a tuple of class indices; multi-hot ``float32`` rows).
         shuffle: reshuffle every epoch.
         seed: seed of the shuffling.
         cache: ``None``, ``"memory"`` or a folder of cache files.
@@ -93,7 +94,12 @@ def make_dataset(
         [[0.0, 1.0]]
     """
     paths = [p for p, _ in files]
-    labels = np.array([lab for _, lab in files], dtype=np.int32)
+    if label_mode == "multi_hot":  # labels are tuples of class indices
+        labels = np.zeros((len(files), num_classes), np.float32)
+        for row, (_, lab) in enumerate(files):
+            labels[row, list(lab)] = 1.0
+    else:
+        labels = np.array([lab for _, lab in files], dtype=np.int32)
     use_pil = np.array([routes.get(p) == "pil" for p in paths], dtype=bool)
 
     def load(path, label, pil):
@@ -125,9 +131,9 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def files_dataset(files: list[tuple[str, int]], image_size: Sequence[int], batch_size: int = 32,
+def files_dataset(files: list[tuple[str, Any]], image_size: Sequence[int], batch_size: int = 32,
                   crop_to_aspect_ratio: bool = False,
-                  routes: dict[str, str] | None = None) -> tf.data.Dataset:
+                  routes: dict[str, str] | None = None, num_classes: int | None = None) -> tf.data.Dataset:
     """``(path, label)`` pairs read in order: ``uint8`` images and ``int32`` labels, no shuffling.
 
     The files are taken as readable (as listed in an ``ImageFolder``'s ``files``).
@@ -139,6 +145,8 @@ def files_dataset(files: list[tuple[str, int]], image_size: Sequence[int], batch
         crop_to_aspect_ratio: center-crop before resizing instead of stretching.
         routes: path -> ``"tf"`` or ``"pil"`` (an ``ImageFolder``'s ``routes``); a
             file not in it goes to Pillow when :func:`~tfx_transfer.data.decode.needs_pil`.
+        num_classes: for multi-label files (labels are tuples of class indices):
+            the width of the multi-hot ``float32`` labels.
 
     Example:
         >>> files_dataset([], (8, 8)).element_spec[1].dtype
@@ -146,7 +154,8 @@ def files_dataset(files: list[tuple[str, int]], image_size: Sequence[int], batch
     """
     size = (int(image_size[0]), int(image_size[1]))
     return make_dataset(
-        list(files), {**assumed_routes([p for p, _ in files]), **(routes or {})}, split="files", num_classes=0,
-        image_size=size, batch_size=batch_size, label_mode="int", shuffle=False, seed=0,
+        list(files), {**assumed_routes([p for p, _ in files]), **(routes or {})}, split="files",
+        num_classes=num_classes or 0, image_size=size, batch_size=batch_size,
+        label_mode="int" if num_classes is None else "multi_hot", shuffle=False, seed=0,
         cache=None, crop_to_aspect_ratio=crop_to_aspect_ratio, augmentation=None,
     )
