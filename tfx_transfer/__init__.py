@@ -55,6 +55,7 @@ _EXPORTS = {
     # data (TensorFlow)
     "load_image_folder": "data.folder",
     "load_image_table": "data.table",
+    "fit_thresholds": "evaluation.multilabel",
     "ImageFolder": "data.folder",
     "class_weights": "data.folder",
     "decode_and_resize": "data.decode",

@@ -118,6 +118,16 @@ def blocks_arg(value: str) -> Any:
     return [v.strip() for v in value.split(",") if v.strip()] if "," in value else value
 
 
+def columns_arg(value: str) -> str | list[str]:
+    """``--y-col``: one column, or ``a,b,c`` (a list of 0/1 columns, multi-label).
+
+    Example:
+        >>> columns_arg("class"), columns_arg("sky,sea")
+        ('class', ['sky', 'sea'])
+    """
+    return [v.strip() for v in value.split(",") if v.strip()] if "," in value else value
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """A sub-command: what ``--help`` says of it, its flags (declared on demand) and its run."""

@@ -19,6 +19,7 @@ from tfx_transfer.commands.flags import (
     Command,
     add_options,
     blocks_arg,
+    columns_arg,
     given,
     lr_arg,
     optional,
@@ -82,6 +83,16 @@ def train_flags() -> dict[str, dict[str, Any]]:
                               "history.csv"),
         "verbose": dict(type=int, choices=(0, 1, 2), help="0 quiet, 1 progress bars, 2 one line "
                         "per epoch"),
+        "images": dict(type=optional(str), metavar="DIR", help="DATA_DIR a CSV table: the folder "
+                       "its file names are relative to (none: the CSV's folder)"),
+        "x_col": dict(help="DATA_DIR a CSV table: the column of file names"),
+        "y_col": dict(type=columns_arg, metavar="COLUMN|A,B,...", help="DATA_DIR a CSV table: the "
+                      "label column, or a comma list of 0/1 columns, one per class (multi-label)"),
+        "label_delim": dict(type=optional(str), metavar="DELIM", help="DATA_DIR a CSV table: split "
+                            "each label cell into several classes (multi-label), e.g. ' '"),
+        "valid_col": dict(type=optional(str), metavar="COLUMN", help="DATA_DIR a CSV table: a "
+                          "boolean column marking the validation rows (instead of "
+                          "--validation-split)"),
         "tensorboard": dict(action=argparse.BooleanOptionalAction, help="write TensorBoard event "
                             "files to RUN_DIR/tensorboard/ (view: tensorboard --logdir RUN_DIR)"),
     }
@@ -92,7 +103,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("data_dir", nargs="?", default=None, metavar="DATA_DIR",
                    help="folder of class folders, or with train/ and val/ (and test/) folders of "
-                   "them (optional with --resume or --config)")
+                   "them, or a CSV table of file names and labels (--images, --x-col, --y-col) "
+                   "(optional with --resume or --config)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
     p.add_argument("--config", metavar="CONFIG_JSON", default=None,
                    help="a run's config.json: train with its settings (and its DATA_DIR unless "
@@ -139,7 +151,8 @@ TRAIN = Command(
 
 # find-lr builds what train builds: the same settings, train's defaults
 FIND_LR_SETTINGS = ("backbone", "weights", "image_size", "augmentation", "head", "units",
-                    "dropout", "batch_size", "validation_split", "cache_images", "seed")
+                    "dropout", "batch_size", "validation_split", "cache_images", "seed",
+                    "images", "x_col", "y_col", "label_delim", "valid_col")
 FIND_LR_RAMP = {
     "start_lr": dict(type=float, help="first rate of the ramp"),
     "end_lr": dict(type=float, help="last rate of the ramp"),

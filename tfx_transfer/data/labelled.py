@@ -110,9 +110,15 @@ def _mapping(found: Sequence[str], names: Sequence[str], what: str) -> np.ndarra
     return np.array([list(names).index(n) for n in found], dtype=np.int64)
 
 
-def _remapped(dataset: Any, mapping: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _remapped(dataset: Any, mapping: np.ndarray, multi_label: bool = False,
+              width: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for images, labels in dataset.as_numpy_iterator():
         labels = np.asarray(labels)
+        if multi_label:  # multi-hot rows: column i goes to the model's column mapping[i]
+            out = np.zeros((len(labels), width), labels.dtype)
+            out[:, mapping] = labels
+            yield images, out
+            continue
         if labels.ndim == 2:  # one-hot rows
             labels = labels.argmax(axis=1)
         yield images, mapping[labels.astype(np.int64)]
@@ -126,9 +132,10 @@ def _from_folder(folder: Any, parts: list[str], class_names: Sequence[str] | Non
     pairs = [pair for part in parts for pair in folder.files[part]]
     names = list(class_names or folder.class_names)
     mapping = _mapping(folder.class_names, names, what)
+    multi = getattr(folder, "multi_label", False)
     dataset = files_dataset(pairs, image_size, batch_size, crop_to_aspect_ratio=folder.crop_to_aspect_ratio,
-                            routes=folder.routes)
-    return Labelled(_remapped(dataset, mapping), [p for p, _ in pairs], names,
+                            routes=folder.routes, num_classes=folder.num_classes if multi else None)
+    return Labelled(_remapped(dataset, mapping, multi, len(names)), [p for p, _ in pairs], names,
                     f"{len(pairs)} images of {description}")
 
 

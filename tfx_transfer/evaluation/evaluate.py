@@ -23,6 +23,7 @@ import numpy as np
 
 from tfx_transfer.data.labelled import labelled_batches
 from tfx_transfer.evaluation.metrics import as_int_labels, classification_metrics, format_report
+from tfx_transfer.evaluation.multilabel import evaluate_multilabel, is_multi_label
 from tfx_transfer.evaluation.plots import plot_confusion_matrix, plot_predictions
 from tfx_transfer.evaluation.predictor import is_exported, model_image_size, predictor
 from tfx_transfer.models.saving import load_model
@@ -138,7 +139,9 @@ def evaluate_model(
         top_k: k of the top-k accuracy (default
             :func:`tfx_transfer.defaults.default_top_k`; left out when ``k >= C``).
         out: a folder; when given, write ``metrics.json``, ``report.txt``,
-            ``confusion_matrix.png`` and ``predictions.png`` there.
+            ``confusion_matrix.png`` and ``predictions.png`` there (a multi-label
+            model: ``metrics.json``, ``report.txt`` and ``per_label.png`` of
+            :func:`tfx_transfer.evaluation.multilabel.multilabel_metrics`).
         max_images: images in the predictions grid (misclassified first).
         batch_size: images per batch for folders and arrays.
         verbose: print which images are scored.
@@ -174,6 +177,10 @@ def evaluate_model(
     names = names or labelled.class_names or []
     if verbose and labelled.paths is not None:
         print(f"evaluating {labelled.description}")
+    if is_multi_label(loaded):  # per-label P/R/F1/AP, micro/macro F1, mAP; per_label.png
+        if tta:
+            raise ValueError("tta=True scores single-label models; drop it for a multi-label model.")
+        return evaluate_multilabel(loaded, labelled.batches, names, out)
     scored = _score(labelled.batches, predictor(loaded), tta, max_images)
     names = names or [str(i) for i in range(scored["probabilities"].shape[1])]
     metrics = classification_metrics(scored["labels"], scored["probabilities"], names, top_k)

@@ -33,6 +33,7 @@ import numpy as np
 
 from tfx_transfer.data.labelled import labelled_batches
 from tfx_transfer.evaluation.metrics import as_int_labels
+from tfx_transfer.evaluation.multilabel import is_multi_label, ranked_label_errors
 from tfx_transfer.evaluation.plots import save_figure
 from tfx_transfer.evaluation.predictor import model_image_size, predictor
 from tfx_transfer.runs.layout import TOP_LOSSES_CSV, TOP_LOSSES_PNG
@@ -103,6 +104,8 @@ def _ranked(model: Any, data: Any, class_names: Sequence[str] | None, paths: Seq
                                 split=split, caller="top_losses")
     class_names = labelled.class_names
     paths = labelled.paths if labelled.paths is not None else paths
+    if is_multi_label(model):  # one row per (image, label) pair
+        return ranked_label_errors(model, labelled.batches, class_names or [], paths, keep_images)
     batches, predict = labelled.batches, predictor(model)
     losses, truths, probs_all, kept = [], [], [], {}
     budget = keep_images
@@ -216,7 +219,7 @@ def plot_top_losses(rows: Sequence[dict[str, Any]], model: Any = None,
     images = np.stack([np.asarray(row["image"]) for row in rows])
     heatmaps = None
     if model is not None and _is_keras_transfer_model(model):
-        heatmaps = explain(model, images, class_index=[row["predicted"] for row in rows])
+        heatmaps = explain(model, images, class_index=[row.get("label", row["predicted"]) for row in rows])
     cols = max(1, min(cols, len(rows)))
     grid_rows = -(-len(rows) // cols)
     fig = Figure(figsize=(2.4 * cols, 2.75 * grid_rows + 0.4), dpi=100)

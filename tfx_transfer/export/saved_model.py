@@ -172,11 +172,22 @@ def _metadata(model: Any, class_names: list[str], image_size: tuple[int, int], t
                      "keras": keras.__version__},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if config.get("multi_label"):
+        info["multi_label"] = True
+        info["thresholds"] = _thresholds(model, len(class_names))
     clash = sorted(set(extra or {}) & set(info))
     if clash:
         raise ValueError(f"metadata keys {clash} are written by the export itself; rename them.")
     info.update(extra or {})
     return info
+
+
+def _thresholds(model: Any, num_classes: int) -> list[float] | None:
+    """A multi-label model's per-label thresholds (0.5 each when none were chosen), else ``None``."""
+    config = getattr(model, "transfer_config", None) or {}
+    if not config.get("multi_label"):
+        return None
+    return [float(t) for t in config.get("thresholds") or [0.5] * num_classes]
 
 
 def list_versions(export_dir: str | os.PathLike) -> list[int]:
@@ -307,7 +318,8 @@ def export_saved_model(
     try:
         # Class names are a constant of the graph (no lookup-table resource, which older Keras
         # export archives do not save); assets/labels.txt lists them for people and tools.
-        serving = Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio)
+        serving = Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio,
+                          thresholds=_thresholds(model, len(names)))
         archive = keras.export.ExportArchive()
         # No archive.track(model): with it every weight is stored twice (keras-team/keras#23553);
         # the endpoints' captured variables are tracked by the archive anyway.

@@ -14,6 +14,10 @@ needs nothing of ours:
 ``predict_pixels_uint8``   ``pixels``: ``uint8 [None, None, None, 3]`` -> the same
 =========================  ==========================================================
 
+A multi-label model's export adds ``above_threshold`` ``bool [None, C]``: each
+label's probability reaches its threshold (chosen on validation images,
+:func:`tfx_transfer.fit_thresholds`; listed in the metadata's ``thresholds``).
+
 Pixels go through exactly the training pipeline's code
 (:func:`tfx_transfer.data.decode.decode_and_resize`): decode to RGB (grayscale, palette,
 RGBA become RGB; a GIF gives its first frame), bilinear antialiased resize to
@@ -129,9 +133,11 @@ class Serving:
     """The signature functions of one export (closes over the model and the class names)."""
 
     def __init__(self, model: Any, labels: tf.Tensor, image_size: tuple[int, int],
-                 top_k: int, crop: bool) -> None:
+                 top_k: int, crop: bool, thresholds: Any = None) -> None:
         self.model, self.labels, self.image_size = model, labels, image_size
         self.top_k, self.crop = top_k, crop
+        # multi-label: per-label thresholds; adds ``above_threshold`` bool [None, C]
+        self.thresholds = None if thresholds is None else tf.constant(thresholds, tf.float32)
 
     def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         # An empty batch never reaches the network: TensorFlow's oneDNN convolutions fail on
@@ -141,12 +147,15 @@ class Serving:
             lambda: tf.cast(self.model(pixels, training=False), tf.float32),
             lambda: tf.zeros([0, self.labels.shape[0]], tf.float32))
         scores, class_ids = tf.math.top_k(probabilities, k=self.top_k)
-        return {
+        outputs = {
             "probabilities": probabilities,
             "class_ids": class_ids,
             "class_names": tf.gather(self.labels, class_ids),
             "scores": scores,
         }
+        if self.thresholds is not None:
+            outputs["above_threshold"] = probabilities >= self.thresholds
+        return outputs
 
     def images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = _decode_batch(images, self.image_size, self.crop)

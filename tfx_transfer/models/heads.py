@@ -15,7 +15,8 @@ HEAD_NAME = "head"
 
 
 def build_head(feature_shape: tuple, num_classes: int, head: str = "avg", units: int = 256,
-               dropout: float = 0.2, name: str = HEAD_NAME) -> keras.Sequential:
+               dropout: float = 0.2, name: str = HEAD_NAME,
+               activation: str = "softmax") -> keras.Sequential:
     """A classifier head (``keras.Sequential``) on a backbone's feature map.
 
     ``head`` is ``"flatten"`` (Flatten -> Dense(units, relu) -> Dropout -> Dense),
@@ -29,6 +30,8 @@ def build_head(feature_shape: tuple, num_classes: int, head: str = "avg", units:
         units: width of the flatten head's hidden Dense layer.
         dropout: dropout rate before the classifier (0: no Dropout layer).
         name: the Sequential's name (a transfer model's head is ``"head"``).
+        activation: ``"softmax"`` (one class per image) or ``"sigmoid"`` (multi-label:
+            an independent probability per class).
 
     Example:
         >>> build_head((7, 7, 512), 5).output_shape
@@ -47,6 +50,8 @@ def build_head(feature_shape: tuple, num_classes: int, head: str = "avg", units:
     if dropout:
         layers.append(keras.layers.Dropout(dropout, name="dropout"))
     # float32 output even under a mixed-precision policy (stable softmax, exports).
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation={activation!r}: use 'softmax' or 'sigmoid' (multi-label).")
+    layers.append(keras.layers.Dense(num_classes, activation=activation, dtype="float32",
                                      name="predictions"))
     return keras.Sequential(layers, name=name)

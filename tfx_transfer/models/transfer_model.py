@@ -197,6 +197,7 @@ def build_transfer_model(
     augmentation: Any = None,
     name: str | None = None,
     class_names: Sequence[str] | None = None,
+    multi_label: bool = False,
 ) -> TransferModel:
     """A ready transfer model: raw RGB pixels in, class probabilities out.
 
@@ -231,6 +232,10 @@ def build_transfer_model(
         name: model name; default ``"<backbone>_transfer"``.
         class_names: optional names of the classes in label order (stored in the
             model's settings, used by export and reports).
+        multi_label: several classes per image: a sigmoid head (one independent
+            probability per class, trained with binary cross-entropy by
+            :func:`tfx_transfer.fine_tune`); ``transfer_config`` gets ``"multi_label": True``
+            and, once chosen (:func:`tfx_transfer.fit_thresholds`), ``"thresholds"``.
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
@@ -272,7 +277,8 @@ def build_transfer_model(
         x = augmentation(x)
     x = Preprocess(spec.preprocessing, name=PREPROCESS_NAME)(x)
     x = Backbone(base, name=BACKBONE_NAME)(x)
-    outputs = build_head(tuple(base.output.shape[1:]), num_classes, head, units, dropout)(x)
+    outputs = build_head(tuple(base.output.shape[1:]), num_classes, head, units, dropout,
+                         activation="sigmoid" if multi_label else "softmax")(x)
     settings = {
         "backbone": spec.name,
         "num_classes": num_classes,
@@ -282,6 +288,7 @@ def build_transfer_model(
         "dropout": dropout,
         "weights": weights if weights is None or isinstance(weights, str) else str(weights),
         "class_names": class_names,
+        **({"multi_label": True} if multi_label else {}),
     }
     return TransferModel(inputs, outputs, name=name or f"{spec.name}_transfer",
                          transfer_config=settings)

@@ -26,7 +26,11 @@ from tfx_transfer.runs.layout import CONFIG_FILE, RunFolder
 RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
                 "augmentation", "batch_size", "head", "units", "dropout", "head_lr", "fine_tune_lr",
                 "validation_split", "seed", "cache_features", "cache_images", "cache_budget_gb",
-                "class_weight", "monitor", "top_k", "train_bn", "deterministic")
+                "class_weight", "monitor", "top_k", "train_bn", "deterministic",
+                *("images", "x_col", "y_col", "label_delim", "valid_col"))
+# the settings that read a table (data_dir a CSV file): load_image_table's names
+TABLE_SETTINGS = {"images": "directory", "x_col": "x_col", "y_col": "y_col",
+                  "label_delim": "label_delim", "valid_col": "valid_col"}
 MONITORS = ("val_loss", "val_accuracy")
 
 
@@ -83,6 +87,10 @@ def normalise(name: str, value: Any) -> Any:
         from tfx_transfer.data.image_cache import parse_cache_images
 
         return parse_cache_images(value)
+    if name == "images" and value is not None:
+        return str(Path(value).resolve())
+    if name == "y_col" and not isinstance(value, str):
+        return [str(v) for v in value]
     if name == "weights":
         return "none" if value is None else os.fspath(value) if isinstance(value, os.PathLike) else value
     return _as_jsonable(value)
@@ -131,6 +139,14 @@ def new_config(data_dir: str | os.PathLike, settings: Mapping[str, Any]) -> dict
         config["image_size"] = [spec.default_size, spec.default_size]
     _check(config)
     config["data_dir"] = str(Path(data_dir).resolve())
+    if not Path(data_dir).is_file():
+        from tfx_transfer.training.job import train_defaults
+
+        defaults = train_defaults()
+        given = [f"{n}={config[n]!r}" for n in TABLE_SETTINGS if config[n] != normalise(n, defaults[n])]
+        if given:
+            raise ValueError(f"{', '.join(given)} read a table (a CSV file), but {str(data_dir)!r} "
+                             "is not a file; pass the CSV as DATA_DIR, or drop them for a folder.")
     return config
 
 
@@ -165,6 +181,8 @@ def resume_config(run: str | os.PathLike, settings: Mapping[str, Any],
             "without resume (--resume) first."
         )
     config = folder.read_config()
+    for name in TABLE_SETTINGS:  # runs from before tables
+        config.setdefault(name, normalise(name, defaults[name]))
     clashes = []
     for name in RUN_SETTINGS:
         value, saved = normalise(name, settings[name]), _saved_setting(config, name)

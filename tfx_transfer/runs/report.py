@@ -92,12 +92,27 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
         accuracy ...
           report           r/report.txt
     """
-    from tfx_transfer.evaluation.metrics import format_report
-
-    parts = [format_report(metrics)]
+    parts = [format_metrics(metrics)]
     if metrics.get("tta"):
         from tfx_transfer.evaluation.tta import format_tta
 
         parts.append(format_tta(metrics, metrics["tta"]))
     parts.append("\n".join(f"  {name:<17}{path}" for name, path in metrics.get("files", {}).items()))
     return "\n\n".join(parts)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The report text of single-label or multi-label metrics (``metrics["multi_label"]``).
+
+    Example:
+        >>> from tfx_transfer.evaluation.multilabel import multilabel_metrics
+        >>> format_metrics(multilabel_metrics([[1, 0]], [[0.9, 0.1]], ["a", "b"]))[:21]
+        'multi-label: 1 images'
+    """
+    if metrics.get("multi_label"):
+        from tfx_transfer.evaluation.multilabel import format_multilabel_report
+
+        return format_multilabel_report(metrics)
+    from tfx_transfer.evaluation.metrics import format_report
+
+    return format_report(metrics)

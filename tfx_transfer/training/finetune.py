@@ -30,6 +30,7 @@ from tfx_transfer._compat import (
     has_seed_generators,
     raw_learning_rate,
 )
+from tfx_transfer.evaluation.multilabel import fit_thresholds, is_multi_label, multilabel_training
 from tfx_transfer.models.freezing import Blocks, resolve_blocks
 from tfx_transfer.models.parts import ModelParts, model_parts
 from tfx_transfer.training.callbacks import (
@@ -261,7 +262,9 @@ def fine_tune(
         fine_tune_lr: learning rate of phase 2 (``None``: keep phase 1's last rate).
         optimizer: name or instance; copied for each phase.
         loss: default: sparse categorical cross-entropy for integer labels,
-            categorical for one-hot labels (read from the first batch).
+            categorical for one-hot labels (read from the first batch); binary
+            cross-entropy for a multi-label model, whose ``"accuracy"`` is per label
+            and whose thresholds are then chosen on ``validation`` (:func:`tfx_transfer.fit_thresholds`).
         backup_dir: resume an interrupted run (:class:`StagedBackupAndRestore`):
             re-running the same call continues in the right phase, layers, learning
             rate and optimizer state. Do not also pass a ``BackupAndRestore``.
@@ -302,6 +305,7 @@ def fine_tune(
     _ = parts.backbone  # fails early on a model that is not a transfer model
     total = head_epochs + fine_tune_epochs
 
+    loss, metrics = multilabel_training(model, loss, metrics)  # multi-label: BCE, per-label accuracy
     if loss is None:
         labels, train = _first_labels(train)
         if labels is None:
@@ -328,13 +332,14 @@ def fine_tune(
                batch_size=batch_size, **fit_kwargs)
     cache = _resolve_cache(cache_features, parts, train, callbacks, head_epochs, fit_kwargs)
     try:
-        if not cache:
-            return model.fit(**_fit_data(train), epochs=total,
-                             callbacks=[stage, *callbacks, *backup], **fit)
-        return _fine_tune_cached(parts, train, validation, stage, callbacks, backup, head_epochs,
-                                 total, loss, metrics, fit)
+        history = model.fit(**_fit_data(train), epochs=total, callbacks=[stage, *callbacks, *backup],
+                            **fit) if not cache else _fine_tune_cached(
+            parts, train, validation, stage, callbacks, backup, head_epochs, total, loss, metrics, fit)
     finally:
         clear_initial_epoch(model)  # set by BackupAndRestore; would leak into a later fit
+    if is_multi_label(model) and validation is not None:
+        fit_thresholds(model, validation)  # per-label thresholds maximising validation F1
+    return history
 
 
 def _head_lr(optimizer: Any, head_lr: float | None) -> float | None:

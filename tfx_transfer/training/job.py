@@ -100,6 +100,11 @@ def train(
     top_k: int | None = None,
     train_bn: bool = False,
     deterministic: bool = False,
+    images: str | os.PathLike | None = None,
+    x_col: str = "filename",
+    y_col: str | Sequence[str] = "class",
+    label_delim: str | None = None,
+    valid_col: str | None = None,
     resume: bool = False,
     tensorboard: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -115,7 +120,8 @@ def train(
 
     Args:
         data_dir: a folder of class folders, or with ``train/`` + ``val/`` (+
-            ``test/``) folders of them. ``None`` with ``resume=True``: the saved one.
+            ``test/``) folders of them, or a CSV table of file names and labels
+            (:func:`tfx_transfer.load_image_table`). ``None`` with ``resume=True``: the saved one.
         out: the run folder (created; one process at a time: a second one on the
             same folder fails, naming the first).
         backbone: registry name (:func:`tfx_transfer.list_backbones`).
@@ -159,6 +165,13 @@ def train(
             :func:`tfx_transfer.defaults.default_top_k`, ``min(5, classes)``; not reported
             when ``k >= classes``).
         train_bn: also train BatchNormalization scale/offset in phase 2.
+        images, x_col, y_col, label_delim, valid_col: for a CSV ``data_dir``:
+            :func:`tfx_transfer.load_image_table`'s ``directory`` (default: the CSV's
+            folder), ``x_col``, ``y_col``, ``label_delim`` and ``valid_col``. With
+            ``label_delim`` or a list ``y_col`` the run is multi-label: a sigmoid head,
+            binary cross-entropy, per-label thresholds chosen on the validation
+            images, a multi-label report (``per_label.png`` instead of the confusion
+            matrix and predictions grid).
         resume: continue the interrupted run in ``out`` from its last
             completed epoch, with the configuration saved in its ``config.json``
             (arguments left at their defaults are taken from there; others must
@@ -285,6 +298,8 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
                          f"run was started with {config['class_names']}. Start a new run.")
     config["class_names"] = folder.class_names
     config["counts"] = folder.counts
+    if folder.multi_label:
+        config["multi_label"] = True
     steps.write_skipped(run.skipped, folder.skipped, verbose)
     model = steps.build_model(config, folder.num_classes, verbose)
     if config["head_lr"] == "auto":
@@ -305,7 +320,7 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
         run.best_state.write_text(json.dumps(
             {**json.loads(run.best_state.read_text()), "finished": True}, indent=2))
     best_state = json.loads(run.best_state.read_text())
-    final = steps.final_model(run, model)
+    final = steps.final_model(run, model, folder)
     steps.say(verbose, f"final model: best {best_state['monitor']} {best_state['value']:.4f} at "
                        f"epoch {best_state['epoch'] + 1} -> {run.model}")
 

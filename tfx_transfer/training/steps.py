@@ -49,13 +49,21 @@ def load_data(config: dict[str, Any], verbose: Any = 1) -> Any:
     from tfx_transfer.data.files import split_folders
     from tfx_transfer.data.folder import load_image_folder
     from tfx_transfer.data.image_cache import choose_image_cache
+    from tfx_transfer.data.table import load_image_table
+    from tfx_transfer.runs.config import TABLE_SETTINGS
 
     root = Path(config["data_dir"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"Data folder {str(root)!r} does not exist or is not a folder.")
+    if not root.exists():
+        raise FileNotFoundError(f"Data folder {str(root)!r} does not exist (a folder of class "
+                                "folders, or a CSV table of file names and labels).")
+    table = root.is_file()
     split = config["validation_split"]
-    splits = split_folders(root)  # the loader's own rule for train/val/test layouts
-    if "validation" in splits:
+    splits = {} if table else split_folders(root)  # the loader's own rule for train/val/test layouts
+    if table and config.get("valid_col"):
+        say(verbose, f"data: validation rows marked by {config['valid_col']!r} "
+                     "(validation_split is not applied)")
+        split = None
+    elif "validation" in splits:
         say(verbose, f"data: validation images from {splits['validation']} "
                      "(validation_split is not applied)")
         split = None
@@ -68,16 +76,22 @@ def load_data(config: dict[str, Any], verbose: Any = 1) -> Any:
     config["validation_split_used"] = split
     heavy = config["augmentation"] == "heavy"  # MixUp mixes labels: dataset side, one-hot labels
 
+    multi = table and (config.get("label_delim") is not None or not isinstance(config.get("y_col"), str))
+
     def load(cache: str) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Skipped \d+ file")  # train lists them itself
-            return load_image_folder(
-                root, image_size=config["image_size"], batch_size=config["batch_size"],
+            common = dict(
+                image_size=config["image_size"], batch_size=config["batch_size"],
                 validation_split=split, seed=config["seed"],
                 cache_images=None if cache == "none" else cache,
-                label_mode="categorical" if heavy else "int",
+                label_mode=None if multi else "categorical" if heavy else "int",
                 augmentation=Augmentation(preset="heavy", seed=config["seed"]) if heavy else None,
             )
+            if table:
+                return load_image_table(root, **{TABLE_SETTINGS[n]: config.get(n) for n in TABLE_SETTINGS},
+                                        **common)
+            return load_image_folder(root, **common)
 
     mode = config["cache_images"]
     if mode != "auto":
@@ -112,7 +126,7 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
     in_model = config["augmentation"] in ("light", "standard")
     kwargs = dict(num_classes=num_classes, input_shape=tuple(config["image_size"]) + (3,),
                   head=config["head"], units=config["units"], dropout=config["dropout"],
-                  class_names=config.get("class_names"))
+                  class_names=config.get("class_names"), multi_label=config.get("multi_label", False))
 
     def build(weights: Any) -> keras.Model:
         keras.utils.set_random_seed(config["seed"])
@@ -244,18 +258,26 @@ def fit(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
     return best
 
 
-def final_model(run: RunFolder, model: keras.Model) -> keras.Model:
-    """The best checkpoint, loaded, saved again as ``model.keras`` without optimizer state."""
+def final_model(run: RunFolder, model: keras.Model, folder: Any = None) -> keras.Model:
+    """The best checkpoint, loaded, saved again as ``model.keras`` without optimizer state.
+
+    A multi-label model's thresholds are chosen again, for the best checkpoint, on
+    ``folder``'s validation images.
+    """
+    from tfx_transfer.evaluation.multilabel import fit_thresholds, is_multi_label
     from tfx_transfer.models.saving import load_model
 
     best = load_model(run.best, compile=False)  # weights only, no optimizer
     best.transfer_config = dict(model.transfer_config)  # class names may have been added since
+    if is_multi_label(best) and folder is not None and folder.validation is not None:
+        fit_thresholds(best, folder)
     best.save(run.model)
     return best
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("num_samples", "accuracy", "top_k", "top_k_accuracy", "loss", "macro_avg")
+    keys = ("num_samples", "accuracy", "top_k", "top_k_accuracy", "loss", "macro_avg",
+            "mAP", "micro_f1", "macro_f1")
     return {key: metrics[key] for key in keys if key in metrics}
 
 
@@ -267,10 +289,9 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
     Returns the validation metrics, the test metrics (or ``None``) and ``{name: path}``
     of the run's files.
     """
-    from tfx_transfer.evaluation.metrics import format_report
     from tfx_transfer.evaluation.plots import plot_history
     from tfx_transfer.export.saved_model import export_saved_model
-    from tfx_transfer.runs.report import evaluate_run
+    from tfx_transfer.runs.report import evaluate_run, format_metrics as format_report
 
     def report(split: str, out: Path) -> dict[str, Any]:
         return evaluate_run(final, getattr(folder, split), out, class_names=folder.class_names,
@@ -296,9 +317,10 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
                                      overwrite=True, metadata=info)
     paths = {"run": run.path, "config": run.config, "history": run.history,
              "history_png": run.file(HISTORY_PNG), "best": run.best, "model": run.model,
-             "metrics": files["metrics"], "report": files["report"],
-             "confusion_matrix": files["confusion_matrix"], "predictions": files["predictions"],
-             "top_losses": files["top_losses_png"], "top_losses_csv": files["top_losses_csv"],
+             **{name: files[key] for name, key in (
+                 ("metrics", "metrics"), ("report", "report"), ("confusion_matrix", "confusion_matrix"),
+                 ("predictions", "predictions"), ("per_label", "per_label"),
+                 ("top_losses", "top_losses_png"), ("top_losses_csv", "top_losses_csv")) if key in files},
              "export": Path(export_path), "skipped": run.skipped}
     say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
         *(f"  {name:<17}{path}" for name, path in paths.items()))
