@@ -42,23 +42,54 @@ EVALUATE_OPTIONS = {
 }
 
 
+def _add_table_flags(p: argparse.ArgumentParser) -> None:
+    """--images, --x-col, --y-col, --label-delim, --valid-col (train's; unset: the run's own)."""
+    from tfx_transfer.commands.jobs import train_flags
+    from tfx_transfer.runs.config import TABLE_SETTINGS
+    from tfx_transfer.training.job import train_defaults
+
+    flags = train_flags()
+    add_options(p, train_defaults(), {name: {**flags[name], "help": flags[name]["help"] +
+                                             "; unset: the run's setting"}
+                                      for name in TABLE_SETTINGS}, suppress=True)
+
+
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     from tfx_transfer.evaluation.evaluate import evaluate_model
     from tfx_transfer.runs.report import evaluate_run
 
     p.add_argument("model", metavar="RUN_DIR|EXPORT_DIR|MODEL",
                    help="run folder, export folder (or version folder) or .keras file")
-    p.add_argument("data", metavar="DATA_DIR", help="folder of labelled class folders")
+    p.add_argument("data", metavar="DATA_DIR", help="folder of labelled class folders, or a CSV "
+                   "table of file names and labels")
+    _add_table_flags(p)
     add_options(p, signature_defaults(evaluate_run), {"out": dict(
         help="folder for the report (none: RUN_DIR/evaluate-<DATA_DIR name> for a run, "
         "./evaluate-<DATA_DIR name> otherwise)")})
     add_options(p, signature_defaults(evaluate_model), EVALUATE_OPTIONS)
 
 
+def _table_spec(args: argparse.Namespace) -> object:
+    """DATA_DIR a CSV: a TableSpec with the flags given, else the run's own table settings."""
+    from pathlib import Path
+
+    from tfx_transfer.data.table import TableSpec
+    from tfx_transfer.runs.config import TABLE_SETTINGS
+
+    config = Path(args.model) / "config.json"
+    saved = json.loads(config.read_text()) if config.is_file() else {}
+    settings = {name: saved[name] for name in TABLE_SETTINGS if name in saved}
+    settings.update(given(args, TABLE_SETTINGS))
+    return TableSpec(args.data, **{TABLE_SETTINGS[name]: value for name, value in settings.items()})
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from tfx_transfer.runs.report import evaluate_run, format_evaluation
 
-    metrics = evaluate_run(args.model, args.data, args.out, **given(args, EVALUATE_OPTIONS))
+    data = _table_spec(args) if Path(args.data).is_file() else args.data
+    metrics = evaluate_run(args.model, data, args.out, **given(args, EVALUATE_OPTIONS))
     print(format_evaluation(metrics))
 
 

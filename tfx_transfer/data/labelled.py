@@ -159,6 +159,22 @@ def _folder(folder: Path, image_size: Sequence[int], class_names: Sequence[str] 
                         batch_size, str(folder), f"{folder}: {what}")
 
 
+def _table(spec: Any, image_size: Sequence[int], class_names: Sequence[str] | None,
+           batch_size: int, split: str | None, trained_on: str | os.PathLike | None) -> Labelled:
+    """A table's rows: its ``valid_col`` rows, else every row (the folder rule)."""
+    what = str(spec.table) if isinstance(spec.table, (str, os.PathLike)) else "the table"
+    loaded = spec.load(image_size, batch_size)
+    available = list(loaded.files)
+    plain = "validation" not in available
+    trained_on_it = trained_on is not None and isinstance(spec.table, (str, os.PathLike)) and \
+        Path(trained_on).resolve() == Path(spec.table).resolve()
+    chosen = choose_split(available, split, plain=plain, what=what, trained_on_it=trained_on_it)
+    shown = "every row" if plain or chosen == "all" else \
+        {"validation": f"the {spec.valid_col} rows", "train": "the training rows"}[chosen]
+    return _from_folder(loaded, _parts(chosen, available), class_names, image_size, batch_size,
+                        what, f"{what}: {shown}")
+
+
 def _image_folder(data: Any, image_size: Sequence[int], class_names: Sequence[str] | None,
                   batch_size: int, split: str | None) -> Labelled:
     available = [s for s in SPLITS if data.files.get(s)]
@@ -193,7 +209,8 @@ def labelled_batches(
     """Labelled batches (and the files when known) from whatever data a scoring function takes.
 
     Args:
-        data: an image folder path, an :class:`~tfx_transfer.ImageFolder`, a
+        data: an image folder path, a CSV table path (or a
+            :class:`~tfx_transfer.data.table.TableSpec`), an :class:`~tfx_transfer.ImageFolder`, a
             ``tf.data`` dataset (or any iterable) of ``(images, labels)`` batches,
             or an ``(x, y)`` tuple of arrays.
         image_size: ``(height, width)`` of the model's input (images of a folder
@@ -226,6 +243,15 @@ def labelled_batches(
         >>> labelled_batches(root / "train", (8, 8)).paths[0].endswith("1.png")  # asked for
         True
     """
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_file():  # a CSV table
+        from tfx_transfer.data.table import TableSpec
+
+        data = TableSpec(data)
+    if type(data).__name__ == "TableSpec":
+        if image_size is None:
+            raise ValueError(f"{caller} reads a table at the model's input size; pass a Keras or "
+                             "exported model.")
+        return _table(data, image_size, class_names, batch_size, split, trained_on)
     if isinstance(data, (str, os.PathLike)):
         if image_size is None:
             raise ValueError(f"{caller} reads a folder at the model's input size; pass a Keras or "

@@ -37,6 +37,7 @@ import csv
 import os
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,38 @@ def _multi_label_split(files: list[tuple[str, tuple[int, ...]]], fraction: float
             [f for i, f in enumerate(files) if i in chosen])
 
 
+@dataclass(frozen=True)
+class TableSpec:
+    """A table of labelled images to score (what ``evaluate``, ``top_losses`` read a CSV with).
+
+    A plain CSV path is read as ``TableSpec(path)``: ``x_col="filename"``,
+    ``y_col="class"``. Scored like a folder: its ``valid_col`` rows when it has
+    them, else every row (a table a run trained on only when asked for).
+
+    Example:
+        >>> TableSpec("labels.csv", y_col=["sky", "sea"]).multi_label
+        True
+    """
+
+    table: Any
+    directory: str | os.PathLike | None = None
+    x_col: str = "filename"
+    y_col: str | Sequence[str] = "class"
+    label_delim: str | None = None
+    valid_col: str | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the rows hold several labels."""
+        return self.label_delim is not None or not isinstance(self.y_col, str)
+
+    def load(self, image_size: Sequence[int], batch_size: int) -> ImageFolder:
+        """The table's :class:`ImageFolder` (unshuffled; ``validation`` = the ``valid_col`` rows)."""
+        return load_image_table(self.table, self.directory, self.x_col, self.y_col, self.label_delim,
+                                self.valid_col, image_size=image_size, batch_size=batch_size,
+                                shuffle=False)
+
+
 def load_image_table(
     table: Any,
     directory: str | os.PathLike | None = None,
@@ -228,7 +261,8 @@ def load_image_table(
     Raises:
         ValueError: a missing column (the existing ones are named), an empty table, a
             file listed twice with different labels, a non-boolean ``valid_col``, a
-            class in no training row, both ``valid_col`` and ``validation_split``.
+            class in no training row (when the table is split into training and
+            validation rows), both ``valid_col`` and ``validation_split``.
 
     Warns:
         UserWarning: once, naming every row whose file is missing or cannot be decoded.
@@ -300,7 +334,7 @@ def load_image_table(
                          f"validation_split={validation_split}); mark some or use a larger fraction.")
     seen = {lab for _, labels in files["train"] for lab in (labels if multi_label else [labels])}
     unseen = [name for i, name in enumerate(class_names) if i not in seen]
-    if unseen:
+    if unseen and "validation" in files:  # a table split for training
         raise ValueError(f"{what}: label(s) {unseen} appear in no training row; add training "
                          "images of them or drop them from the table.")
     return assemble_image_folder(

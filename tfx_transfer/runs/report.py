@@ -64,14 +64,15 @@ def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
     from tfx_transfer.evaluation.evaluate import evaluate_model, load_for_evaluation
     from tfx_transfer.evaluation.mislabeled import write_top_losses
 
-    if isinstance(data, (str, os.PathLike)) and not Path(data).is_dir():
-        raise FileNotFoundError(f"{str(data)!r} does not exist or is not a folder (labelled "
-                                "images: class folders, or test/ or val/ of them).")
+    if isinstance(data, (str, os.PathLike)) and not Path(data).exists():
+        raise FileNotFoundError(f"{str(data)!r} does not exist (labelled images: class folders, "
+                                "or test/ or val/ of them, or a CSV table).")
     if out is None:
-        if not isinstance(data, (str, os.PathLike)):
+        source = getattr(data, "table", data)  # a TableSpec's CSV
+        if not isinstance(source, (str, os.PathLike)):
             raise ValueError("evaluate_run: pass out= (the report folder) when data is not an "
-                             "image folder.")
-        out = report_dir(model, data)
+                             "image folder or a CSV table.")
+        out = report_dir(model, source)
     metrics = evaluate_model(model, data, out=out, **options)
     loaded, known_names = load_for_evaluation(model)  # the same images, ranked by their loss
     ranking = {key: options[key] for key in ("batch_size", "split") if key in options}
