@@ -166,7 +166,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     add_options(p, signature_defaults(predict_files), PREDICT_OPTIONS)
     p.add_argument("--json", action="store_true",
-                   help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]}')
+                   help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]} '
+                   '(multi-label: also "labels", those above their thresholds)')
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -179,12 +180,14 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.json:
         for row in rows:
             top = [{"class": name, "score": round(score, 6)} for name, score in row["top"]]
-            print(json.dumps({"path": row["path"], "top": top}))
+            labels = {"labels": [{"class": name, "score": round(score, 6)}
+                                 for name, score in row["labels"]]} if "labels" in row else {}
+            print(json.dumps({"path": row["path"], "top": top, **labels}))
     elif rows:
         width = max(len(row["path"]) for row in rows)
-        for row in rows:
-            top = "  ".join(f"{name} {score:.4f}" for name, score in row["top"])
-            print(f"{row['path']:<{width}}  {top}")
+        for row in rows:  # multi-label: every label above its threshold
+            top = "  ".join(f"{name} {score:.4f}" for name, score in row.get("labels", row["top"]))
+            print(f"{row['path']:<{width}}  {top or '(no label above its threshold)'}")
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if skipped or not rows:

@@ -127,7 +127,8 @@ class ExportedModel:
         """Top classes per image: ``[{"top": [(class, score), ...], "probabilities": array}]``.
 
         ``images``: a path, bytes, an ``(H, W, 3)`` array, an ``(N, H, W, 3)``
-        batch, or a list of them. ``top_k`` defaults to the export's.
+        batch, or a list of them. ``top_k`` defaults to the export's. A multi-label
+        export's rows also have ``"labels"``: every label at or above its threshold.
 
         Example:
             >>> import tempfile, numpy as np, tfx_transfer as tt
@@ -141,14 +142,18 @@ class ExportedModel:
         top_k = int(self.metadata["top_k"] if top_k is None else top_k)
         if not 1 <= top_k <= len(self.class_names):
             raise ValueError(f"top_k={top_k} must be between 1 and {len(self.class_names)}.")
-        return [_top(row, self.class_names, top_k) for row in self.probabilities(images)]
+        thresholds = self.metadata.get("thresholds") if self.metadata.get("multi_label") else None
+        return [_top(row, self.class_names, top_k, thresholds) for row in self.probabilities(images)]
 
     __call__ = predict
 
 
-def _top(row: np.ndarray, class_names: list[str], top_k: int) -> dict:
-    order = np.argsort(-row, kind="stable")[:top_k]
-    return {"top": [(class_names[i], float(row[i])) for i in order], "probabilities": row}
+def _top(row: np.ndarray, class_names: list[str], top_k: int, thresholds: Any = None) -> dict:
+    order = np.argsort(-row, kind="stable")
+    out = {"top": [(class_names[i], float(row[i])) for i in order[:top_k]], "probabilities": row}
+    if thresholds is not None:  # multi-label: every label at or above its threshold, best first
+        out["labels"] = [(class_names[i], float(row[i])) for i in order if row[i] >= thresholds[i]]
+    return out
 
 
 def _as_items(images: Any) -> list[bytes | np.ndarray]:
@@ -235,7 +240,8 @@ def predict_files(
             instead of the warning.
 
     Returns:
-        ``[{"path": str, "top": [(class, score), ...]}]`` in file order.
+        ``[{"path": str, "top": [(class, score), ...]}]`` in file order (a
+        multi-label export adds ``"labels"``: every label at or above its threshold).
 
     Example:
         >>> import os, tempfile, tfx_transfer as tt
@@ -279,7 +285,9 @@ def predict_files(
                 except tf.errors.InvalidArgumentError as err:
                     skipped.append((str(path), _decode_failure(err)))
                     batch.remove(path)
-        results += [{"path": str(path), "top": row["top"]} for path, row in zip(batch, rows)]
+        results += [{"path": str(path), "top": row["top"],
+                     **({"labels": row["labels"]} if "labels" in row else {})}
+                    for path, row in zip(batch, rows)]
         if bar is not None:
             bar.update(min(start + batch_size, len(files)))
     if report is not None:

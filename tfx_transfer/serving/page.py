@@ -56,11 +56,20 @@ const results = document.getElementById("results"), error = document.getElementB
 const preview = document.getElementById("preview");
 function show(prediction) {
   results.innerHTML = "";
+  const multi = Array.isArray(prediction.above_threshold);  // a multi-label export
+  if (multi) {
+    const names = prediction.class_names.filter((_, i) => prediction.above_threshold[prediction.class_ids[i]]);
+    const head = document.createElement("div"); head.className = "labels";
+    head.textContent = "labels: " + (names.length ? names.join(", ") : "none above its threshold");
+    results.append(head);
+  }
   prediction.class_names.forEach((name, i) => {
     const score = prediction.scores[i];
+    const on = multi && prediction.above_threshold[prediction.class_ids[i]];
     const row = document.createElement("div"); row.className = "row";
     const label = document.createElement("div"); label.className = "label";
-    const n = document.createElement("span"); n.className = "class"; n.textContent = name;
+    const n = document.createElement("span"); n.className = "class";
+    n.textContent = on ? name + " \u2713" : name;
     const s = document.createElement("span"); s.className = "score";
     s.textContent = (100 * score).toFixed(1) + " %";
     label.append(n, s);
