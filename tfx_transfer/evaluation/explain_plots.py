@@ -16,6 +16,7 @@ import numpy as np
 
 from tfx_transfer.defaults import default_top_k
 from tfx_transfer.evaluation.gradcam import gradcam, resize_maps
+from tfx_transfer.evaluation.multilabel import is_multi_label
 from tfx_transfer.evaluation.plots import save_figure
 
 
@@ -153,6 +154,17 @@ def _image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def _label_pairs(model: Any, files: list[Path], images: np.ndarray) -> tuple[list, np.ndarray, list]:
+    """A multi-label model's (file, image, label) for every label at or above its threshold."""
+    from tfx_transfer.evaluation.multilabel import model_thresholds
+
+    probs = np.asarray(model.predict_on_batch(images))
+    above = probs >= model_thresholds(model, probs.shape[1])
+    pairs = [(i, c) for i in range(len(files))
+             for c in (np.flatnonzero(above[i]).tolist() or [int(probs[i].argmax())])]
+    return [files[i] for i, _ in pairs], images[[i for i, _ in pairs]], [c for _, c in pairs]
+
+
 def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                   class_names: Sequence[str] | None = None, top_k: int | None = None,
                   batch_size: int = 16) -> dict[str, Any]:
@@ -172,7 +184,9 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.
 
     Returns:
         ``{"files": [png per image], "contact_sheet": path, "rows": [{"path",
-        "predicted_class", "probability"}]}``.
+        "predicted_class", "probability"}]}``. A multi-label model gets one PNG and
+        row per label at or above its threshold (``<image name>-<label>.png``; the
+        best label when none is).
 
     Example:
         >>> import os, tempfile, tfx_transfer as tt
@@ -205,12 +219,15 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], out: str | os.
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         images = np.stack([decode_and_resize(tf.io.read_file(str(p)), size).numpy() for p in chunk])
-        maps, probs, classes = gradcam(loaded, images)
+        label_of = None
+        if is_multi_label(loaded):  # one explanation per label above its threshold (else the best)
+            chunk, images, label_of = _label_pairs(loaded, chunk, images)
+        maps, probs, classes = gradcam(loaded, images, class_index=label_of)
         heatmaps = np.clip(resize_maps(maps, size), 0.0, 1.0)
         if names is None:
             names = [str(i) for i in range(probs.shape[1])]
         for path, image, heatmap, p, c in zip(chunk, images, heatmaps, probs, classes):
-            stem = path.stem
+            stem = path.stem if label_of is None else f"{path.stem}-{names[c]}"
             while stem in used:  # same file name in two folders
                 stem += "_"
             used.add(stem)

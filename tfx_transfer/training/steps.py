@@ -291,7 +291,8 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
     """
     from tfx_transfer.evaluation.plots import plot_history
     from tfx_transfer.export.saved_model import export_saved_model
-    from tfx_transfer.runs.report import evaluate_run, format_metrics as format_report
+    from tfx_transfer.runs.report import evaluate_run
+    from tfx_transfer.runs.report import format_metrics as format_report
 
     def report(split: str, out: Path) -> dict[str, Any]:
         return evaluate_run(final, getattr(folder, split), out, class_names=folder.class_names,
