@@ -1,0 +1,264 @@
+"""Tables of file names and labels (load_image_table) and multi-label models, end to end."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import write_class_folders
+from tests.tiny_backbone import tinycam_registered
+from tfx_transfer.cli import main
+from tfx_transfer.data.folder import load_image_folder
+from tfx_transfer.data.table import load_image_table
+from tfx_transfer.evaluation.multilabel import (
+    average_precision,
+    choose_thresholds,
+    multilabel_metrics,
+)
+
+TAGS = ("red", "green", "blue")
+TINY = ["--backbone", "tinycam", "--weights", "none", "--image-size", "32", "--augmentation",
+        "none", "--batch-size", "4", "--verbose", "0"]
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+def _batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+def test_single_label_table_gives_exactly_the_folder(tmp_path):
+    folder = write_class_folders(tmp_path / "photos", classes=("cats", "dogs", "owls"), per_class=5,
+                                 size=24)
+    rows = []
+    for i, path in enumerate(sorted(folder.rglob("*.*"))):
+        name = path.relative_to(tmp_path).as_posix()
+        if i % 3 == 0:
+            name = name.rsplit(".", 1)[0]  # extension-less: found as name.jpg / name.png
+        elif i % 3 == 1:
+            name = str(path)  # absolute
+        rows.append([name, path.parent.name])
+    rows.append(["photos/cats/missing.jpg", "cats"])
+    table = _write_csv(tmp_path / "labels.csv", ["filename", "class"], rows[::-1])  # any order
+    settings = dict(image_size=16, batch_size=4, validation_split=0.4, seed=7, cache_images="memory")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_image_table(table, **settings)
+    reference = load_image_folder(folder, **settings)
+    messages = [str(w.message) for w in caught if "Skipped" in str(w.message)]
+    assert len(messages) == 1 and "missing.jpg" in messages[0] and "row" in messages[0]
+    assert loaded.class_names == reference.class_names
+    assert loaded.files == reference.files and loaded.counts == reference.counts
+    assert loaded.skipped[0][0].endswith("missing.jpg") and not loaded.multi_label
+    _assert_same_data(loaded, reference)
+
+
+def _assert_same_data(a, b) -> None:
+    """The same validation batches, and per epoch the same training images and labels (the
+    order of a shuffled split is not reproducible even between two loads of one folder)."""
+    for (xa, ya), (xb, yb) in zip(_batches(a.validation), _batches(b.validation), strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+    def epoch(data):
+        x, y = map(np.concatenate, zip(*_batches(data.train)))
+        order = np.lexsort(x.reshape(len(x), -1).T)
+        return x[order], y[order]
+
+    for got, want in zip(epoch(a), epoch(b)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_dataframe_valid_col_and_directory(tmp_path):
+    pd = pytest.importorskip("pandas")
+    folder = write_class_folders(tmp_path / "photos", classes=("a", "b"), per_class=4, size=20)
+    files = sorted(folder.rglob("*.*"))
+    frame = pd.DataFrame({"file": [p.name for p in files], "label": [p.parent.name for p in files],
+                          "is_valid": [i % 4 == 0 for i in range(len(files))]})
+    with pytest.raises(ValueError, match="has no usable row"), \
+            pytest.warns(UserWarning, match="Skipped 8 file"):  # relative names, no directory
+        load_image_table(frame, x_col="file", y_col="label", valid_col="is_valid", image_size=8)
+    frame["file"] = [f"{p.parent.name}/{p.name}" for p in files]
+    loaded = load_image_table(frame, folder, x_col="file", y_col="label", valid_col="is_valid",
+                              image_size=8)
+    assert [Path(p).name for p, _ in loaded.files["validation"]] == \
+        [p.name for i, p in enumerate(files) if i % 4 == 0]
+    assert loaded.counts == {"train": {"a": 3, "b": 3}, "validation": {"a": 1, "b": 1}}
+
+
+def test_bad_tables_get_errors_naming_the_fix(tmp_path):
+    write_class_folders(tmp_path, classes=("a", "b"), per_class=2, size=12)
+    rows = [["a/a_0.jpg", "a", "1"], ["a/a_1.png", "a", "0"], ["b/b_0.jpg", "b", "0"],
+            ["b/b_1.png", "b", "0"]]
+    good = _write_csv(tmp_path / "good.csv", ["filename", "class", "valid"], rows)
+    with pytest.raises(ValueError, match=r"no column\(s\) \['label'\]; its columns are "
+                                         r"\['filename', 'class', 'valid'\]"):
+        load_image_table(good, y_col="label")
+    with pytest.raises(ValueError, match="has no rows"):
+        load_image_table(_write_csv(tmp_path / "empty.csv", ["filename", "class"], []))
+    with pytest.raises(ValueError, match=r"a_0.jpg twice with different labels: \['a'\] and \['b'\]"):
+        load_image_table(_write_csv(tmp_path / "dup.csv", ["filename", "class"],
+                                    [["a/a_0.jpg", "a"], ["a/a_0.jpg", "b"]]))
+    with pytest.raises(ValueError, match="valid_col='class' must be boolean.*'a'"):
+        load_image_table(good, valid_col="class")
+    with pytest.raises(ValueError, match="drop validation_split"):
+        load_image_table(good, valid_col="valid", validation_split=0.2)
+    only_b_trains = _write_csv(tmp_path / "unseen.csv", ["filename", "a", "b", "v"],
+                               [["a/a_0.jpg", 1, 0, 1], ["b/b_0.jpg", 0, 1, 0]])
+    with pytest.raises(ValueError, match=r"label\(s\) \['a'\] appear in no training row"):
+        load_image_table(only_b_trains, y_col=["a", "b"], valid_col="v")
+    assert load_image_table(good, valid_col="valid", image_size=8).counts["validation"] == \
+        {"a": 1, "b": 0}
+
+
+def _tag_images(root: Path, n: int = 24) -> list[tuple[str, tuple[str, ...]]]:
+    """Images showing two of three colours (left and right halves), labelled with both."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        pair = (TAGS[i % 3], TAGS[(i + 1 + i // 3 % 2) % 3])
+        image = np.zeros((24, 24, 3), np.uint8)
+        for half, tag in enumerate(pair):
+            image[:, half * 12:(half + 1) * 12, TAGS.index(tag)] = 220
+        image = np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"{i}.png")
+        rows.append((f"{i}.png", pair))
+    return rows
+
+
+def test_label_delim_and_0_1_columns_give_the_same_multi_hot_batches(tmp_path):
+    rows = _tag_images(tmp_path / "img", n=9)
+    delim = _write_csv(tmp_path / "delim.csv", ["filename", "tags"],
+                       [[f, " ".join(tags)] for f, tags in rows])
+    columns = _write_csv(tmp_path / "cols.csv", ["filename", *sorted(TAGS)],
+                         [[f, *[int(t in tags) for t in sorted(TAGS)]] for f, tags in rows])
+    a = load_image_table(delim, tmp_path / "img", y_col="tags", label_delim=" ", image_size=8,
+                         validation_split=0.3)
+    b = load_image_table(columns, tmp_path / "img", y_col=sorted(TAGS), image_size=8,
+                         validation_split=0.3)
+    assert a.multi_label and a.class_names == b.class_names == sorted(TAGS)
+    assert a.files == b.files and len(a.files["validation"]) == 3
+    y = np.concatenate([labels for _, labels in _batches(a.validation)])
+    assert y.dtype == np.float32 and y.shape == (3, 3) and (y.sum(axis=1) == 2).all()
+    assert a.counts["train"] == {t: sum(t in tags for p, tags in rows if (tmp_path / "img" / p).as_posix()
+                                        in {Path(q).as_posix() for q, _ in a.files["train"]})
+                                 for t in sorted(TAGS)}
+
+
+def test_thresholds_maximise_f1_and_metrics_match_their_definitions():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, (40, 3))
+    p = np.clip(y * 0.4 + rng.random((40, 3)) * 0.6, 0, 1)
+    chosen = choose_thresholds(y, p)
+    for c in range(3):  # no threshold on a 0.01 grid beats the chosen one
+        def f1(t, c=c):
+            pred = p[:, c] >= t
+            tp = (pred & (y[:, c] == 1)).sum()
+            return 2 * tp / max(pred.sum() + y[:, c].sum(), 1)
+        assert f1(chosen[c]) >= max(f1(t) for t in np.linspace(0, 1, 101)) - 1e-12
+    assert average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    metrics = multilabel_metrics(y, p, ["a", "b", "c"], chosen)
+    predicted = p >= np.array(chosen)
+    tp = (predicted & (y == 1)).sum()
+    assert metrics["micro_f1"] == pytest.approx(2 * tp / (predicted.sum() + y.sum()))
+    assert metrics["macro_f1"] == pytest.approx(np.mean([metrics["per_label"][n]["f1"] for n in "abc"]))
+    assert metrics["mAP"] == pytest.approx(np.mean([average_precision(y[:, c], p[:, c]) for c in range(3)]))
+
+
+def test_multi_label_table_trains_evaluates_exports_predicts_and_serves(tmp_path, capsys):
+    tf = pytest.importorskip("tensorflow")
+    rows = _tag_images(tmp_path / "img")
+    table = _write_csv(tmp_path / "tags.csv", ["name", "tags", "is_valid"],
+                       [[f.removesuffix(".png"), " ".join(tags), int(i % 4 == 0)]
+                        for i, (f, tags) in enumerate(rows)])
+    run = tmp_path / "run"
+    with tinycam_registered():
+        assert main(["train", str(table), "--images", str(tmp_path / "img"), "--x-col", "name",
+                     "--y-col", "tags", "--label-delim", " ", "--valid-col", "is_valid",
+                     "--head-epochs", "2", "--fine-tune-epochs", "0", "--head-lr", "0.01",
+                     "--out", str(run), *TINY]) == 0
+        import tfx_transfer as tt
+
+        config = json.loads((run / "config.json").read_text())
+        assert config["multi_label"] and config["label_delim"] == " " and config["x_col"] == "name"
+        model = tt.load_model(run / "model.keras")
+        thresholds = tt.transfer_config(model)["thresholds"]
+        assert model.get_layer("head").get_layer("predictions").activation.__name__ == "sigmoid"
+        data = load_image_table(table, tmp_path / "img", x_col="name", y_col="tags", label_delim=" ",
+                                valid_col="is_valid", image_size=32, shuffle=False)
+        x, y = map(np.concatenate, zip(*_batches(data.validation)))
+        probs = model.predict(x, verbose=0)
+        assert thresholds == pytest.approx(choose_thresholds(y, probs))  # chosen on validation
+        metrics = json.loads((run / "metrics.json").read_text())
+        expected = multilabel_metrics(y, probs, data.class_names, thresholds)
+        assert metrics["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+        assert metrics["micro_f1"] == pytest.approx(expected["micro_f1"])
+        assert "mAP" in (run / "report.txt").read_text() and (run / "per_label.png").is_file()
+        assert not (run / "confusion_matrix.png").exists()
+        with open(run / "top_losses.csv", newline="") as f:
+            ranked = list(csv.DictReader(f))
+        assert len(ranked) == len(x) * 3 and float(ranked[0]["loss"]) >= float(ranked[-1]["loss"])
+
+        export = run / "export" / "1"
+        meta = json.loads((export / "assets.extra" / "metadata.json").read_text())
+        assert meta["multi_label"] and meta["thresholds"] == pytest.approx(thresholds)
+        image = (tmp_path / "img" / "1.png").read_bytes()
+        out = tf.saved_model.load(str(export)).signatures["serving_default"](images=tf.constant([image]))
+        above = out["probabilities"].numpy() >= np.array(thresholds, np.float32)
+        np.testing.assert_array_equal(out["above_threshold"].numpy(), above)
+        capsys.readouterr()
+        assert main(["predict", str(run / "export"), str(tmp_path / "img" / "1.png"), "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)
+        assert [label["class"] for label in row["labels"]] == \
+            [data.class_names[i] for i in np.argsort(-out["probabilities"].numpy()[0]) if above[0, i]]
+
+        assert main(["evaluate", str(run), str(table), "--out", str(tmp_path / "ev")]) == 0
+        assert "the is_valid rows" in capsys.readouterr().out
+        assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["mAP"] == \
+            pytest.approx(metrics["mAP"], abs=1e-6)
+        assert main(["explain", str(run), str(tmp_path / "img" / "1.png"), "--out",
+                     str(tmp_path / "ex")]) == 0
+        names = {p.name for p in (tmp_path / "ex").iterdir()}
+        assert names - {"contact_sheet.png"} == \
+            {f"1-{data.class_names[i]}.png" for i in np.flatnonzero(above[0])} or \
+            (not above[0].any() and len(names) == 2)
+
+    starlette = pytest.importorskip("starlette.testclient")
+    from tfx_transfer.serving.app import ModelServer
+
+    with starlette.TestClient(ModelServer(run / "export", "tags", poll_interval=0).app) as client:
+        answer = client.post("/v1/models/tags:predict",
+                             json={"instances": [{"b64": base64.b64encode(image).decode()}]})
+        assert answer.json()["predictions"][0]["above_threshold"] == above[0].tolist()
+        assert "above_threshold" in client.get("/").text
+
+
+def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
+    """train()'s data step on a CSV gives the folder's ImageFolder (the rest of train is shared)."""
+    from tfx_transfer.runs.config import new_config
+    from tfx_transfer.training.job import train_defaults
+    from tfx_transfer.training.steps import load_data
+
+    folder = write_class_folders(tmp_path / "photos", classes=("a", "b"), per_class=5, size=24)
+    table = _write_csv(tmp_path / "labels.csv", ["filename", "class"],
+                       [[p.relative_to(tmp_path).as_posix(), p.parent.name]
+                        for p in sorted(folder.rglob("*.*"))])
+    settings = {**train_defaults(), "backbone": "vgg16", "image_size": 16, "batch_size": 4,
+                "validation_split": 0.4, "cache_images": "memory"}
+    loaded = [load_data(new_config(data, settings), verbose=0) for data in (table, folder)]
+    assert loaded[0].files == loaded[1].files and loaded[0].class_names == ["a", "b"]
+    _assert_same_data(*loaded)
+    with pytest.raises(ValueError, match=r"x_col='file'.* read a table .* is not a file"):
+        new_config(folder, {**settings, "x_col": "file"})
