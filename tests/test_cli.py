@@ -84,7 +84,8 @@ def _functions() -> dict[str, list]:
     from tfx_transfer.training.lr_finder import find_lr
     from tfx_transfer.training.pretraining import pretrain
 
-    return {"train": [train], "evaluate": [evaluate_run, evaluate_model], "weights": [fetch_weights],
+    # evaluate's table flags (--images, --x-col, ...) are train's: a run's table settings
+    return {"train": [train], "evaluate": [evaluate_run, evaluate_model, train], "weights": [fetch_weights],
             "pretrain": [pretrain], "export": [export_saved_model, export_tflite],
             "predict": [predict_files], "serve": [serve, ModelServer], "explain": [explain_files],
             "find-lr": [train, find_lr], "adapt": [adapt_run, adapt]}

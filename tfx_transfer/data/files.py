@@ -19,7 +19,8 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -138,3 +139,19 @@ def find_images(
         else:
             raise FileNotFoundError(f"{str(entry)!r} is neither an image file nor a folder.")
     return files, skipped
+
+
+def warn_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
+    """The loaders' one warning: every file left out and why (nothing when none).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_skipped([("a.jpg", "missing file")], "of labels.csv")
+        >>> str(caught[0].message).splitlines()
+        ['Skipped 1 file(s) of labels.csv:', '  a.jpg: missing file']
+    """
+    if skipped:
+        lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
+        warnings.warn(f"Skipped {len(skipped)} file(s) {where}:\n{lines}", UserWarning, stacklevel=3)

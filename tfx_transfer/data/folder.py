@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import os
-import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,10 +45,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfx_transfer.data.augmentation import as_augmentation
-from tfx_transfer.data.files import find_images, is_hidden, split_folders, visible_dirs
+from tfx_transfer.data.files import (
+    find_images,
+    is_hidden,
+    split_folders,
+    visible_dirs,
+    warn_skipped,
+)
 from tfx_transfer.data.image_cache import DEFAULT_CACHE_BUDGET_GB, resolve_cache_images
-from tfx_transfer.data.pipeline import make_dataset
+from tfx_transfer.data.pipeline import check_loader_args, make_dataset
 from tfx_transfer.data.verify import ROUTES, assumed_routes, verify_images
 from tfx_transfer.defaults import DEFAULT_SEED
 
@@ -301,48 +305,7 @@ def load_image_folder(
         cache_budget_gb=cache_budget_gb)
 
 
-# -- shared by the folder and the table loaders ---------------------------------------
-
-
-def check_loader_args(image_size: int | Sequence[int], label_mode: str, validation_split: float | None,
-                      augmentation: Any) -> tuple[tuple[int, int], Any]:
-    """``(image_size as (height, width), augmentation object)``; ValueError on a bad argument.
-
-    ``label_mode`` is ``"int"``, ``"categorical"`` or (tables only) ``"multi_hot"``.
-
-    Example:
-        >>> check_loader_args(32, "int", 0.2, None)
-        ((32, 32), None)
-    """
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    image_size = (int(image_size[0]), int(image_size[1]))
-    if label_mode not in ("int", "categorical", "multi_hot"):
-        raise ValueError(f"label_mode={label_mode!r}: use 'int' or 'categorical'.")
-    if validation_split is not None and not 0 < validation_split < 1:
-        raise ValueError(f"validation_split={validation_split!r} must be in (0, 1), or None for no split.")
-    augmentation = as_augmentation(augmentation)
-    if augmentation is not None and augmentation.mixing and label_mode == "int":
-        raise ValueError(
-            f"augmentation mixes labels ({augmentation.mixing}); use label_mode='categorical'."
-        )
-    return image_size, augmentation
-
-
-def warn_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
-    """The loaders' one warning: every file left out and why (nothing when none).
-
-    Example:
-        >>> import warnings
-        >>> with warnings.catch_warnings(record=True) as caught:
-        ...     warnings.simplefilter("always")
-        ...     warn_skipped([("a.jpg", "missing file")], "of labels.csv")
-        >>> str(caught[0].message)
-        'Skipped 1 file(s) of labels.csv:\n  a.jpg: missing file'
-    """
-    if skipped:
-        lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
-        warnings.warn(f"Skipped {len(skipped)} file(s) {where}:\n{lines}", UserWarning, stacklevel=3)
+# -- shared with the table loader ------------------------------------------------------
 
 
 def assemble_image_folder(

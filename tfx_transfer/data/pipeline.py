@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfx_transfer.data.augmentation import as_augmentation
 from tfx_transfer.data.decode import decode_image, pil_decode, resize_image
 from tfx_transfer.data.verify import assumed_routes, file_key
 
@@ -159,3 +160,33 @@ def files_dataset(files: list[tuple[str, Any]], image_size: Sequence[int], batch
         label_mode="int" if num_classes is None else "multi_hot", shuffle=False, seed=0,
         cache=None, crop_to_aspect_ratio=crop_to_aspect_ratio, augmentation=None,
     )
+
+
+def check_loader_args(image_size: int | Sequence[int], label_mode: str, validation_split: float | None,
+                      augmentation: Any) -> tuple[tuple[int, int], Any]:
+    """``(image_size as (height, width), augmentation object)`` of a loader's arguments; ValueError when bad.
+
+    Args:
+        image_size: an int or ``(height, width)``.
+        label_mode: ``"int"``, ``"categorical"`` or (multi-label tables) ``"multi_hot"``.
+        validation_split: ``None`` or a fraction in (0, 1).
+        augmentation: what :func:`~tfx_transfer.data.augmentation.as_augmentation` takes;
+            one that mixes labels (MixUp, CutMix) needs non-integer labels.
+
+    Example:
+        >>> check_loader_args(32, "int", 0.2, None)
+        ((32, 32), None)
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if label_mode not in ("int", "categorical", "multi_hot"):
+        raise ValueError(f"label_mode={label_mode!r}: use 'int' or 'categorical'.")
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise ValueError(f"validation_split={validation_split!r} must be in (0, 1), or None for no split.")
+    augmentation = as_augmentation(augmentation)
+    if augmentation is not None and augmentation.mixing and label_mode == "int":
+        raise ValueError(
+            f"augmentation mixes labels ({augmentation.mixing}); use label_mode='categorical'."
+        )
+    return image_size, augmentation

@@ -43,15 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from tfx_transfer.data.files import IMAGE_EXTENSIONS
-from tfx_transfer.data.folder import (
-    ImageFolder,
-    assemble_image_folder,
-    check_loader_args,
-    stratified_split,
-    warn_skipped,
-)
+from tfx_transfer.data.files import IMAGE_EXTENSIONS, warn_skipped
+from tfx_transfer.data.folder import ImageFolder, assemble_image_folder, stratified_split
 from tfx_transfer.data.image_cache import DEFAULT_CACHE_BUDGET_GB
+from tfx_transfer.data.pipeline import check_loader_args
 from tfx_transfer.data.verify import ROUTES, assumed_routes, verify_images
 from tfx_transfer.defaults import DEFAULT_SEED
 

@@ -60,6 +60,11 @@ def multilabel_training(model: Any, loss: Any, metrics: Sequence[Any]) -> tuple[
     """``fine_tune``'s loss and metrics: for a multi-label model binary cross-entropy and a
     per-label (binary) ``"accuracy"``; for any other model, unchanged.
 
+    Args:
+        model: the model to train.
+        loss: the caller's loss (``None``: binary cross-entropy for a multi-label model).
+        metrics: the caller's metrics (``"accuracy"`` becomes per-label accuracy).
+
     Example:
         >>> multilabel_training(lambda images: images, None, ["accuracy"])
         (None, ['accuracy'])
@@ -169,7 +174,7 @@ def format_multilabel_report(metrics: dict[str, Any]) -> str:
     Example:
         >>> m = multilabel_metrics([[1, 0], [0, 1]], [[0.8, 0.6], [0.2, 0.9]], ["a", "b"])
         >>> print(format_multilabel_report(m).splitlines()[0])
-        multi-label: 2 images  mAP 1.0000  micro-F1 0.8000  macro-F1 0.8333  exact match 0.5000  loss 0.4389
+        multi-label: 2 images  mAP 1.0000  micro-F1 0.8000  macro-F1 0.8333  exact match 0.5000  loss 0.3670
     """
     lines = [f"multi-label: {metrics['num_samples']} images  mAP {metrics['mAP']:.4f}  "
              f"micro-F1 {metrics['micro_f1']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
@@ -215,7 +220,13 @@ def plot_per_label(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def scores_and_labels(predict: Any, batches: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels (N, C), probabilities (N, C))`` of labelled batches (multi-hot labels)."""
+    """``(labels (N, C), probabilities (N, C))`` of labelled batches (multi-hot labels).
+
+    Example:
+        >>> y, p = scores_and_labels(lambda x: np.full((len(x), 2), 0.5), [(np.zeros((3, 4)), np.eye(2)[[0, 1, 1]])])
+        >>> y.shape, p.shape
+        ((3, 2), (3, 2))
+    """
     labels, probs = [], []
     for images, y in batches:
         probs.append(np.asarray(predict(images), np.float64))
@@ -262,6 +273,12 @@ def evaluate_multilabel(model: Any, batches: Any, class_names: Sequence[str],
 
     Writes ``metrics.json``, ``report.txt`` and ``per_label.png`` into ``out``.
 
+    Args:
+        model: a multi-label Keras model or export (its thresholds are used).
+        batches: ``(images, multi-hot labels)`` batches.
+        class_names: the label names.
+        out: the report folder (``None``: nothing written).
+
     Example:
         >>> import tempfile, numpy as np, tfx_transfer as tt
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
@@ -299,6 +316,13 @@ def ranked_label_errors(model: Any, batches: Any, class_names: Sequence[str],
     ``probability`` the label's score, ``p_true`` that of the truth, ``label`` the
     label's index (Grad-CAM explains that label); ``true``/``predicted`` differ
     exactly when the pair is wrong.
+
+    Args:
+        model: a multi-label Keras model, export or function ``images -> probabilities``.
+        batches: ``(images, multi-hot labels)`` batches.
+        class_names: the label names (empty: ``"0"``, ``"1"``, ...).
+        paths: the file of each image, in order.
+        keep_images: keep the image of the first ``keep_images`` rows only (``None``: all).
 
     Example:
         >>> batches = [(np.zeros((2, 8, 8, 3), "uint8"), np.array([[1, 0], [0, 1]]))]
