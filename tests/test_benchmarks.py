@@ -215,3 +215,13 @@ def test_transfer_protocol(capsys):
         cells = numbers(rf"^\| {re.escape(method)} \| {NUMBER} ± {NUMBER} \(.*\) \| "
                         rf"{NUMBER} ± {NUMBER} \(.*\) \|$", out)
         assert 0 <= cells[0] <= 1 and 0 <= cells[2] <= 1, method
+
+
+@pytest.mark.slow
+def test_multi_label(capsys):
+    out = run("multi_label", capsys)
+    for recipe in ("probe", "probe+thr", "kit"):
+        mean_ap, micro_f1, macro_f1 = numbers(
+            rf"^\| {re.escape(recipe)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", out)
+        assert 0 <= mean_ap <= 1 and 0 <= micro_f1 <= 1 and 0 <= macro_f1 <= 1, recipe
+    assert out.count("(same files and labels: True)") == 2

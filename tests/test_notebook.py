@@ -52,8 +52,11 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert "confusion matrix" in text and "max |difference|" in text
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert "heatmaps: (8, 32, 32)" in text and "loss " in text  # Grad-CAM and top losses
-    # augmentation preview, history, confusion matrix, predictions, top losses, Grad-CAM
-    assert len(images) == 6
+    # augmentation preview, history, confusion matrix, predictions, top losses, Grad-CAM,
+    # the multi-label section's per-label bars
+    assert len(images) == 7
+    assert "multi-label:" in text and "thresholds: {'circle'" in text
     for name in ("augmentation.png", "history.png", "confusion_matrix.png", "predictions.png",
-                 "top_losses.png", "gradcam.png", "metrics.json", "export/1/saved_model.pb"):
+                 "top_losses.png", "gradcam.png", "metrics.json", "export/1/saved_model.pb",
+                 "tags.csv", "tags/per_label.png", "tags/metrics.json"):
         assert (out / name).is_file(), name

@@ -62,6 +62,9 @@ def test_single_label_table_gives_exactly_the_folder(tmp_path):
     assert loaded.files == reference.files and loaded.counts == reference.counts
     assert loaded.skipped[0][0].endswith("missing.jpg") and not loaded.multi_label
     _assert_same_data(loaded, reference)
+    with pytest.warns(UserWarning, match="missing.jpg"):  # no split: the folder's order too
+        unsplit = load_image_table(table, image_size=16, verify=False)
+    assert unsplit.files == load_image_folder(folder, image_size=16, verify=False).files
 
 
 def _assert_same_data(a, b) -> None:
@@ -214,10 +217,13 @@ def test_multi_label_table_trains_evaluates_exports_predicts_and_serves(tmp_path
         export = run / "export" / "1"
         meta = json.loads((export / "assets.extra" / "metadata.json").read_text())
         assert meta["multi_label"] and meta["thresholds"] == pytest.approx(thresholds)
-        image = (tmp_path / "img" / "1.png").read_bytes()
-        out = tf.saved_model.load(str(export)).signatures["serving_default"](images=tf.constant([image]))
+        encoded = [(tmp_path / "img" / f).read_bytes() for f, _ in rows]
+        served = tf.saved_model.load(str(export)).signatures["serving_default"]
+        out = served(images=tf.constant(encoded))
         above = out["probabilities"].numpy() >= np.array(thresholds, np.float32)
         np.testing.assert_array_equal(out["above_threshold"].numpy(), above)
+        assert (above != (out["probabilities"].numpy() >= 0.5)).any()  # the check can tell
+        image, out, above = encoded[1], served(images=tf.constant(encoded[1:2])), above[1:2]
         capsys.readouterr()
         assert main(["predict", str(run / "export"), str(tmp_path / "img" / "1.png"), "--json"]) == 0
         row = json.loads(capsys.readouterr().out)
