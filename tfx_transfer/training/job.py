@@ -369,5 +369,6 @@ def find_lr_for_folder(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     keras.utils.set_random_seed(config["seed"])
     folder = steps.load_data(config, verbose)
     config["class_names"] = folder.class_names
+    config["multi_label"] = folder.multi_label
     model = steps.build_model(config, folder.num_classes, verbose)
     return steps.suggest_head_lr(model, folder, config, out, verbose, **kwargs)

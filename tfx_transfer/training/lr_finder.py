@@ -317,4 +317,6 @@ def find_head_lr(model: keras.Model, train: Any, *, max_images: int | None = 204
     if not features:
         raise ValueError("The training data yielded no batches.")
     kwargs.setdefault("batch_size", batch_size)
+    if (getattr(model, "transfer_config", None) or {}).get("multi_label"):
+        kwargs.setdefault("loss", "binary_crossentropy")  # a sigmoid head: multi-hot labels
     return find_lr(parts.head, (np.concatenate(features), np.concatenate(labels)), **kwargs)
