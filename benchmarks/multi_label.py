@@ -12,6 +12,7 @@ Two measurements, both on Caltech-101 photos read through a CSV table:
    * ``kit``: ``tt.train(tags.csv, ..., label_delim=" ", valid_col="is_valid")`` with every
      training setting at its default (two phases, standard augmentation, thresholds chosen
      on the validation mosaics); the run's ``model.keras`` is scored on the test mosaics;
+     ``kit head_lr=0.01``: the same with a higher head-phase rate (``--kit-head-lr``);
    * ``probe``: the obvious alternative -- backbone features computed once
      (global average pooling), one ``Dense(C, sigmoid)`` trained with binary
      cross-entropy (Adam 1e-3, ``--probe-epochs`` epochs, batch 32), threshold 0.5;
@@ -71,13 +72,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=160, help="mosaic side in pixels")
     p.add_argument("--probe-epochs", type=int, default=200, help="epochs of the linear probe")
     p.add_argument("--table-images", type=int, default=1000, help="photos in the table-vs-folder test")
+    p.add_argument("--kit-head-lr", type=lambda v: None if v == "default" else float(v), nargs="+",
+                   default=[None, 0.01], metavar="default|LR",
+                   help="the kit's runs: 'default' (train()'s head_lr) and/or other head-phase rates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="folder for mosaics and runs (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="append the results as JSON lines")
     p.add_argument("--smoke", action="store_true", help="seconds: data_samples/, tiny backbone, 32 px")
     args = p.parse_args(argv)
     if args.smoke:
-        args.data, args.weights = _smoke.SAMPLES / "train", None
+        args.data, args.weights, args.kit_head_lr = _smoke.SAMPLES / "train", None, [None]
         args.classes, args.train, args.val, args.test = 3, 8, 4, 4
         args.image_size, args.probe_epochs, args.table_images = _smoke.IMAGE_SIZE, 2, 12
     return args
@@ -128,23 +132,29 @@ def _backbone(args: argparse.Namespace) -> tuple[str, object]:
     return "mobilenet", str(args.weights)
 
 
-def run_kit(tables: dict[str, Path], args: argparse.Namespace, work: Path) -> dict:
+def run_kit(tables: dict[str, Path], args: argparse.Namespace, work: Path,
+            head_lr: float | None = None) -> dict:
     import tfx_transfer as tt
     from tfx_transfer.data.table import TableSpec
 
     backbone, weights = _backbone(args)
     extra = dict(head_epochs=1, fine_tune_epochs=0, augmentation="none") if args.smoke else {}
+    if head_lr is not None:
+        extra["head_lr"] = head_lr
+    run = work / f"kit_run_{head_lr or 'default'}"
     start = time.perf_counter()
-    result = tt.train(tables["fit"], work / "kit_run", backbone=backbone, weights=weights or "none",
+    result = tt.train(tables["fit"], run, backbone=backbone, weights=weights or "none",
                       image_size=args.image_size, label_delim=" ", y_col="tags", valid_col="is_valid",
                       seed=args.seed, verbose=0, **extra)
     seconds = time.perf_counter() - start
     config = result["config"]
     epochs = config["head_epochs"] + config["fine_tune_epochs"]
     test = TableSpec(tables["test"], y_col="tags", label_delim=" ")
-    metrics = tt.evaluate_model(work / "kit_run" / "model.keras", test, verbose=False)
-    return {"recipe": "kit", "settings": f"train() defaults: {config['head_epochs']}+"
-            f"{config['fine_tune_epochs']} epochs, augmentation {config['augmentation']}",
+    metrics = tt.evaluate_model(run / "model.keras", test, verbose=False)
+    return {"recipe": "kit" if head_lr is None else f"kit head_lr={head_lr:g}",
+            "settings": f"train() defaults{'' if head_lr is None else f' but head_lr={head_lr:g}'}: "
+            f"{config['head_epochs']}+{config['fine_tune_epochs']} epochs, augmentation "
+            f"{config['augmentation']}",
             "seconds": seconds, "train_images_per_s": args.train * epochs / seconds,
             **{k: metrics[k] for k in ("mAP", "micro_f1", "macro_f1")}}
 
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tables = make_mosaics(photos, args, work / "mosaics")
     print(f"mosaics: {args.train} train, {args.val} validation, {args.test} test, {args.classes} "
           f"classes, {min(4, args.classes)} labels each, {args.image_size} px, under {work}")
-    rows = run_probe(tables, args) + [run_kit(tables, args, work)]
+    rows = run_probe(tables, args) + [run_kit(tables, args, work, lr) for lr in args.kit_head_lr]
     common = {"data": args.data.name, "image_size": args.image_size, "classes": args.classes,
               "mosaics": [args.train, args.val, args.test], "seed": args.seed, "smoke": args.smoke}
     print("| recipe | test mAP | micro-F1 | macro-F1 | train s | train img/s | settings |")
