@@ -99,6 +99,10 @@ _EXPORTS = {
     "predict_tta": "evaluation.tta",
     # unsupervised domain adaptation
     "adapt": "adaptation.adapt",
+    # few-shot: cosine head, weight imprinting, classes added to a trained model
+    "CosineClassifier": "models.cosine",
+    "imprint": "models.imprinting",
+    "add_classes": "models.imprinting",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -28,6 +28,7 @@ from tfx_transfer.commands.flags import (
 
 def train_flags() -> dict[str, dict[str, Any]]:
     """Every setting of :func:`tfx_transfer.train` as a flag: its type and help (defaults: train's)."""
+    from tfx_transfer.models.heads import HEADS
     from tfx_transfer.runs.config import MONITORS, augmentation_presets
 
     return {
@@ -47,8 +48,10 @@ def train_flags() -> dict[str, dict[str, Any]]:
         "augmentation": dict(choices=augmentation_presets(),
                              help="augmentation preset (heavy adds RandAugment and MixUp)"),
         "batch_size": dict(type=int, help="images per batch"),
-        "head": dict(choices=("flatten", "avg", "max"),
-                     help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-Dense"),
+        "head": dict(choices=HEADS,
+                     help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-"
+                     "Dense; cosine: average pooling-Dropout-CosineClassifier, imprinted from the "
+                     "training images before the head phase (0 epochs: the imprinted model)"),
         "units": dict(type=int, help="hidden units of the flatten head"),
         "dropout": dict(type=optional(float), help="dropout before the classifier (none: 0.5 "
                         "flatten, 0.2 pooled heads)"),

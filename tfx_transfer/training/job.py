@@ -306,8 +306,10 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
             {**json.loads(run.best_state.read_text()), "finished": True}, indent=2))
     best_state = json.loads(run.best_state.read_text())
     final = steps.final_model(run, model)
+    when = "the imprinted head, before any epoch" if best_state["epoch"] < 0 else \
+        f"epoch {best_state['epoch'] + 1}"
     steps.say(verbose, f"final model: best {best_state['monitor']} {best_state['value']:.4f} at "
-                       f"epoch {best_state['epoch'] + 1} -> {run.model}")
+                       f"{when} -> {run.model}")
 
     metrics, test_metrics, paths = steps.report_and_export(final, folder, config, run, best_state,
                                                            verbose)

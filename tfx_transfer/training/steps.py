@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -224,8 +225,13 @@ def fit(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
                      + ("" if done else " (no backup yet: starting over)"))
     elif run.backup.exists():
         shutil.rmtree(run.backup)
-    best = BestModelCheckpoint(model, run.best, monitor=config["monitor"], resume=bool(done),
-                               verbose=int(verbose != 0))
+    imprinted = config["head"] == "cosine" and not done
+    if imprinted:  # the head phase starts from the imprinted rows, the first checkpoint
+        imprint_head(model, folder, config, run, verbose)
+    best = BestModelCheckpoint(model, run.best, monitor=config["monitor"],
+                               resume=bool(done) or imprinted, verbose=int(verbose != 0))
+    if config["head_epochs"] + config["fine_tune_epochs"] == 0:
+        return best
     logger = keras.callbacks.CSVLogger(str(run.history), append=bool(done))
     # heavy augmentation changes the images every epoch on the dataset side: nothing to cache
     cache = False if config["augmentation"] == "heavy" else config["cache_features"]
@@ -242,6 +248,44 @@ def fit(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
             class_weight=weights, train_bn=config["train_bn"], verbose=verbose,
         )
     return best
+
+
+def imprint_head(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
+                 verbose: Any = 1) -> dict[str, Any]:
+    """A cosine head imprinted from the training images (:func:`tfx_transfer.imprint`), kept as epoch -1.
+
+    Scores it on the validation images and writes it as the run's first best
+    checkpoint (``best.keras``, ``best.json`` with ``"epoch": -1, "imprinted": true``),
+    so training keeps it unless an epoch improves on it. Returns the state written.
+    """
+    import time
+
+    from tfx_transfer.models.imprinting import imprint
+
+    start = time.perf_counter()
+    imprint(model, folder, batch_size=config["batch_size"])
+    seconds = time.perf_counter() - start
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    scores = model.evaluate(_int_labels(folder.validation), verbose=0, return_dict=True)
+    value = float(scores[config["monitor"].removeprefix("val_")])
+    model.save(run.best)
+    state = {"monitor": config["monitor"], "value": value, "epoch": -1, "imprinted": True,
+             "imprint_seconds": round(seconds, 3)}
+    run.best_state.write_text(json.dumps(state, indent=2))
+    say(verbose, f"imprint: cosine head set from the training images' mean features in "
+                 f"{seconds:.1f} s; {config['monitor']} {value:.4f}, val_accuracy "
+                 f"{scores['accuracy']:.4f}")
+    return state
+
+
+def _int_labels(dataset: Any) -> Any:
+    """``(images, labels)`` batches with integer labels (one-hot rows -> argmax)."""
+    import tensorflow as tf
+
+    def fix(images: Any, labels: Any) -> Any:
+        return images, tf.argmax(labels, axis=-1) if labels.shape.rank == 2 else labels
+
+    return dataset.map(fix)
 
 
 def final_model(run: RunFolder, model: keras.Model) -> keras.Model:
@@ -279,8 +323,9 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
 
     metrics = report("validation", run.path)
     files = metrics.pop("files")
-    plot_history(run.history, run.file(HISTORY_PNG),
-                 title=f"{config['backbone']}, weights: {config['weights']}")
+    if run.history.exists():  # a cosine head imprinted without epochs has no history
+        plot_history(run.history, run.file(HISTORY_PNG),
+                     title=f"{config['backbone']}, weights: {config['weights']}")
     test_metrics = None
     if folder.test is not None:
         test_metrics = report("test", run.file(TEST_DIR))
@@ -300,6 +345,8 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
              "confusion_matrix": files["confusion_matrix"], "predictions": files["predictions"],
              "top_losses": files["top_losses_png"], "top_losses_csv": files["top_losses_csv"],
              "export": Path(export_path), "skipped": run.skipped}
+    if not run.history.exists():
+        del paths["history"], paths["history_png"]
     say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
         *(f"  {name:<17}{path}" for name, path in paths.items()))
     if test_metrics:
