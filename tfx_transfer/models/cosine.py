@@ -1,17 +1,23 @@
 """``CosineClassifier``: the cosine head's classifier layer (scaled cosine similarity + softmax).
 
-The class scores are ``scale * cos(feature, w_c)``: features and each class's
-weight vector are L2-normalised, so a class's weights are a direction in feature
-space and a normalised mean feature is a ready classifier row (weight imprinting,
-Qi, Brown & Lowe 2018; cosine classifiers, Gidaris & Komodakis 2018, Chen et al.
-2019). ``scale`` is learned (it sets how sharp the softmax is). The output is the
-softmax in float32 under any precision policy, as for every head of the kit.
+The class scores are ``scale * cos(feature - center, w_c)``: the centred features
+and each class's weight vector are L2-normalised, so a class's weights are a
+direction in feature space and a normalised mean feature is a ready classifier row
+(weight imprinting, Qi, Brown & Lowe 2018; cosine classifiers, Gidaris & Komodakis
+2018, Chen et al. 2019). ``scale`` is learned (it sets how sharp the softmax is).
+``center`` (not trained; zeros until :func:`tfx_transfer.imprint` sets it to the mean
+feature of the images it saw) removes what every image shares: pooled ReLU features
+are all positive, so without it any class mean is close to every image, and an
+imprinted row would outscore trained ones (centring + L2 normalisation, "CL2N", of
+Wang et al. 2019, SimpleShot). The output is the softmax in float32 under any
+precision policy, as for every head of the kit.
 
 Example:
     >>> import numpy as np
     >>> layer = CosineClassifier(2, scale=10.0)
     >>> probs = layer(np.array([[3.0, 0.0]], "float32"))
-    >>> layer.set_weights([np.array([[1.0, 0.0], [0.0, 1.0]], "float32"), np.array(10.0, "float32")])
+    >>> layer.set_weights([np.array([[1.0, 0.0], [0.0, 1.0]], "float32"), np.array(10.0, "float32"),
+    ...                    np.zeros(2, "float32")])
     >>> np.round(keras.ops.convert_to_numpy(layer(np.array([[3.0, 0.0]], "float32"))), 4).tolist()
     [[1.0, 0.0]]
 """
@@ -43,8 +49,9 @@ class CosineClassifier(keras.layers.Layer):
     """Softmax over ``scale * cosine(features, class weights)``: the ``"cosine"`` head's classifier.
 
     Weights: ``kernel`` ``(features, units)`` (each column is a class's direction;
-    only its direction matters) and a scalar ``scale`` (learned unless
-    ``trainable_scale=False``). Computes in float32 (``dtype="float32"`` by default),
+    only its direction matters), a scalar ``scale`` (learned unless
+    ``trainable_scale=False``) and ``center`` ``(features,)``, subtracted from the
+    features first (not trained; set by :func:`tfx_transfer.imprint`). Computes in float32 (``dtype="float32"`` by default),
     so the probabilities are float32 under a mixed-precision policy.
 
     Args:
@@ -78,10 +85,12 @@ class CosineClassifier(keras.layers.Layer):
         self.scale = self.add_weight(name="scale", shape=(),
                                      initializer=keras.initializers.Constant(self.initial_scale),
                                      trainable=self.trainable_scale)
+        self.center = self.add_weight(name="center", shape=(int(input_shape[-1]),),
+                                      initializer="zeros", trainable=False)
 
     def logits(self, inputs: Any) -> Any:
-        """The class scores before the softmax: ``scale * cosine``."""
-        x = l2_normalize(ops.cast(inputs, self.compute_dtype))
+        """The class scores before the softmax: ``scale * cos(inputs - center, kernel)``."""
+        x = l2_normalize(ops.cast(inputs, self.compute_dtype) - self.center)
         return self.scale * ops.matmul(x, l2_normalize(self.kernel, axis=0))
 
     def call(self, inputs: Any) -> Any:

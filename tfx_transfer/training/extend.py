@@ -72,6 +72,11 @@ def _predictions(models: list[Any], files: list[tuple[str, int]], config: dict[s
 def old_class_change(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The old classes' accuracy before/after adding classes and the share of changed predictions.
 
+    Args:
+        before: ``(N, C)`` probabilities of the old model on old-class images.
+        after: ``(N, C + k)`` probabilities of the model with ``k`` added classes.
+        labels: ``(N,)`` true labels (old classes).
+
     Example:
         >>> before = np.array([[.9, .1], [.2, .8]]); after = np.array([[.8, .1, .1], [.1, .3, .6]])
         >>> old_class_change(before, after, np.array([0, 1]))["accuracy_after"]
