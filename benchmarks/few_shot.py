@@ -18,10 +18,13 @@ per class scored. Per episode, on the same features:
 * ``1-NN``: nearest support image by cosine similarity.
 
 Part 2, adding classes: ``--add-seeds`` times, ``--base`` random classes trained
-(``--base-train`` images each: avg head with the defaults; cosine head imprinted + the
-defaults' epochs), then ``tt.add_classes`` with ``--new`` other classes from
-``--new-shots`` images each (on the real model: their pixels go through the
-backbone); old-class accuracy on held-out images before/after, new-class accuracy.
+(``--base-train`` images each: a cosine head imprinted then trained the defaults'
+head epochs; a cosine head imprinted only; the default avg Dense head), then
+``tt.add_classes`` with ``--new`` other classes from ``--new-shots`` images each (on
+the real model: their pixels go through the backbone); old-class accuracy on held-out
+images before/after, new-class accuracy. The Dense head is refused by
+``tt.add_classes``; the two imprinting rules it was tried with (:func:`dense_rules`)
+are measured here on the cached features, to show why.
 
 Usage::
 
@@ -105,7 +108,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def train_head(kind: str, support: np.ndarray, labels: np.ndarray, ways: int, epochs: int,
-               directions: np.ndarray | None, seed: int):
+               imprinted: tuple[np.ndarray, np.ndarray] | None, seed: int, eager: bool = False):
     """The kit's head on pooled features (a 1x1 map: average pooling is the identity), trained."""
     import keras
 
@@ -114,10 +117,12 @@ def train_head(kind: str, support: np.ndarray, labels: np.ndarray, ways: int, ep
 
     keras.utils.set_random_seed(seed)
     head = tt.build_head((1, 1, support.shape[1]), ways, kind)
-    if directions is not None:
-        head.get_layer("predictions").kernel.assign(directions)
+    if imprinted is not None:
+        head.get_layer("predictions").kernel.assign(imprinted[0])
+        head.get_layer("predictions").center.assign(imprinted[1])
     if epochs:
-        head.compile(keras.optimizers.Adam(DEFAULT_HEAD_LR), "sparse_categorical_crossentropy")
+        head.compile(keras.optimizers.Adam(DEFAULT_HEAD_LR), "sparse_categorical_crossentropy",
+                     run_eagerly=eager)
         head.fit(support[:, None, None, :], labels, batch_size=32, epochs=epochs, shuffle=True,
                  verbose=0)
     return lambda q: head.predict(q[:, None, None, :], batch_size=256, verbose=0)
@@ -125,7 +130,6 @@ def train_head(kind: str, support: np.ndarray, labels: np.ndarray, ways: int, ep
 
 def episode(feats: dict, ways: int, shots: int, query: int, args, rng) -> dict:
     from tfx_transfer.models.imprinting import class_directions
-    from tfx_transfer.training.finetune import DEFAULT_HEAD_EPOCHS
 
     x, y = feats["features"], feats["labels"]
     classes = rng.choice(np.unique(y), ways, replace=False)
@@ -142,16 +146,17 @@ def episode(feats: dict, ways: int, shots: int, query: int, args, rng) -> dict:
     seed = int(rng.integers(1 << 30))
     acc, secs = {}, {}
 
-    start = time.perf_counter()
-    directions, _ = class_directions(support, s_lab, ways)
-    pred = (_unit(q) @ directions).argmax(1)
+    start = time.perf_counter()  # tt.imprint's rule: center = the images' mean feature
+    center = support.mean(axis=0)
+    directions, _ = class_directions(support - center, s_lab, ways)
+    pred = (_unit(q - center) @ directions).argmax(1)
     secs["imprint"] = time.perf_counter() - start
     acc["imprint"] = float((pred == q_lab).mean())
 
-    for name, kind, epochs, init in (("imprint+E", "cosine", args.few_epochs, directions),
-                                     ("default head", "avg", DEFAULT_HEAD_EPOCHS, None)):
+    for name, kind, epochs, init in (("imprint+E", "cosine", args.few_epochs, (directions, center)),
+                                     ("default head", "avg", args.head_epochs, None)):
         start = time.perf_counter()
-        predict = train_head(kind, support, s_lab, ways, epochs, init, seed)
+        predict = train_head(kind, support, s_lab, ways, epochs, init, seed, eager=args.smoke)
         secs[name] = time.perf_counter() - start
         acc[name] = float((predict(q).argmax(1) == q_lab).mean())
 
@@ -169,13 +174,36 @@ def _pixels(files: list[str], size: int) -> np.ndarray:
                            .as_numpy_iterator()])
 
 
-def add_classes_trial(feats: dict, head: str, args, rng) -> dict:
-    """Train ``--base`` classes, add ``--new`` classes with tt.add_classes; old/new accuracy."""
+def dense_rules(W: np.ndarray, b: np.ndarray, new_feats: np.ndarray, new_labels: np.ndarray,
+                k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Imprinted rows for a trained Dense head (why tt.add_classes refuses it): kernel, bias.
+
+    ``scaled``: unit class-mean direction times the trained rows' mean norm, bias their
+    mean; ``centred``: the same on features centred on the new images' mean, bias
+    shifted so the mean new image scores the trained biases' mean.
+    """
+    from tfx_transfer.models.imprinting import class_directions
+
+    norm = float(np.linalg.norm(W, axis=0).mean())
+    scaled, _ = class_directions(new_feats, new_labels, k)
+    mu = new_feats.mean(axis=0)
+    centred, _ = class_directions(new_feats - mu, new_labels, k)
+    return {"scaled": (norm * scaled, np.full(k, b.mean())),
+            "centred": (norm * centred, b.mean() - mu @ (norm * centred))}
+
+
+def add_classes_trial(feats: dict, head: str, args, rng) -> list[dict]:
+    """Train ``--base`` classes, add ``--new`` classes; old/new accuracy (one row per variant).
+
+    ``head``: ``"cosine"`` (imprinted, then the default head epochs), ``"cosine-0"``
+    (imprinted only), ``"avg"`` (the default head; the Dense rules of :func:`dense_rules`
+    applied to its trained rows on the cached features, since tt.add_classes refuses it).
+    """
     import keras
 
     import tfx_transfer as tt
     from tfx_transfer.models.imprinting import class_directions
-    from tfx_transfer.training.finetune import DEFAULT_HEAD_EPOCHS, DEFAULT_HEAD_LR
+    from tfx_transfer.training.finetune import DEFAULT_HEAD_LR
 
     x, y, files, names = feats["features"], feats["labels"], feats["files"], feats["class_names"]
     chosen = rng.choice(np.unique(y), args.base + args.new, replace=False)
@@ -196,32 +224,44 @@ def add_classes_trial(feats: dict, head: str, args, rng) -> dict:
     tr_lab, te_lab, new_test_lab = np.array(tr_lab), np.array(te_lab), np.array(new_test_lab)
 
     keras.utils.set_random_seed(int(rng.integers(1 << 30)))
-    model = build(args, args.base, head)
+    model = build(args, args.base, "avg" if head == "avg" else "cosine")
     model.transfer_config["class_names"] = [str(names[c]) for c in base]
 
     def pooled(m):  # the model's own head layers on pooled features
         return keras.Sequential([keras.Input((x.shape[1],)), *m.head.layers[1:]])
 
-    if head == "cosine":
-        directions, _ = class_directions(x[tr], tr_lab, args.base)
-        model.head.get_layer("predictions").kernel.assign(directions)
+    layer = model.head.get_layer("predictions")
+    if head != "avg":  # tt.imprint's rule on the cached features
+        layer.center.assign(x[tr].mean(axis=0))
+        layer.kernel.assign(class_directions(x[tr] - x[tr].mean(axis=0), tr_lab, args.base)[0])
     small = pooled(model)
-    small.compile(keras.optimizers.Adam(DEFAULT_HEAD_LR), "sparse_categorical_crossentropy")
-    small.fit(x[tr], tr_lab, batch_size=32, epochs=DEFAULT_HEAD_EPOCHS, verbose=0)
+    if head != "cosine-0":
+        small.compile(keras.optimizers.Adam(DEFAULT_HEAD_LR), "sparse_categorical_crossentropy",
+                      run_eagerly=args.smoke)  # a smoke run: no tracing for a few steps
+        small.fit(x[tr], tr_lab, batch_size=32, epochs=args.head_epochs, verbose=0)
     before = small.predict(x[te], verbose=0)
 
+    def row(name: str, after: np.ndarray, after_new: np.ndarray, seconds: float) -> dict:
+        return {"head": name, "old_before": float((before.argmax(1) == te_lab).mean()),
+                "old_after": float((after.argmax(1) == te_lab).mean()),
+                "changed": float((after.argmax(1) != before.argmax(1)).mean()),
+                "new": float((after_new.argmax(1) == new_test_lab).mean()),
+                "add_seconds": seconds, "old_images": len(te), "new_images": len(new_test)}
+
+    new_labels = np.repeat(np.arange(args.new), args.new_shots)
+    if head == "avg":
+        W, b = (np.asarray(keras.ops.convert_to_numpy(v)) for v in (layer.kernel, layer.bias))
+        rows = []
+        for name, (Wn, bn) in dense_rules(W, b, x[new_support], new_labels, args.new).items():
+            W2, b2 = np.concatenate([W, Wn], axis=1), np.concatenate([b, bn])
+            rows.append(row(f"avg, {name} rows", x[te] @ W2 + b2, x[new_test] @ W2 + b2, 0.0))
+        return rows
     pixels = _pixels([str(files[i]) for i in new_support], args.image_size)
-    labels = np.repeat(np.arange(args.new), args.new_shots)
     start = time.perf_counter()
-    bigger = tt.add_classes(model, (pixels, labels), class_names=[str(names[c]) for c in new])
+    bigger = tt.add_classes(model, (pixels, new_labels), class_names=[str(names[c]) for c in new])
     seconds = time.perf_counter() - start
     big = pooled(bigger)
-    after, after_new = big.predict(x[te], verbose=0), big.predict(x[new_test], verbose=0)
-    return {"head": head, "old_before": float((before.argmax(1) == te_lab).mean()),
-            "old_after": float((after.argmax(1) == te_lab).mean()),
-            "changed": float((after.argmax(1) != before.argmax(1)).mean()),
-            "new": float((after_new.argmax(1) == new_test_lab).mean()),
-            "add_seconds": seconds, "old_images": len(te), "new_images": len(new_test)}
+    return [row(head, big.predict(x[te], verbose=0), big.predict(x[new_test], verbose=0), seconds)]
 
 
 def _ms(values: list[float]) -> str:
@@ -240,11 +280,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--query", type=int, default=20, help="held-out images per class scored")
     parser.add_argument("--episodes", type=int, default=20, help="random class subsets per shot count")
     parser.add_argument("--few-epochs", type=int, default=5, help="epochs of imprint+E")
+    parser.add_argument("--head-epochs", type=int, default=None,
+                        help="epochs of the default head (default: the kit's DEFAULT_HEAD_EPOCHS)")
     parser.add_argument("--base", type=int, default=20, help="classes of the trained model")
     parser.add_argument("--base-train", type=int, default=20, help="training images per base class")
     parser.add_argument("--new", type=int, default=5, help="classes added")
     parser.add_argument("--new-shots", type=int, default=5, help="images per added class")
     parser.add_argument("--add-seeds", type=int, default=5)
+    parser.add_argument("--add-variants", default="cosine,cosine-0,avg",
+                        help="models classes are added to: cosine (imprinted + trained), cosine-0 "
+                        "(imprinted only), avg (the default Dense head: the refused rules)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--features-cache", type=Path, default=None,
                         help=".npz file: reuse the features saved there (or save them)")
@@ -253,10 +298,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds: data_samples/, a tiny backbone at 32 px, 1 episode (checks "
                         "that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
+    if args.head_epochs is None:
+        from tfx_transfer.training.finetune import DEFAULT_HEAD_EPOCHS
+
+        args.head_epochs = DEFAULT_HEAD_EPOCHS
     if args.smoke:
+        args.head_epochs = 1
         args.data, args.weights, args.image_size, args.backbone = \
             _smoke.SAMPLES / "train", None, 32, _smoke.BACKBONE
-        args.per_class, args.ways, args.shots, args.query, args.episodes = 12, 2, "1,5", 4, 1
+        args.per_class, args.ways, args.shots, args.query, args.episodes = 8, 2, "1", 4, 1
+        args.add_variants = "cosine-0,avg"
         args.few_epochs, args.base, args.base_train, args.new, args.new_shots, args.add_seeds = \
             1, 2, 4, 1, 2, 1
     return args
@@ -295,15 +346,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nadding {args.new} classes ({args.new_shots} images each) to a {args.base}-class model "
           f"({args.base_train} training images per class), {args.add_seeds} seeds: accuracy on "
           "held-out images")
-    print(f"{'head':>8}  {'old before':>15}  {'old after':>15}  {'changed':>15}  {'new classes':>15}")
-    for head in ("cosine", "avg"):
-        trials = [add_classes_trial(feats, head, args, rng) for _ in range(args.add_seeds)]
+    print(f"{'head':>20}  {'old before':>15}  {'old after':>15}  {'changed':>15}  {'new classes':>15}")
+    by_variant: dict[str, list[dict]] = {}
+    for head in args.add_variants.split(","):
+        for _ in range(args.add_seeds):
+            for trial in add_classes_trial(feats, head, args, rng):
+                by_variant.setdefault(trial["head"], []).append(trial)
+    for name, trials in by_variant.items():
         cols = {k: [t[k] for t in trials] for k in ("old_before", "old_after", "changed", "new")}
         drop = [100 * (t["old_before"] - t["old_after"]) for t in trials]
-        print(f"{head:>8}  " + "  ".join(f"{_ms(cols[k]):>15}" for k in cols)
+        print(f"{name:>20}  " + "  ".join(f"{_ms(cols[k]):>15}" for k in cols)
               + f"   old-class cost {np.mean(drop):.2f} points (max {np.max(drop):.2f}); "
               f"add_classes {np.mean([t['add_seconds'] for t in trials]):.1f} s")
-        records.append({"benchmark": "few_shot", "part": "add_classes", "head": head,
+        records.append({"benchmark": "few_shot", "part": "add_classes", "head": name,
                         "base": args.base, "base_train": args.base_train, "new": args.new,
                         "new_shots": args.new_shots, "seeds": args.add_seeds,
                         "image_size": args.image_size, "backbone": args.backbone, "trials": trials})
