@@ -1,7 +1,7 @@
 """Weight imprinting: classifier rows from a few images, and classes added to a trained model.
 
 :func:`imprint` sets each class's weights of a cosine head to the normalised mean
-of its images' normalised features (one pass of the backbone, no gradient step;
+of its images' centred, normalised features (one pass of the backbone, no gradient step;
 Qi, Brown & Lowe, CVPR 2018). :func:`add_classes` returns a model with the old
 classes and new ones whose rows are imprinted the same way; the old rows, the
 backbone and the rest of the head are copied unchanged.
@@ -13,16 +13,7 @@ scale: an imprinted row scaled to the trained rows' mean norm took 93 points of 
 old classes' accuracy on Caltech-101 (``docs/fewshot.md``), so both refuse it and say
 how to get a cosine head.
 
-Example:
-    >>> import numpy as np, tfx_transfer as tt
-    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
-    ...                                 head="cosine", class_names=["dark", "light"])
-    >>> x = np.concatenate([np.full((2, 32, 32, 3), 20, "uint8"),
-    ...                     np.full((2, 32, 32, 3), 230, "uint8")])
-    >>> model = tt.imprint(model, (x, np.array([0, 0, 1, 1])))
-    >>> bigger = tt.add_classes(model, (x[:1] // 2, np.array([0])), class_names=["black"])
-    >>> tt.transfer_config(bigger)["class_names"], bigger.output.shape
-    (['dark', 'light', 'black'], (None, 3))
+Example: see :func:`imprint` and :func:`add_classes`.
 """
 
 from __future__ import annotations
@@ -42,7 +33,15 @@ from tfx_transfer.models.parts import model_parts
 CLASSIFIER_NAME = "predictions"
 
 
-def _cosine_classifier(model: keras.Model, caller: str) -> CosineClassifier:
+def cosine_classifier(model: keras.Model, caller: str = "add_classes") -> CosineClassifier:
+    """The model's :class:`~tfx_transfer.CosineClassifier`, or a ValueError naming the fix.
+
+    Example:
+        >>> import tfx_transfer as tt
+        >>> cosine_classifier(tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+        ...                                           head="cosine")).name
+        'predictions'
+    """
     last = model_parts(model).head.layers[-1]
     if isinstance(last, keras.layers.Dense):
         raise ValueError(
@@ -158,7 +157,7 @@ def imprint(model: keras.Model, data: Any, *, class_names: Sequence[str] | None 
         >>> model.predict(x, verbose=0).argmax(axis=1).tolist()
         [0, 0, 1, 1]
     """
-    layer = _cosine_classifier(model, "imprint")
+    layer = cosine_classifier(model, "imprint")
     settings = getattr(model, "transfer_config", None)
     names = class_names or (settings or {}).get("class_names")
     labelled = _labelled(model, data, names, batch_size, "imprint")
@@ -237,7 +236,7 @@ def add_classes(model: keras.Model, data: Any, *, class_names: Sequence[str] | N
         >>> new.predict(np.zeros((1, 32, 32, 3)), verbose=0).shape
         (1, 3)
     """
-    layer = _cosine_classifier(model, "add_classes")
+    layer = cosine_classifier(model, "add_classes")
     settings = getattr(model, "transfer_config", None) or {}
     old = settings.get("class_names")
     if not old:

@@ -116,7 +116,7 @@ def add_classes_run(run_dir: str | os.PathLike, data: str | os.PathLike, out: st
         0.0
     """
     from tfx_transfer.export.saved_model import export_saved_model
-    from tfx_transfer.models.imprinting import add_classes
+    from tfx_transfer.models.imprinting import add_classes, cosine_classifier
     from tfx_transfer.models.saving import load_model
     from tfx_transfer.runs.report import evaluate_run
 
@@ -132,6 +132,7 @@ def add_classes_run(run_dir: str | os.PathLike, data: str | os.PathLike, out: st
         raise ValueError(f"{str(out_dir)!r} already holds a model; choose another --out.")
     config = json.loads((run / CONFIG_FILE).read_text())
     model = load_model(run / MODEL_FILE, compile=False)
+    cosine_classifier(model, "add-classes")  # a Dense head fails here, before any image is read
     new_folder, new_files, scored_on = _new_images(folder, config)
     start = time.perf_counter()
     bigger = add_classes(model, new_folder, batch_size=config["batch_size"])
