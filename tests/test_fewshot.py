@@ -86,7 +86,10 @@ def test_add_classes_keeps_the_old_scores_and_imprints_the_new_rows(tinycam):
     tt.imprint(model, (x_old, np.repeat([0, 1], 4)))
     before = model.predict(x_old, verbose=0)
     x_new = _images(2, 3)
-    bigger = tt.add_classes(model, (x_new, np.zeros(3, int)), class_names=["blue"])
+    model.transfer_config["unknown"] = {"method": "max_probability", "threshold": 0.5}
+    with pytest.warns(UserWarning, match="unknown-class statistics describe the old classes"):
+        bigger = tt.add_classes(model, (x_new, np.zeros(3, int)), class_names=["blue"])
+    assert "unknown" not in tt.transfer_config(bigger) and "unknown" in tt.transfer_config(model)
     assert tt.transfer_config(bigger)["class_names"] == ["red", "green", "blue"]
     assert tt.transfer_config(bigger)["num_classes"] == 3
     assert tt.transfer_config(model)["class_names"] == ["red", "green"]  # the old model is unchanged
