@@ -1,0 +1,104 @@
+"""A run's calibration and "none of these" score: fitted after training, reported in the run folder.
+
+:func:`calibrate_run` is the step of ``train`` between the final model and its
+report: it fits the temperature on the validation images
+(:func:`tfx_transfer.calibrate`), the unknown score on the training images with its
+threshold on the validation images (:func:`tfx_transfer.fit_unknown`), saves the
+model again and writes::
+
+    RUN/calibration.json   temperature, ECE and NLL before/after, on which images, unknown fit
+    RUN/reliability.png    accuracy against confidence, before and after
+
+The expected calibration error is measured on ``test/`` when the folder has one;
+otherwise on the validation images the temperature was fitted on (an optimistic
+figure, and ``calibration.json`` says so).
+
+Example: see :func:`tfx_transfer.train` (every run is calibrated).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CALIBRATION_JSON = "calibration.json"
+RELIABILITY_PNG = "reliability.png"
+
+
+def _probabilities(model: Any, folder: Any, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    from tfx_transfer.data.labelled import labelled_batches
+    from tfx_transfer.evaluation.predictor import model_image_size, predictor
+
+    data = labelled_batches(folder, model_image_size(model), folder.class_names,
+                            batch_size=batch_size, split=split, caller="train")
+    predict = predictor(model)
+    pairs = [(predict(x), np.asarray(y).astype(int)) for x, y in data.batches]
+    return np.concatenate([p for p, _ in pairs]), np.concatenate([y for _, y in pairs])
+
+
+def calibrate_run(model: Any, folder: Any, run_path: str | Path, *, batch_size: int = 32,
+                  tpr: float | None = None) -> dict[str, Any]:
+    """Calibrate ``model`` and fit its unknown score on ``folder``'s splits; write the files.
+
+    Args:
+        model: the run's final model (changed in place; the caller saves it).
+        folder: the run's :class:`~tfx_transfer.ImageFolder` (with a validation split).
+        run_path: the run folder.
+        batch_size: images per batch.
+        tpr: share of validation images the unknown threshold accepts (default 0.95).
+
+    Returns:
+        What ``calibration.json`` holds, plus ``"files"`` (``{name: Path}``).
+    """
+    from tfx_transfer.evaluation.calibration import (
+        calibrate,
+        expected_calibration_error,
+        plot_reliability,
+    )
+    from tfx_transfer.evaluation.unknown_detection import fit_unknown
+    from tfx_transfer.models.unknown_score import DEFAULT_TPR
+
+    run_path = Path(run_path)
+    measured_on = "test" if folder.files.get("test") else "val"
+    before = _probabilities(model, folder, measured_on, batch_size)
+    fit = calibrate(model, folder, batch_size=batch_size, split="val")
+    after = _probabilities(model, folder, measured_on, batch_size)
+    unknown = fit_unknown(model, folder, folder, tpr=DEFAULT_TPR if tpr is None else tpr,
+                          batch_size=batch_size)
+    result = {
+        "temperature": fit["temperature"],
+        "fitted_on": f"val/ ({fit['num_samples']} images)",
+        "measured_on": (f"test/ ({len(before[1])} images)" if measured_on == "test" else
+                        f"val/ ({len(before[1])} images), the images the temperature was fitted on"),
+        "ece_before": expected_calibration_error(*before),
+        "ece_after": expected_calibration_error(*after),
+        "unknown": unknown,
+    }
+    files = {"calibration": run_path / CALIBRATION_JSON,
+             "reliability": plot_reliability({"before": before, "after": after},
+                                             run_path / RELIABILITY_PNG,
+                                             title=f"Reliability on {measured_on}/")}
+    files["calibration"].write_text(json.dumps(result, indent=2))
+    return {**result, "files": files}
+
+
+def format_calibration(result: dict[str, Any]) -> str:
+    """The lines ``train`` prints and appends to ``report.txt``.
+
+    Example:
+        >>> print(format_calibration({"temperature": 1.8, "fitted_on": "val/ (20 images)",
+        ...     "measured_on": "test/ (10 images)", "ece_before": 0.12, "ece_after": 0.03,
+        ...     "unknown": {"threshold": 0.31, "tpr": 0.95, "num_references": 40}}))
+        calibration: temperature 1.800 fitted on val/ (20 images)
+          expected calibration error on test/ (10 images): 0.120 before, 0.030 after
+          unknown ("none of these"): score above 0.3100 (accepts 95% of val/), 40 reference images
+    """
+    unknown = result["unknown"]
+    return (f"calibration: temperature {result['temperature']:.3f} fitted on {result['fitted_on']}\n"
+            f"  expected calibration error on {result['measured_on']}: "
+            f"{result['ece_before']:.3f} before, {result['ece_after']:.3f} after\n"
+            f"  unknown (\"none of these\"): score above {unknown['threshold']:.4f} (accepts "
+            f"{unknown['tpr']:.0%} of val/), {unknown['num_references']} reference images")
