@@ -31,7 +31,8 @@ from tfx_transfer.runs.layout import report_dir
 
 
 def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
-                 paths: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
+                 paths: Sequence[str] | None = None, ood: str | os.PathLike | None = None,
+                 unknown_threshold: float | None = None, **options: Any) -> dict[str, Any]:
     """Evaluate ``model`` on labelled images and write the whole report into ``out``.
 
     Args:
@@ -45,6 +46,10 @@ def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
             for a run folder, else ``./evaluate-<name>/``).
         paths: the file of each image, in ``data``'s order (listed in
             ``top_losses.csv`` when ``data`` is not a folder).
+        ood: a folder of images of classes the model does not know: adds the unknown
+            score's AUROC, FPR at 95% TPR and flagged shares (``"unknown"`` in
+            ``metrics.json``, lines in ``report.txt``, ``unknown_scores.png``).
+        unknown_threshold: with ``ood``, the threshold instead of the model's own.
         **options: :func:`tfx_transfer.evaluate_model`'s keywords (``class_names``,
             ``top_k``, ``batch_size``, ``max_images``, ``split``, ``tta``, ``verbose``);
             the top losses are ranked on the same images.
@@ -78,6 +83,13 @@ def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
     files = {**metrics.pop("files"), **write_top_losses(
         loaded, data, out, class_names=options.get("class_names") or known_names, paths=paths,
         **ranking)}
+    if ood is not None:
+        from tfx_transfer.runs.confidence import report_unknown
+
+        unknown = report_unknown(loaded, data, ood, out, files, unknown_threshold=unknown_threshold,
+                                 **ranking)
+        files.update(unknown.pop("files"))
+        metrics["unknown"] = unknown
     return {**metrics, "files": {name: Path(path) for name, path in files.items()}}
 
 
@@ -99,5 +111,9 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
         from tfx_transfer.evaluation.tta import format_tta
 
         parts.append(format_tta(metrics, metrics["tta"]))
+    if metrics.get("unknown"):
+        from tfx_transfer.evaluation.unknown_detection import format_unknown
+
+        parts.append(format_unknown(metrics["unknown"]))
     parts.append("\n".join(f"  {name:<17}{path}" for name, path in metrics.get("files", {}).items()))
     return "\n\n".join(parts)

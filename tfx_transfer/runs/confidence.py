@@ -102,3 +102,36 @@ def format_calibration(result: dict[str, Any]) -> str:
             f"{result['ece_before']:.3f} before, {result['ece_after']:.3f} after\n"
             f"  unknown (\"none of these\"): score above {unknown['threshold']:.4f} (accepts "
             f"{unknown['tpr']:.0%} of val/), {unknown['num_references']} reference images")
+
+
+def report_unknown(model: Any, data: Any, ood: Any, out: str | Path, files: dict[str, Path], *,
+                   unknown_threshold: float | None = None, split: str | None = None,
+                   batch_size: int = 32) -> dict[str, Any]:
+    """``evaluate --ood``: the unknown score on ``data`` vs ``ood``, added to the report's files.
+
+    Adds ``"unknown"`` to ``metrics.json``, its lines to ``report.txt`` and writes
+    ``unknown_scores.png`` (:func:`tfx_transfer.evaluate_unknown`).
+
+    Args:
+        model: the model evaluated (Keras or exported), with an unknown score.
+        data: the labelled images of known classes.
+        ood: a folder of images of other classes.
+        out: the report folder.
+        files: the report's files so far (``"metrics"``, ``"report"``).
+        unknown_threshold: overrides the model's threshold.
+        split: the split of ``data`` (as evaluated).
+        batch_size: images per batch.
+
+    Returns:
+        :func:`tfx_transfer.evaluate_unknown`'s result (its ``"files"`` too).
+    """
+    from tfx_transfer.evaluation.unknown_detection import evaluate_unknown, format_unknown
+
+    result = evaluate_unknown(model, data, ood, out, unknown_threshold=unknown_threshold,
+                              split=split, batch_size=batch_size)
+    saved = json.loads(Path(files["metrics"]).read_text())
+    saved["unknown"] = {**{k: v for k, v in result.items() if k != "files"}, "ood": str(ood)}
+    Path(files["metrics"]).write_text(json.dumps(saved, indent=2))
+    with open(files["report"], "a", encoding="utf-8") as report:
+        report.write(f"\n{format_unknown(result)}\n  other images: {ood}\n")
+    return result
