@@ -266,6 +266,8 @@ SERVER_OPTIONS = {
     "poll_interval": dict(type=float, help="seconds between looks for a new version folder "
                           "(0: never)"),
     "max_request_bytes": dict(type=int, help="larger request bodies get HTTP 413"),
+    "unknown_threshold": dict(type=optional(float), help="threshold of the 'unknown' output "
+                              "(none: the one saved in the export)"),
 }
 
 
