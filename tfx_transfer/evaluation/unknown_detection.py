@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,13 @@ def threshold_at_tpr(known: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
     """The score below or at which ``tpr`` of the ``known`` scores lie (they are accepted).
 
     Example:
-        >>> threshold_at_tpr(np.arange(101) / 100, 0.95)
-        0.95
+        >>> threshold_at_tpr(np.arange(20) / 20, 0.95)  # 19 of the 20 at or below it
+        0.9
     """
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr={tpr!r} must be in (0, 1], e.g. 0.95 (95% of known images accepted).")
-    return float(np.quantile(np.asarray(known, np.float64), tpr, method="higher"))
+    ordered = np.sort(np.asarray(known, np.float64))
+    return float(ordered[max(0, math.ceil(round(tpr * len(ordered), 9)) - 1)])
 
 
 def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
@@ -132,7 +134,7 @@ def fit_unknown(model: Any, train: Any, validation: Any, *, tpr: float = DEFAULT
     _, scores = unknown_scores(model, np.concatenate(val_images), batch_size)
     threshold = threshold_at_tpr(scores, tpr)
     settings = unknown_settings(model)
-    settings["threshold"] = round(threshold, 6)
+    settings["threshold"] = math.ceil(threshold * 1e6) / 1e6  # rounded up: still accepts them
     return {"method": settings["method"], "threshold": settings["threshold"], "tpr": float(tpr),
             "num_references": int(settings["references"]["shape"][0]),
             "validation_accepted": round(float((scores <= settings["threshold"]).mean()), 6)}
