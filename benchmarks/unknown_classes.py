@@ -19,7 +19,7 @@ the false-positive rate at 95% TPR on the test images, and the share flagged at 
 threshold chosen on the validation half. Temperature scaling (``tt.calibrate``'s fit on
 the validation images): ECE before / after on the known test images. Cost: a batch of
 images through the export's ``predict_pixels_uint8`` of the same model without and with
-the unknown outputs (best of 5 interleaved rounds).
+the unknown outputs (best of 10 interleaved rounds).
 
 Usage (from the repository root; the shared folders sit beside it)::
 
@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "unknown_classes.jsonl"))
+    p.add_argument("--plots", default=None, help="folder for unknown_<task>.png (the kNN score's "
+                   "two histograms) and reliability_<task>.png (before/after temperature scaling)")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -193,7 +195,28 @@ def method_scores(feats: dict, labels, kernel, bias, references) -> dict:
     return {m: {s: f(feats[s]) for s in ("val", "test", "unknown")} for m, f in score.items()}
 
 
-def export_cost(model, pixels, rounds: int = 5) -> dict:
+def keras_cost(model, pixels, rounds: int = 3) -> dict:
+    """ms per image in process (smoke mode: no export): ``predict_on_batch`` vs ``unknown_scores``."""
+    import numpy as np
+
+    import tfx_transfer as tt
+
+    timings: dict[str, list] = {"plain": [], "unknown": []}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        model.predict_on_batch(pixels)
+        timings["plain"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tt.unknown_scores(model, pixels, batch_size=len(pixels))
+        timings["unknown"].append(time.perf_counter() - start)
+    out = {f"{k}_ms_per_image": round(1000 * min(v) / len(pixels), 3) for k, v in timings.items()}
+    out["extra_cost"] = round(out["unknown_ms_per_image"] / out["plain_ms_per_image"] - 1, 4)
+    out["statistics_bytes"] = int(np.prod(model.transfer_config["unknown"]["references"]["shape"]) * 2)
+    out["in_process"] = True
+    return out
+
+
+def export_cost(model, pixels, rounds: int = 10) -> dict:
     """ms per image through the export's pixel signature, without and with the unknown outputs."""
     import numpy as np
     import tensorflow as tf
@@ -266,11 +289,27 @@ def run_task(name: str, task: dict, args: argparse.Namespace) -> dict:
     row["temperature"] = round(temperature, 4)
     row["ece_before"] = expected_calibration_error(softmax(logits["test"]), labels["test"])
     row["ece_after"] = expected_calibration_error(softmax(logits["test"] / temperature), labels["test"])
+    for key, t in (("nll_before", 1.0), ("nll_after", temperature)):
+        p = softmax(logits["test"] / t)[np.arange(len(labels["test"])), labels["test"]]
+        row[key] = round(float(-np.log(np.maximum(p, 1e-300)).mean()), 4)
+    if args.plots:
+        _plots(args.plots, name, scores["knn"], logits["test"], labels["test"], temperature)
     fold_temperature(model, temperature)
     model.transfer_config["unknown"]["threshold"] = threshold_at_tpr(scores["knn"]["val"], 0.95)
-    row["cost"] = export_cost(model, pixels["test"][:32])
+    row["cost"] = (keras_cost if args.smoke else export_cost)(model, pixels["test"][:32])
     row["seconds"] = round(time.time() - started, 1)
     return row
+
+
+def _plots(folder: str, task: str, knn: dict, logits, labels, temperature: float) -> None:
+    from tfx_transfer.evaluation.calibration import plot_reliability, softmax
+    from tfx_transfer.evaluation.unknown_detection import plot_unknown_scores, threshold_at_tpr
+
+    plot_unknown_scores(knn["test"], knn["unknown"], threshold_at_tpr(knn["val"], 0.95),
+                        Path(folder) / f"unknown_{task}.png", title=f"Task {task}: kNN unknown score")
+    plot_reliability({"before": (softmax(logits), labels),
+                      "after": (softmax(logits / temperature), labels)},
+                     Path(folder) / f"reliability_{task}.png", title=f"Task {task}: known test images")
 
 
 def print_row(row: dict) -> None:
@@ -284,8 +323,9 @@ def print_row(row: dict) -> None:
               f"{r['unknown_flagged']:>15.3f}{mark}")
     cost = row["cost"]
     print(f"accuracy {row['accuracy']:.3f}; temperature {row['temperature']:.3f}: ECE "
-          f"{row['ece_before']:.4f} before, {row['ece_after']:.4f} after")
-    print(f"export, {row['image_size']} px: {cost['plain_ms_per_image']:.2f} ms/image plain, "
+          f"{row['ece_before']:.4f} before, {row['ece_after']:.4f} after; NLL {row['nll_before']:.4f} "
+          f"before, {row['nll_after']:.4f} after (known test images)")
+    print(f"{'in process' if row['cost'].get('in_process') else 'export'}, {row['image_size']} px: {cost['plain_ms_per_image']:.2f} ms/image plain, "
           f"{cost['unknown_ms_per_image']:.2f} with the unknown score: extra cost "
           f"{cost['extra_cost']:+.1%}; statistics {cost['statistics_bytes'] / 1e3:.0f} kB; "
           f"{row['seconds']} s")

@@ -122,18 +122,15 @@ def test_a_saved_model_loads_on_jax_and_predicts_the_same(tmp_path):
 
 def test_calibrate_and_unknown_score_on_jax(tmp_path):
     model = _tiny()
-    x, y = tiny_pixels(6), tiny_labels(6)
-    before = model.predict(x, verbose=0)
+    x, y = tiny_pixels(4), tiny_labels(4)
+    stripes = np.zeros((4, 32, 32, 3), "uint8")
+    stripes[:, ::4] = 255
     result = tt.calibrate(model, (x, y))
-    after = model.predict(x, verbose=0)
-    assert np.array_equal(before.argmax(1), after.argmax(1))
     assert result["nll_after"] <= result["nll_before"] + 1e-9
     fit = tt.fit_unknown(model, (x, y), (x, y))
-    stripes = np.zeros((2, 32, 32, 3), "uint8")
-    stripes[:, ::4] = 255
     _, known = tt.unknown_scores(model, x)
     _, other = tt.unknown_scores(model, stripes)
-    assert known.max() <= fit["threshold"] + 1e-6 and other.min() > known.max()
+    assert known.max() <= fit["threshold"] < other.min()
     model.save(tmp_path / "m.keras")
     loaded = tt.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(tt.unknown_scores(loaded, stripes)[1], other, atol=1e-6)

@@ -87,6 +87,11 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
                                bins: int = ECE_BINS) -> float:
     """ECE: the mean |accuracy - confidence| over equal-width confidence bins, weighted by size.
 
+    Args:
+        probabilities: ``(N, C)`` predicted probabilities.
+        labels: ``(N,)`` true class indices.
+        bins: equal-width confidence bins (15, as Guo et al.).
+
     Example:
         >>> expected_calibration_error(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]))
         0.4

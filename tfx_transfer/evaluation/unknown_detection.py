@@ -66,6 +66,11 @@ def threshold_at_tpr(known: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
 def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
     """The share of ``unknown`` images accepted as known at the threshold accepting ``tpr`` known ones.
 
+    Args:
+        known: scores of images of known classes.
+        unknown: scores of images of other classes.
+        tpr: the share of known images accepted (0.95: "FPR at 95% TPR").
+
     Example:
         >>> fpr_at_tpr(np.arange(100) / 100, np.array([0.5, 0.99, 2.0]))
         0.333333
@@ -142,6 +147,11 @@ def fit_unknown(model: Any, train: Any, validation: Any, *, tpr: float = DEFAULT
 
 def score_images(model: Any, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Unknown scores of pixel batches, from a fitted Keras model or an export with ``unknown_score``.
+
+    Args:
+        model: a Keras model fitted by :func:`fit_unknown`, or an export of one.
+        images: ``(N, H, W, 3)`` pixels at the model's size.
+        batch_size: images per call.
 
     Example:
         >>> import numpy as np, tfx_transfer as tt

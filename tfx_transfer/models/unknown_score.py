@@ -66,7 +66,7 @@ def l2_normalize(features: Any) -> Any:
     """Rows scaled to unit length (``keras.ops``; zero rows stay zero).
 
     Example:
-        >>> np.asarray(l2_normalize(np.array([[3.0, 4.0]]))).tolist()
+        >>> np.round(np.asarray(l2_normalize(np.array([[3.0, 4.0]]))), 3).tolist()
         [[0.6, 0.8]]
     """
     features = keras.ops.cast(features, "float32")
@@ -155,6 +155,13 @@ def check_threshold(threshold: Any) -> float:
 def unknown_scores(model: keras.Model, images: np.ndarray, batch_size: int = 32,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (N, C), unknown scores (N,))`` of a fitted model on pixel batches.
+
+    One pass through the network gives both (:func:`feature_model`).
+
+    Args:
+        model: a model fitted by :func:`tfx_transfer.fit_unknown`.
+        images: ``(N, H, W, 3)`` pixels in 0..255 at the model's size.
+        batch_size: images per call.
 
     Example:
         >>> import tfx_transfer as tt

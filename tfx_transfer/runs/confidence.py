@@ -52,6 +52,22 @@ def calibrate_run(model: Any, folder: Any, run_path: str | Path, *, batch_size: 
 
     Returns:
         What ``calibration.json`` holds, plus ``"files"`` (``{name: Path}``).
+
+    Example:
+        >>> import tempfile, tfx_transfer as tt
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for split in ("train", "val"):
+        ...     for i, name in enumerate(("cat", "dog")):
+        ...         (root / split / name).mkdir(parents=True)
+        ...         for j in range(2):
+        ...             Image.new("RGB", (40, 40), (200 * i, 60 * j, 90)).save(root / split / name / f"{j}.png")
+        >>> folder = tt.load_image_folder(root, image_size=32)
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+        ...                                 class_names=folder.class_names)
+        >>> result = calibrate_run(model, folder, tempfile.mkdtemp())
+        >>> result["measured_on"], sorted(result["files"])
+        ('val/ (4 images), the images the temperature was fitted on', ['calibration', 'reliability'])
     """
     from tfx_transfer.evaluation.calibration import (
         calibrate,
@@ -124,6 +140,19 @@ def report_unknown(model: Any, data: Any, ood: Any, out: str | Path, files: dict
 
     Returns:
         :func:`tfx_transfer.evaluate_unknown`'s result (its ``"files"`` too).
+
+    Example:
+        >>> import tempfile, numpy as np, tfx_transfer as tt
+        >>> from tfx_transfer.runs.report import evaluate_run
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+        ...                                 class_names=["cat", "dog"])
+        >>> x, y = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype("uint8"), np.arange(4) % 2
+        >>> _ = tt.fit_unknown(model, (x, y), (x, y))
+        >>> out = Path(tempfile.mkdtemp())
+        >>> files = evaluate_run(model, (x, y), out, verbose=False)["files"]
+        >>> result = report_unknown(model, (x, y), np.zeros((2, 32, 32, 3), "uint8"), out, files)
+        >>> json.loads(files["metrics"].read_text())["unknown"]["num_ood"]
+        2
     """
     from tfx_transfer.evaluation.unknown_detection import evaluate_unknown, format_unknown
 
