@@ -167,8 +167,24 @@ def fold_temperature(model: keras.Model, temperature: float) -> None:
         settings[TEMPERATURE_KEY] = round(float(settings.get(TEMPERATURE_KEY, 1.0)) * temperature, 6)
 
 
-def _labelled_probabilities(model: keras.Model, data: Any, batch_size: int,
-                            split: str | None) -> tuple[np.ndarray, np.ndarray]:
+def labelled_probabilities(model: keras.Model, data: Any, batch_size: int = 32,
+                           split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities (N, C), labels (N,))`` of labelled images (a folder's val/ by default).
+
+    Args:
+        model: a Keras model or an export.
+        data: a folder or ``ImageFolder`` (its ``split``, default ``"val"``), a dataset of
+            ``(images, labels)`` or an ``(x, y)`` tuple.
+        batch_size: images per batch.
+        split: the split of a folder.
+
+    Example:
+        >>> import numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> p, y = labelled_probabilities(model, (np.zeros((3, 32, 32, 3), "uint8"), np.array([0, 1, 1])))
+        >>> p.shape, y.tolist()
+        ((3, 2), [0, 1, 1])
+    """
     from tfx_transfer.data.labelled import labelled_batches
     from tfx_transfer.evaluation.predictor import model_image_size, predictor
 
@@ -214,7 +230,7 @@ def calibrate(model: keras.Model, validation: Any, *, batch_size: int = 32,
         >>> result["nll_after"] <= result["nll_before"], tt.transfer_config(model)["temperature"] > 0
         (True, True)
     """
-    probabilities, labels = _labelled_probabilities(model, validation, batch_size, split)
+    probabilities, labels = labelled_probabilities(model, validation, batch_size, split)
     logits = log_probabilities(probabilities)
     temperature = fit_temperature(logits, labels)
     fold_temperature(model, temperature)
@@ -267,3 +283,22 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: str 
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def format_calibration(result: dict[str, Any]) -> str:
+    """The lines ``train`` prints and appends to ``report.txt`` (temperature, ECE, unknown threshold).
+
+    Example:
+        >>> print(format_calibration({"temperature": 1.8, "fitted_on": "val/ (20 images)",
+        ...     "measured_on": "test/ (10 images)", "ece_before": 0.12, "ece_after": 0.03,
+        ...     "unknown": {"threshold": 0.31, "tpr": 0.95, "num_references": 40}}))
+        calibration: temperature 1.800 fitted on val/ (20 images)
+          expected calibration error on test/ (10 images): 0.120 before, 0.030 after
+          unknown ("none of these"): score above 0.3100 (accepts 95% of val/), 40 reference images
+    """
+    unknown = result["unknown"]
+    return (f"calibration: temperature {result['temperature']:.3f} fitted on {result['fitted_on']}\n"
+            f"  expected calibration error on {result['measured_on']}: "
+            f"{result['ece_before']:.3f} before, {result['ece_after']:.3f} after\n"
+            f"  unknown (\"none of these\"): score above {unknown['threshold']:.4f} (accepts "
+            f"{unknown['tpr']:.0%} of val/), {unknown['num_references']} reference images")

@@ -27,12 +27,13 @@ from tfx_transfer.models.unknown_score import (
     DEFAULT_TPR,
     check_threshold,
     feature_model,
+    knn_score,
     set_references,
     unknown_scores,
     unknown_settings,
+    unpack_array,
 )
-
-SCORES_PLOT = "unknown_scores.png"
+from tfx_transfer.runs.layout import UNKNOWN_SCORES_PNG
 
 
 def roc_auc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -136,9 +137,10 @@ def fit_unknown(model: Any, train: Any, validation: Any, *, tpr: float = DEFAULT
         raise ValueError("fit_unknown: the validation data holds no images.")
     set_references(model, features, threshold=2.0, tpr=tpr, labels=np.concatenate(ref_labels),
                    max_references=max_references)
-    _, scores = unknown_scores(model, np.concatenate(val_images), batch_size)
-    threshold = threshold_at_tpr(scores, tpr)
     settings = unknown_settings(model)
+    scores = np.asarray(knn_score(_features(model, val_images), unpack_array(settings["references"])),
+                        np.float64)
+    threshold = threshold_at_tpr(scores, tpr)
     settings["threshold"] = math.ceil(threshold * 1e6) / 1e6  # rounded up: still accepts them
     return {"method": settings["method"], "threshold": settings["threshold"], "tpr": float(tpr),
             "num_references": int(settings["references"]["shape"][0]),
@@ -255,7 +257,7 @@ def evaluate_unknown(model: Any, known: Any, ood: Any, out: str | os.PathLike | 
         "num_known": int(len(known_scores)), "num_ood": int(len(ood_scores))}
     if out is not None:
         result["files"] = {"unknown_scores": plot_unknown_scores(
-            known_scores, ood_scores, threshold, Path(out) / SCORES_PLOT)}
+            known_scores, ood_scores, threshold, Path(out) / UNKNOWN_SCORES_PNG)}
     return result
 
 

@@ -119,14 +119,7 @@ class ExportedModel:
     def outputs(self, images: Any) -> dict[str, np.ndarray]:
         """``{"probabilities" (N, C)}``, plus ``"unknown_score" (N,)`` when the export has it.
 
-        Example:
-            >>> import tempfile, numpy as np, tfx_transfer as tt
-            >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
-            >>> exported = tt.load_exported(tt.export_saved_model(model, tempfile.mkdtemp(),
-            ...                                                   ["daisy", "rose"]))
-            >>> sorted(exported.outputs(np.zeros((1, 32, 32, 3), "uint8")))
-            ['probabilities']
-        """
+        Takes what :meth:`probabilities` takes (its example applies)."""
         items = _as_items(images)
         keys = ["probabilities"] + (["unknown_score"] if self.has_unknown else [])
         out = {"probabilities": np.zeros((len(items), len(self.class_names)), np.float32)}

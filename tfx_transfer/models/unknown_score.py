@@ -66,7 +66,7 @@ def l2_normalize(features: Any) -> Any:
     """Rows scaled to unit length (``keras.ops``; zero rows stay zero).
 
     Example:
-        >>> np.round(np.asarray(l2_normalize(np.array([[3.0, 4.0]]))), 3).tolist()
+        >>> np.round(np.asarray(l2_normalize(np.array([[3.0, 4.0]])), "float64"), 3).tolist()
         [[0.6, 0.8]]
     """
     features = keras.ops.cast(features, "float32")

@@ -51,7 +51,7 @@ from typing import Any
 import keras
 
 from tfx_transfer.defaults import DEFAULT_SEED
-from tfx_transfer.runs.confidence import calibrate_run, format_calibration
+from tfx_transfer.evaluation.calibration import format_calibration
 from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config
 from tfx_transfer.runs.layout import RunFolder
 from tfx_transfer.runs.lock import lock_run_folder
@@ -326,12 +326,12 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
 
 def _calibrate(final: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
                verbose: Any) -> dict[str, Any] | None:
-    """Temperature and unknown score fitted on the run's splits (``runs.confidence``)."""
+    """Temperature and unknown score fitted on the run's splits (``steps.calibrate_and_fit_unknown``)."""
     if not folder.files.get("validation"):
         steps.say(verbose, "calibration: skipped (no validation images to fit the temperature "
                            "and the unknown threshold on)")
         return None
-    result = calibrate_run(final, folder, run.path, batch_size=config["batch_size"])
+    result = steps.calibrate_and_fit_unknown(final, folder, run.path, batch_size=config["batch_size"])
     final.save(run.model)
     steps.say(verbose, format_calibration(result))
     return result
