@@ -78,6 +78,8 @@ def test_unknown_score_model_export_and_threshold_override(tinycam, tmp_path):
     x, y = tiny_pixels(8, seed=1), tiny_labels(8, seed=1)
     fit = tt.fit_unknown(model, (x[:6], y[:6]), (x[6:], y[6:]), tpr=1.0)
     assert fit["validation_accepted"] == 1.0 and fit["num_references"] == 6
+    _, own = tt.unknown_scores(model, x[:6])  # the reference images: their own nearest neighbour
+    np.testing.assert_allclose(own, 0.0, atol=2e-3)
     known, other = tiny_pixels(6, seed=2), _stripes(4)
     _, known_scores = tt.unknown_scores(model, known)
     _, other_scores = tt.unknown_scores(model, other)
@@ -88,6 +90,11 @@ def test_unknown_score_model_export_and_threshold_override(tinycam, tmp_path):
     # the export computes the same score in its graph; the threshold can be overridden
     exported = tt.load_exported(tt.export_saved_model(model, tmp_path / "export"))
     assert exported.metadata["unknown"]["threshold"] == fit["threshold"]
+    import tensorflow as tf
+
+    served = exported.saved_model.signatures["predict_pixels_uint8"](
+        pixels=tf.constant(np.concatenate([known[:2], other[:2]])))
+    assert served["unknown"].numpy().tolist() == [False, False, True, True]
     rows = exported.predict(np.concatenate([known[:2], other[:2]]))
     np.testing.assert_allclose([r["unknown_score"] for r in rows],
                                np.r_[known_scores[:2], other_scores[:2]], atol=2e-3)

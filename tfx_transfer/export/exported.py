@@ -117,14 +117,15 @@ class ExportedModel:
         return "unknown" in self.metadata
 
     def outputs(self, images: Any) -> dict[str, np.ndarray]:
-        """``{"probabilities" (N, C)}``, plus ``"unknown_score" (N,)`` when the export has it.
+        """``{"probabilities" (N, C)}``, plus ``"unknown_score"``, ``"unknown"`` (N,) when the export has them.
 
         Takes what :meth:`probabilities` takes (its example applies)."""
         items = _as_items(images)
-        keys = ["probabilities"] + (["unknown_score"] if self.has_unknown else [])
+        keys = ["probabilities"] + (["unknown_score", "unknown"] if self.has_unknown else [])
         out = {"probabilities": np.zeros((len(items), len(self.class_names)), np.float32)}
         if self.has_unknown:
             out["unknown_score"] = np.zeros(len(items), np.float32)
+            out["unknown"] = np.zeros(len(items), bool)
         encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
         if encoded:
             result = self.saved_model.signatures[SIGNATURE_IMAGES](
@@ -166,9 +167,10 @@ class ExportedModel:
         if self.has_unknown:
             from tfx_transfer.evaluation.unknown_detection import model_threshold
 
-            threshold = model_threshold(self, unknown_threshold)
-            for row, score in zip(rows, out["unknown_score"]):
-                row.update(unknown_score=float(score), unknown=bool(score > threshold))
+            flags = out["unknown"] if unknown_threshold is None else \
+                out["unknown_score"] > model_threshold(self, unknown_threshold)
+            for row, score, flag in zip(rows, out["unknown_score"], flags):
+                row.update(unknown_score=float(score), unknown=bool(flag))
         elif unknown_threshold is not None:
             raise ValueError(f"unknown_threshold={unknown_threshold!r}, but the export {self.path} "
                              "has no unknown score (export a model fitted with tt.fit_unknown).")
