@@ -129,6 +129,20 @@ def classifier_layer(model: keras.Model) -> keras.layers.Layer:
     return layer
 
 
+def softmax_classifier(model: keras.Model) -> bool:
+    """Whether the model's classifier is one temperature scaling applies to (softmax, or cosine).
+
+    Example:
+        >>> import tfx_transfer as tt
+        >>> softmax_classifier(tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None))
+        True
+    """
+    layer = classifier_layer(model)
+    if type(layer).__name__ == "CosineClassifier":
+        return True
+    return getattr(getattr(layer, "activation", None), "__name__", None) == "softmax"
+
+
 def fold_temperature(model: keras.Model, temperature: float) -> None:
     """Divide the classifier's logits by ``temperature`` in its weights; record it in the settings.
 
@@ -297,8 +311,10 @@ def format_calibration(result: dict[str, Any]) -> str:
           unknown ("none of these"): score above 0.3100 (accepts 95% of val/), 40 reference images
     """
     unknown = result["unknown"]
-    return (f"calibration: temperature {result['temperature']:.3f} fitted on {result['fitted_on']}\n"
-            f"  expected calibration error on {result['measured_on']}: "
-            f"{result['ece_before']:.3f} before, {result['ece_after']:.3f} after\n"
+    calibration = (f"calibration: temperature {result['temperature']:.3f} fitted on "
+                   f"{result['fitted_on']}\n  expected calibration error on {result['measured_on']}: "
+                   f"{result['ece_before']:.3f} before, {result['ece_after']:.3f} after"
+                   if "temperature" in result else f"calibration: {result['skipped']}")
+    return (f"{calibration}\n"
             f"  unknown (\"none of these\"): score above {unknown['threshold']:.4f} (accepts "
             f"{unknown['tpr']:.0%} of val/), {unknown['num_references']} reference images")

@@ -326,6 +326,12 @@ def calibrate_and_fit_unknown(model: Any, folder: Any, run_path: str | Path,
     from tfx_transfer.evaluation import calibration as cal
     from tfx_transfer.evaluation.unknown_detection import fit_unknown
 
+    if not cal.softmax_classifier(model):  # e.g. a sigmoid (multi-label) classifier
+        result = {"skipped": "no temperature (per-label calibration of a sigmoid classifier is "
+                  "not supported)", "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
+        file = Path(run_path) / CALIBRATION_FILE
+        file.write_text(json.dumps(result, indent=2))
+        return {**result, "files": {"calibration": file}}
     measured_on = "test" if folder.files.get("test") else "val"
     before = cal.labelled_probabilities(model, folder, batch_size, measured_on)
     fit = cal.calibrate(model, folder, batch_size=batch_size, split="val")
