@@ -228,3 +228,12 @@ def test_transfer_protocol(capsys):
         cells = numbers(rf"^\| {re.escape(method)} \| {NUMBER} ± {NUMBER} \(.*\) \| "
                         rf"{NUMBER} ± {NUMBER} \(.*\) \|$", out)
         assert 0 <= cells[0] <= 1 and 0 <= cells[2] <= 1, method
+
+
+def test_unknown_classes(capsys):
+    out = run("unknown_classes", capsys)
+    for method in load("unknown_classes").METHODS:
+        auroc, fpr = numbers(rf"^{method} +{NUMBER} +{NUMBER} ", out)
+        assert 0 <= auroc <= 1 and 0 <= fpr <= 1, method
+    (extra,) = numbers(rf"extra cost {NUMBER}%", out.replace("+", ""))
+    assert extra > -100

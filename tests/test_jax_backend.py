@@ -139,3 +139,20 @@ def test_cosine_head_imprint_and_add_classes_on_jax(tmp_path):
     loaded = tt.load_model(tmp_path / "m.keras")
     assert tt.transfer_config(loaded)["class_names"] == ["dark", "light", "grey"]
     np.testing.assert_allclose(loaded.predict(x, verbose=0), after, atol=1e-6)
+
+
+def test_calibrate_and_unknown_score_on_jax(tmp_path):
+    model = _tiny()
+    x, y = tiny_pixels(4), tiny_labels(4)
+    stripes = np.zeros((4, 32, 32, 3), "uint8")
+    stripes[:, ::4] = 255
+    result = tt.calibrate(model, (x, y))
+    assert result["nll_after"] <= result["nll_before"] + 1e-9
+    fit = tt.fit_unknown(model, (x, y), (x, y))
+    _, known = tt.unknown_scores(model, x)
+    _, other = tt.unknown_scores(model, stripes)
+    assert known.max() <= fit["threshold"] < other.min()
+    model.save(tmp_path / "m.keras")
+    loaded = tt.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(tt.unknown_scores(loaded, stripes)[1], other, atol=1e-6)
+    assert tt.transfer_config(loaded)["temperature"] == result["temperature"]

@@ -79,6 +79,11 @@ _EXPORTS = {
     "predict_files": "export.exported",
     # evaluation, reports, end-to-end training
     "evaluate_model": "evaluation.evaluate",
+    "calibrate": "evaluation.calibration",
+    "expected_calibration_error": "evaluation.calibration",
+    "fit_unknown": "evaluation.unknown_detection",
+    "evaluate_unknown": "evaluation.unknown_detection",
+    "unknown_scores": "models.unknown_score",
     "train": "training.job",
     "RunFolderLockedError": "runs.lock",
     # scaling

@@ -3,7 +3,8 @@
 :func:`load_data` (the image folder, its validation images and the decoded-image
 cache), :func:`build_model` (the transfer model, with ``weights="auto"`` resolved
 loudly), :func:`suggest_head_lr` (``head_lr="auto"``), :func:`fit` (both phases,
-best checkpoint, history, backup for resume), :func:`final_model` and
+best checkpoint, history, backup for resume), :func:`final_model`,
+:func:`calibrate_and_fit_unknown` (temperature scaling, "none of these") and
 :func:`report_and_export`. ``tfx-transfer find-lr`` runs the first three, so it
 builds what ``train`` builds.
 
@@ -24,7 +25,15 @@ from typing import Any
 
 import keras
 
-from tfx_transfer.runs.layout import HISTORY_PNG, LR_FINDER_CSV, LR_FINDER_PNG, TEST_DIR, RunFolder
+from tfx_transfer.runs.layout import (
+    CALIBRATION_FILE,
+    HISTORY_PNG,
+    LR_FINDER_CSV,
+    LR_FINDER_PNG,
+    RELIABILITY_PNG,
+    TEST_DIR,
+    RunFolder,
+)
 from tfx_transfer.training.checkpoint import BestModelCheckpoint
 
 
@@ -352,3 +361,38 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
     if test_metrics:
         say(verbose, "", "test:", format_report(test_metrics))
     return metrics, test_metrics, paths
+
+
+def calibrate_and_fit_unknown(model: Any, folder: Any, run_path: str | Path,
+                              batch_size: int = 32) -> dict[str, Any]:
+    """Temperature (:func:`tfx_transfer.calibrate`, on val/) and unknown score
+    (:func:`tfx_transfer.fit_unknown`: train/ references, val/ threshold), in place; writes
+    ``calibration.json`` and ``reliability.png``, the ECE measured on test/ when the folder has
+    one, else on val/ (and saying so). Returns what the JSON holds, plus ``"files"``."""
+    from tfx_transfer.evaluation import calibration as cal
+    from tfx_transfer.evaluation.unknown_detection import fit_unknown
+
+    if not cal.softmax_classifier(model):  # e.g. a sigmoid (multi-label) classifier
+        result = {"skipped": "no temperature (per-label calibration of a sigmoid classifier is "
+                  "not supported)", "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
+        file = Path(run_path) / CALIBRATION_FILE
+        file.write_text(json.dumps(result, indent=2))
+        return {**result, "files": {"calibration": file}}
+    measured_on = "test" if folder.files.get("test") else "val"
+    before = cal.labelled_probabilities(model, folder, batch_size, measured_on)
+    fit = cal.calibrate(model, folder, batch_size=batch_size, split="val")
+    # what the folded classifier now gives (softmax ignores the constant of log p)
+    after = (cal.softmax(cal.log_probabilities(before[0]) / fit["temperature"]), before[1])
+    result = {
+        "temperature": fit["temperature"], "fitted_on": f"val/ ({fit['num_samples']} images)",
+        "measured_on": (f"test/ ({len(before[1])} images)" if measured_on == "test" else
+                        f"val/ ({len(before[1])} images), the images the temperature was fitted on"),
+        "ece_before": cal.expected_calibration_error(*before),
+        "ece_after": cal.expected_calibration_error(*after),
+        "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
+    files = {"calibration": Path(run_path) / CALIBRATION_FILE,
+             "reliability": cal.plot_reliability({"before": before, "after": after},
+                                                 Path(run_path) / RELIABILITY_PNG,
+                                                 title=f"Reliability on {measured_on}/")}
+    files["calibration"].write_text(json.dumps(result, indent=2))
+    return {**result, "files": files}
