@@ -109,6 +109,25 @@ def test_add_classes_keeps_the_old_scores_and_imprints_the_new_rows(tinycam):
     assert (bigger.predict(_images(2, 3, seed=5), verbose=0).argmax(axis=1) == 2).all()
 
 
+def test_calibrating_a_cosine_head_divides_its_scale_by_the_temperature(tinycam):
+    """Temperature scaling folds into the cosine classifier's scale: softmax(logits / T)."""
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, head="cosine")
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(0, 140, (6, 32, 32, 3)),
+                        rng.integers(90, 256, (6, 32, 32, 3))]).astype("uint8")
+    y = np.repeat([0, 1], 6)
+    tt.imprint(model, (x, y))
+    before = model.predict(x, verbose=0)
+    scale = float(model.head.get_layer("predictions").scale.numpy())
+    temperature = tt.calibrate(model, (x[::2], y[::2]))["temperature"]
+    assert temperature != 1.0
+    assert float(model.head.get_layer("predictions").scale.numpy()) == pytest.approx(scale / temperature)
+    expected = np.exp(np.log(before) / temperature)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected / expected.sum(1, keepdims=True),
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("head", ["avg", "flatten"])
 def test_imprint_and_add_classes_refuse_a_dense_head_naming_the_fix(tinycam, head):
     data = (_images(0, 2), np.array([0, 1]))
