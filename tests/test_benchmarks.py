@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +150,19 @@ def test_head_sweep(capsys, tmp_path):
         assert name in out
 
 
+def test_few_shot(capsys, tmp_path):
+    out = run("few_shot", capsys, "--json", str(tmp_path / "few_shot.jsonl"))
+    records = [json.loads(line) for line in (tmp_path / "few_shot.jsonl").read_text().splitlines()]
+    episodes = [r for r in records if r["part"] == "episodes"]
+    assert [r["shots"] for r in episodes] == [1]
+    assert sorted(episodes[0]["accuracy"]) == sorted(load("few_shot").METHODS)
+    assert all(0 <= mean <= 1 for mean, _ in episodes[0]["accuracy"].values())
+    added = {r["head"]: r["trials"] for r in records if r["part"] == "add_classes"}
+    assert sorted(added) == ["avg, centred rows", "avg, scaled rows", "cosine-0"]
+    assert all(0 <= t["old_after"] <= 1 for trials in added.values() for t in trials)
+    assert numbers(r"^\s+cosine-0\s+" + NUMBER, out)
+
+
 def test_make_shift(capsys, tmp_path):
     out = run("make_shift", capsys, "--out", str(tmp_path))
     shifts = sorted(load("make_shift").SHIFTS)
@@ -191,21 +205,20 @@ def test_train_throughput(capsys, tmp_path):
     assert all(r["images_per_second"] > 0 and r["image_size"] == 32 for r in records)
 
 
-@pytest.mark.slow
-def test_gpu_throughput(tmp_path):
+@pytest.mark.skipif(keras.backend.backend() != "jax",
+                    reason="Keras + JAX: run by `make test-jax` (KERAS_BACKEND=jax in .venv-jax)")
+def test_gpu_throughput(tmp_path, capsys):
     """The script's shell is valid, and its first python line runs on Keras + JAX (--smoke)."""
-    pytest.importorskip("jax")
     script = BENCHMARKS / "gpu_throughput.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     common, lines = gpu_script_lines()
+    assert common[:2] == ["--backend", "jax"]
     jsonl = tmp_path / "records.jsonl"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "train_throughput.py"), *common,
-                           *lines[0], "--json", str(jsonl), "--smoke"], capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run("train_throughput", capsys, *common, *lines[0], "--json", str(jsonl))
     records = [json.loads(r) for r in jsonl.read_text().splitlines()]
     assert [(r["phase"], r["precision"], r["backend"]) for r in records] == [
         (1, "mixed_bfloat16", "jax"), (2, "mixed_bfloat16", "jax")]
+    assert all(r["images_per_second"] > 0 for r in records)
 
 
 @pytest.mark.slow
@@ -215,6 +228,15 @@ def test_transfer_protocol(capsys):
         cells = numbers(rf"^\| {re.escape(method)} \| {NUMBER} ± {NUMBER} \(.*\) \| "
                         rf"{NUMBER} ± {NUMBER} \(.*\) \|$", out)
         assert 0 <= cells[0] <= 1 and 0 <= cells[2] <= 1, method
+
+
+def test_unknown_classes(capsys):
+    out = run("unknown_classes", capsys)
+    for method in load("unknown_classes").METHODS:
+        auroc, fpr = numbers(rf"^{method} +{NUMBER} +{NUMBER} ", out)
+        assert 0 <= auroc <= 1 and 0 <= fpr <= 1, method
+    (extra,) = numbers(rf"extra cost {NUMBER}%", out.replace("+", ""))
+    assert extra > -100
 
 
 @pytest.mark.slow
