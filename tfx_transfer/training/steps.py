@@ -314,8 +314,7 @@ def _int_labels(dataset: Any) -> Any:
 def final_model(run: RunFolder, model: keras.Model, folder: Any = None) -> keras.Model:
     """The best checkpoint, loaded, saved again as ``model.keras`` without optimizer state.
 
-    A multi-label model's thresholds are chosen again, for the best checkpoint, on
-    ``folder``'s validation images.
+    A multi-label model's thresholds are chosen again for it on ``folder``'s validation images.
     """
     from tfx_transfer.evaluation.multilabel import fit_thresholds, is_multi_label
     from tfx_transfer.models.saving import load_model
@@ -372,10 +371,10 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
                                      overwrite=True, metadata=info)
     paths = {"run": run.path, "config": run.config, "history": run.history,
              "history_png": run.file(HISTORY_PNG), "best": run.best, "model": run.model,
-             **{name: files[key] for name, key in (
+             **{name: files[key] for name, key in (  # a multi-label report: per_label, no confusion
                  ("metrics", "metrics"), ("report", "report"), ("confusion_matrix", "confusion_matrix"),
-                 ("predictions", "predictions"), ("per_label", "per_label"),
-                 ("top_losses", "top_losses_png"), ("top_losses_csv", "top_losses_csv")) if key in files},
+                 ("predictions", "predictions"), ("per_label", "per_label"), ("top_losses",
+                 "top_losses_png"), ("top_losses_csv", "top_losses_csv")) if key in files},
              "export": Path(export_path), "skipped": run.skipped}
     if not run.history.exists():
         del paths["history"], paths["history_png"]
