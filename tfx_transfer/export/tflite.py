@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +33,7 @@ from tfx_transfer.export.sample_images import (
     sample_images,
 )
 from tfx_transfer.export.saved_model import model_image_size, tensorflow_backend
+from tfx_transfer.export.single_file import model_class_names, write_file
 from tfx_transfer.export.tflite_metadata import add_metadata
 from tfx_transfer.export.tflite_runtime import TFLiteModel
 
@@ -108,20 +107,6 @@ def _check_arguments(quantization: str | None, quantized_io: str, representative
                          "--representative-data DIR).")
 
 
-def _class_names(model: Any, class_names: Sequence[str] | None) -> list[str] | None:
-    if class_names is None:
-        from tfx_transfer.models.transfer_model import transfer_config
-
-        try:
-            class_names = transfer_config(model).get("class_names")
-        except ValueError:  # a plain Keras model: no names known
-            return None
-    if class_names is not None and len(class_names) != int(model.output_shape[-1]):
-        raise ValueError(f"{len(class_names)} class names for a model with "
-                         f"{model.output_shape[-1]} outputs.")
-    return None if class_names is None else [str(name) for name in class_names]
-
-
 def _check_images(model: Any, size: tuple[int, int], names: list[str] | None, validation_data: Any,
                   sample_pixels: Any, calibration: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -137,17 +122,6 @@ def _check_images(model: Any, size: tuple[int, int], names: list[str] | None, va
         return calibration[:CHECK_IMAGES], None, "the calibration images (no validation_data)"
     pixels = np.random.default_rng(0).integers(0, 256, (8, *size, 3)).astype(np.float32)
     return pixels, None, "random pixels (no validation_data)"
-
-
-def _write(content: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def export_tflite(
@@ -225,7 +199,7 @@ def export_tflite(
     """
     _check_arguments(quantization, quantized_io, representative_data)
     size = model_image_size(model)
-    names = _class_names(model, class_names)
+    names = model_class_names(model, class_names)
     calibration = None
     if representative_data is not None:
         calibration = sample_images(representative_data, size, calibration_images, seed)
@@ -259,7 +233,6 @@ def export_tflite(
         content = add_metadata(content, names, getattr(model, "name", "model"),
                                f"Image classifier ({quantization or 'float32'}); pixels 0..255 "
                                f"in, probabilities out. Checked against Keras: {line}.")
-    path = Path(path)
-    _write(content, path)
+    path = write_file(content, path)
     report["size_bytes"] = path.stat().st_size
     return report

@@ -102,6 +102,7 @@ def train(
     deterministic: bool = False,
     resume: bool = False,
     tensorboard: bool = False,
+    tflite: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: Any = "auto",
 ) -> dict[str, Any]:
@@ -166,6 +167,10 @@ def train(
         tensorboard: write TensorBoard event files to ``RUN/tensorboard/`` (both
             phases on one epoch axis; loss, accuracy, learning rate and stage per
             epoch): ``tensorboard --logdir RUN``.
+        tflite: also write ``RUN/model.tflite`` with this quantization (``"int8"``: full
+            integer, calibrated on the training images; ``"float16"``, ``"dynamic"``,
+            ``"float32"``), checked on the validation images; its figures go to
+            ``RUN/exports.json`` and the export's metadata (:func:`tfx_transfer.export_tflite`).
         callbacks: extra Keras callbacks for both phases (e.g. ``EarlyStopping``).
         verbose: ``"auto"``/1 progress bars and messages, 2 one line per epoch, 0 quiet.
 
@@ -216,7 +221,7 @@ def train(
                                                              write_graph=False)]
     run.path.mkdir(parents=True, exist_ok=True)
     with lock_run_folder(run.path, command="train"):
-        return _train_locked(data_dir, run, resume, given, callbacks, verbose)
+        return _train_locked(data_dir, run, resume, given, callbacks, verbose, tflite)
 
 
 def _check_export_possible() -> None:
@@ -275,7 +280,8 @@ def _announce(run: RunFolder, folder: Any, config: dict[str, Any], verbose: Any)
 
 
 def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, Any],
-                  callbacks: Sequence[keras.callbacks.Callback], verbose: Any) -> dict[str, Any]:
+                  callbacks: Sequence[keras.callbacks.Callback], verbose: Any,
+                  tflite: str | None = None) -> dict[str, Any]:
     config = run_config(data_dir, run.path, resume, given, train_defaults())
     _set_determinism(config)
 
@@ -309,8 +315,9 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
     steps.say(verbose, f"final model: best {best_state['monitor']} {best_state['value']:.4f} at "
                        f"epoch {best_state['epoch'] + 1} -> {run.model}")
 
+    exports = steps.write_tflite(final, folder, run, tflite, verbose) if tflite else {}
     metrics, test_metrics, paths = steps.report_and_export(final, folder, config, run, best_state,
-                                                           verbose)
+                                                           verbose, exports)
     return {"metrics": metrics, "test_metrics": test_metrics, "config": config,
             "best": best_state, "paths": paths}
 

@@ -23,7 +23,14 @@ from typing import Any
 
 import keras
 
-from tfx_transfer.runs.layout import HISTORY_PNG, LR_FINDER_CSV, LR_FINDER_PNG, TEST_DIR, RunFolder
+from tfx_transfer.runs.layout import (
+    HISTORY_PNG,
+    LR_FINDER_CSV,
+    LR_FINDER_PNG,
+    TEST_DIR,
+    TFLITE_FILE,
+    RunFolder,
+)
 from tfx_transfer.training.checkpoint import BestModelCheckpoint
 
 
@@ -259,10 +266,32 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key] for key in keys if key in metrics}
 
 
+def write_tflite(final: keras.Model, folder: Any, run: RunFolder, quantization: str,
+                 verbose: Any = 1) -> dict[str, dict]:
+    """``RUN/model.tflite`` (int8: calibrated on the training images), checked on the validation
+    images; ``{"tflite": report}`` (also in ``RUN/exports.json``)."""
+    from tfx_transfer.export.parity import describe
+    from tfx_transfer.runs.deploy import export_model_files
+
+    reports = export_model_files(
+        final, tflite=run.file(TFLITE_FILE), run_dir=run.path, class_names=folder.class_names,
+        representative_data=folder, validation_data=folder,
+        quantization=None if quantization == "float32" else quantization)
+    report = reports["tflite"]
+    say(verbose, f"tflite ({quantization}): {report['path']} "
+                 f"({report['size_bytes'] / 1e6:.2f} MB), "
+                 f"{describe(report | {'num_images': report['num_samples']})}")
+    return reports
+
+
 def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
-                      best_state: dict[str, Any], verbose: Any = 1
+                      best_state: dict[str, Any], verbose: Any = 1,
+                      exports: dict[str, dict] | None = None,
                       ) -> tuple[dict, dict | None, dict[str, Path]]:
     """The run's report (validation, and ``test/`` when the folder has one), then its export.
+
+    ``exports``: reports of files written beside it (``{"tflite": ...}``), recorded in the
+    export's metadata.
 
     Returns the validation metrics, the test metrics (or ``None``) and ``{name: path}``
     of the run's files.
@@ -291,7 +320,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
             "training": {k: config[k] for k in ("weights", "weights_requested", "image_size",
                                                 "head_epochs", "fine_tune_epochs", "blocks",
                                                 "augmentation", "head_lr", "fine_tune_lr", "seed")},
-            "checkpoint": best_state}
+            "checkpoint": best_state, **(exports or {})}
     export_path = export_saved_model(final, run.export_dir, folder.class_names, version=1,
                                      overwrite=True, metadata=info)
     paths = {"run": run.path, "config": run.config, "history": run.history,
@@ -299,7 +328,8 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
              "metrics": files["metrics"], "report": files["report"],
              "confusion_matrix": files["confusion_matrix"], "predictions": files["predictions"],
              "top_losses": files["top_losses_png"], "top_losses_csv": files["top_losses_csv"],
-             "export": Path(export_path), "skipped": run.skipped}
+             "export": Path(export_path), "skipped": run.skipped,
+             **{kind: Path(report["path"]) for kind, report in (exports or {}).items()}}
     say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
         *(f"  {name:<17}{path}" for name, path in paths.items()))
     if test_metrics:
