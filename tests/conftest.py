@@ -7,10 +7,12 @@ TensorFlow in the JAX venv built without it (see :func:`skip_is_by_design`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fcntl
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -83,6 +85,8 @@ class TinyRun:
     settings: dict  # the train() arguments
     epochs_at_kill: list  # epochs in history.csv when the first process died
     resumed_epochs: list  # epochs the resumed train() ran
+    at_kill: dict  # what the killed run left: {"backup": bool, "model": bool}
+    resume_output: str  # what the resumed train() printed (verbose=1)
 
 
 TINY_RUN_SETTINGS = dict(backbone="tinycam", weights="none", image_size=32, head="avg",
@@ -122,9 +126,13 @@ def _make_tiny_run(root: Path) -> dict:
             pass
         with open(run / "history.csv", newline="") as f:
             epochs_at_kill = [int(row["epoch"]) for row in csv.DictReader(f)]
-        train(None, run, resume=True, callbacks=[record], verbose=0)
+        at_kill = {"backup": (run / "backup").is_dir(), "model": (run / "model.keras").exists()}
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # settings from config.json
+            train(None, run, resume=True, callbacks=[record], verbose=1)
     return dict(data=str(data), run=str(run), settings=TINY_RUN_SETTINGS,
-                epochs_at_kill=epochs_at_kill, resumed_epochs=record.epochs)
+                epochs_at_kill=epochs_at_kill, resumed_epochs=record.epochs, at_kill=at_kill,
+                resume_output=printed.getvalue())
 
 
 @pytest.fixture(scope="session")

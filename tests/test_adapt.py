@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.tiny_backbone import tinybnrelu_registered
 from tfx_transfer.defaults import DEFAULT_SEED
 from tfx_transfer.models.transfer_model import get_backbone_model
 
@@ -38,12 +39,19 @@ def _weights(model) -> list[tuple[str, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """DenseNet121 (random init) whose BatchNorm holds source statistics, head fit on the source.
+def backbone():
+    """A tiny conv + BatchNorm + ReLU backbone (random init): adaptation is plumbing on the
+    backbone's BatchNorm layers, whichever backbone it is (tests/test_batchnorm.py finds them
+    in real keras.applications networks)."""
+    with tinybnrelu_registered() as name:
+        yield name
 
-    DenseNet's random features keep the colour (MobileNet's random features are too chaotic
-    to generalise from a few images), so the source model is right on new source images.
-    """
+
+@pytest.fixture(scope="module")
+def trained(backbone):
+    """The backbone (random init) whose BatchNorm holds source statistics, head fit on the
+    source. Its random features keep the colour, so the source model is right on new source
+    images."""
     import keras
 
     import tfx_transfer as tt
@@ -52,7 +60,7 @@ def trained():
 
     keras.utils.set_random_seed(0)
     x, y = _domain(24, seed=0)
-    model = tt.build_transfer_model("densenet121", 2, input_shape=SIZE, weights=None,
+    model = tt.build_transfer_model(backbone, 2, input_shape=SIZE, weights=None,
                                     head="avg", dropout=0.0)
     recompute_batchnorm(model, [x])  # the model's statistics are the source's (AdaBN's setting)
     features = get_backbone_model(model)(model.get_layer("preprocess")(x))
@@ -63,15 +71,15 @@ def trained():
 
 
 @pytest.fixture(scope="module")
-def small():
-    """A small MobileNetV2 transfer model (random init, statistics of its source images)."""
+def small(backbone):
+    """A small transfer model (random init, statistics of its source images)."""
     import keras
 
     import tfx_transfer as tt
     from tfx_transfer.models.batchnorm import recompute_batchnorm
 
     keras.utils.set_random_seed(0)
-    model = tt.build_transfer_model("mobilenetv2", 2, input_shape=SIZE, weights=None, head="avg")
+    model = tt.build_transfer_model(backbone, 2, input_shape=SIZE, weights=None, head="avg")
     x, y = _domain(8, seed=0)
     recompute_batchnorm(model, [x])
     return model, (x, y)
@@ -121,18 +129,18 @@ def test_source_relative_adabn_on_the_source_itself_changes_nothing(trained):
     model, (xs, _) = trained
     probe = _domain(6, seed=4)[0]
     copy = copy_model(model)
-    bn = get_backbone_model(copy).get_layer("conv1_bn")
+    bn = get_backbone_model(copy).get_layer("b1_bn")
     bn.moving_mean.assign(bn.moving_mean + 0.3)  # statistics that are not the source's
     expected = copy.predict(probe, verbose=0)
     recompute_batchnorm(copy, [xs], reference=[xs])
     np.testing.assert_allclose(copy.predict(probe, verbose=0), expected, atol=2e-3)
 
 
-def test_adabn_refuses_a_backbone_without_batchnorm():
+def test_adabn_refuses_a_backbone_without_batchnorm(tinycam):
     import tfx_transfer as tt
     from tfx_transfer.adaptation.adapt import adapt
 
-    model = tt.build_transfer_model("vgg16", 2, input_shape=SIZE, weights=None, head="avg")
+    model = tt.build_transfer_model(tinycam, 2, input_shape=SIZE, weights=None, head="avg")
     with pytest.raises(ValueError, match="no BatchNormalization.*method='coral'"):
         adapt(model, _domain(2, seed=0)[0], "adabn")
 

@@ -110,7 +110,9 @@ def test_cli_export_of_a_saved_ensemble(tmp_path, tinycam):
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_epoch_and_serves_its_best_model(tiny_run):
     assert tiny_run.epochs_at_kill == [0, 1]  # died at the start of the 2nd fine-tuning epoch
+    assert tiny_run.at_kill == {"backup": True, "model": False}  # Keras's backup, no best model yet
     assert tiny_run.resumed_epochs == [2]  # only the missing epoch ran again
+    assert "continuing" in tiny_run.resume_output
     with open(tiny_run.run / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2]

@@ -25,23 +25,23 @@ class KeepModel(keras.callbacks.Callback):
         self.trained = self.model
 
 
-@pytest.mark.slow  # ~40 s on 2 busy cores: one real (tiny) pretraining run
-def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path):
+@pytest.mark.slow  # one tiny pretraining run (tinybn: conv + BatchNorm, as a real backbone)
+def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path, tinybn):
     source = write_class_folders(tmp_path / "src", classes=("a", "b", "c"), per_class=4, size=36)
     keep = KeepModel()
-    path = pretrain(source, "mobilenetv2", tmp_path / "out", image_size=32, epochs=1,
+    path = pretrain(source, tinybn, tmp_path / "out", image_size=32, epochs=1,
                     batch_size=4, validation_split=0.25, augmentation="light", callbacks=[keep],
                     verbose=0)
-    assert path == tmp_path / "out" / "mobilenetv2.weights.h5" and path.is_file()
+    assert path == tmp_path / "out" / "tinybn.weights.h5" and path.is_file()
 
     trained = get_backbone_model(keep.trained)
-    fresh = build_scratch_model("mobilenetv2", 3, input_shape=32)
+    fresh = build_scratch_model(tinybn, 3, input_shape=32)
     # training changed the backbone, BatchNorm moving statistics included
     moved = [v.path for v, f in zip(trained.weights, get_backbone_model(fresh).weights)
              if not np.array_equal(v.numpy(), f.numpy())]
     assert any("moving_mean" in p for p in moved) and any("kernel" in p for p in moved)
 
-    model = build_transfer_model("mobilenetv2", 2, input_shape=(32, 32, 3), weights=path,
+    model = build_transfer_model(tinybn, 2, input_shape=(32, 32, 3), weights=path,
                                  head="avg")
     loaded = get_backbone_model(model)
     assert len(loaded.weights) == len(trained.weights)
@@ -50,15 +50,15 @@ def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
     info = read_pretrain_info(path)
-    assert info["backbone"] == "mobilenetv2" and info["image_size"] == [32, 32]
+    assert info["backbone"] == tinybn and info["image_size"] == [32, 32]
     assert info["class_names"] == ["a", "b", "c"] and info["recipe"]["epochs"] == 1
     assert info["counts"] == {"train": 9, "validation": 3}
     assert {"loss", "accuracy", "val_accuracy", "final_val_accuracy"} <= set(info["metrics"])
     assert info["versions"]["tfx_transfer"]
-    assert json.loads((tmp_path / "out" / "mobilenetv2.json").read_text()) == info
+    assert json.loads((tmp_path / "out" / "tinybn.json").read_text()) == info
 
-    head = get_head(build_scratch_model("mobilenetv2", 3, input_shape=32))
-    head.load_weights(tmp_path / "out" / "mobilenetv2.head.weights.h5")
+    head = get_head(build_scratch_model(tinybn, 3, input_shape=32))
+    head.load_weights(tmp_path / "out" / "tinybn.head.weights.h5")
     for got, want in zip(head.weights, get_head(keep.trained).weights):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
@@ -145,22 +145,22 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
         raise RuntimeError("simulated interruption")
 
 
-@pytest.mark.slow  # ~40 s: two tiny pretraining runs
-def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(tmp_path):
+@pytest.mark.slow  # two tiny pretraining runs
+def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(tmp_path, tinybn):
     source = write_class_folders(tmp_path / "src", classes=("a", "b"), per_class=4, size=36)
     out, backup = tmp_path / "out", tmp_path / "out" / ".backup"
     kwargs = dict(image_size=32, epochs=2, batch_size=4, validation_split=None, augmentation=None,
                   backup_dir=backup, verbose=0)
     with pytest.raises(RuntimeError, match="simulated"):
-        pretrain(source, "mobilenetv2", out, callbacks=[StopAfterFirstEpoch()], **kwargs)
+        pretrain(source, tinybn, out, callbacks=[StopAfterFirstEpoch()], **kwargs)
     assert backup.is_dir() and not list(out.glob("*.weights.h5")) and not list(out.glob("*.json"))
 
-    path = pretrain(source, "mobilenetv2", out, **kwargs)
+    path = pretrain(source, tinybn, out, **kwargs)
     info = read_pretrain_info(path)
     assert info["recipe"]["epochs_run"] == 1  # continued at epoch 2 of 2
     assert not backup.exists()  # Keras removes the backup when training completes
     assert sorted(p.name for p in out.iterdir()) == [
-        "mobilenetv2.head.weights.h5", "mobilenetv2.json", "mobilenetv2.weights.h5"]
+        "tinybn.head.weights.h5", "tinybn.json", "tinybn.weights.h5"]
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

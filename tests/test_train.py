@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,13 @@ import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.helpers import write_class_folders  # noqa: E402
+from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import build_parser, main  # noqa: E402
 from tfx_transfer.training.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR  # noqa: E402
 from tfx_transfer.training.job import train  # noqa: E402
 
 CLASSES = ("cats", "dogs", "foxes")
-TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--head", "avg",
+TINY = ["--backbone", "tinycam", "--weights", "none", "--image-size", "32", "--head", "avg",
         "--augmentation", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
 RUN_FILES = {".lock", "config.json", "history.csv", "best.keras", "best.json", "model.keras",
              "metrics.json", "report.txt", "history.png", "confusion_matrix.png",
@@ -94,8 +96,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = make_data(root / "data")
     run = root / "run"
-    status = main(["train", str(data), "--out", str(run), "--head-epochs", "1",
-                   "--fine-tune-epochs", "1", "--top-k", "2", *TINY])
+    with tinycam_registered():  # (module scope: the function-scoped fixture cannot be used)
+        status = main(["train", str(data), "--out", str(run), "--head-epochs", "1",
+                       "--fine-tune-epochs", "1", "--top-k", "2", *TINY])
     assert status == 0
     return data, run
 
@@ -109,7 +112,7 @@ def test_train_writes_every_file_of_the_run_folder(trained):
 
     config = json.loads((run / "config.json").read_text())
     assert config["weights"] == "none" and config["weights_requested"] == "none"
-    assert config["backbone"] == "vgg16" and config["image_size"] == [32, 32]
+    assert config["backbone"] == "tinycam" and config["image_size"] == [32, 32]
     assert config["class_names"] == list(CLASSES) and config["validation_split_used"] == 0.25
     assert config["counts"]["validation"] == {c: 2 for c in CLASSES}
 
@@ -195,56 +198,28 @@ def test_evaluate_cli_on_a_run_and_on_an_export(trained, tmp_path, capsys, monke
     assert "missing' does not exist" in capsys.readouterr().err
 
 
-class Kill(keras.callbacks.Callback):
-    """Simulates the process dying at the start of one epoch."""
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined")
+def test_weights_auto_offline_falls_back_to_random_init_loudly_and_records_it(capsys):
+    from tfx_transfer.training.steps import build_model
 
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt(f"simulated kill at epoch {epoch}")
-
-
-class Record(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs: list[int] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
+    config = dict(backbone="mobilenetv3small", weights="auto", image_size=[32, 32], head="avg",
+                  units=8, dropout=0.0, class_names=None, augmentation="none", seed=1)
+    build_model(config, 2, verbose=0)  # offline (conftest): no ImageNet weights
+    assert "WEIGHTS: RANDOM INITIALISATION" in capsys.readouterr().out  # said even when quiet
+    assert (config["weights"], config["weights_requested"]) == ("none", "auto")
+    assert "random initialisation" in config["weights_note"]
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_continues_from_the_saved_epoch(tmp_path, capsys):
-    data = make_data(tmp_path / "data")
+def test_resuming_a_finished_run_trains_nothing_more(tiny_run, tmp_path, capsys, tinycam):
+    """(The kill and resume themselves: tests/test_core_promises.py, on the same tiny run.)"""
     run = tmp_path / "run"
-    kwargs = dict(backbone="vgg16", weights="auto", image_size=32, head="avg", augmentation="none",
-                  batch_size=8, head_epochs=1, fine_tune_epochs=2, verbose=0)
-    with pytest.raises(KeyboardInterrupt):  # dies at the start of the 2nd fine-tuning epoch
-        train(data, run, callbacks=[Kill(epoch=2)], **kwargs)
-    # offline (conftest), 'auto' falls back to random init: said even with verbose=0, and recorded
-    assert "WEIGHTS: RANDOM INITIALISATION" in capsys.readouterr().out
-    config = json.loads((run / "config.json").read_text())
-    assert (config["weights"], config["weights_requested"]) == ("none", "auto")
-    assert (run / "backup").is_dir() and not (run / "model.keras").exists()
-    assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [0, 1]
-
-    record = Record()
-    result = train(None, run, resume=True, callbacks=[record], verbose=1)  # settings from config.json
-    assert record.epochs == [2]  # only the missing epoch ran: not from 0
-    assert "continuing" in capsys.readouterr().out
-    rows = read_csv(run / "history.csv")
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    assert [int(float(r["stage"])) for r in rows] == [0, 1, 1]
-    assert {p.name for p in run.iterdir()} == RUN_FILES
-    assert result["config"]["fine_tune_epochs"] == 2 and result["config"]["backbone"] == "vgg16"
-    assert result["config"]["weights"] == "none"  # the resolved weights, not 'auto' again
-    assert json.loads((run / "best.json").read_text())["finished"] is True
-
-    # resuming a finished run (CLI, no DATA_DIR) trains nothing more: it evaluates and exports again
+    shutil.copytree(tiny_run.run, run)
+    before = read_csv(run / "history.csv")
+    (run / "metrics.json").unlink()
     assert main(["train", "--resume", "--out", str(run), "--verbose", "1"]) == 0
     out = capsys.readouterr().out
     assert "training of" in out and "had finished" in out and "Epoch " not in out
-    assert len(read_csv(run / "history.csv")) == 3
+    assert read_csv(run / "history.csv") == before  # no epoch ran
+    assert {p.name for p in run.iterdir()} >= {"metrics.json", "model.keras", "export"}
+    assert json.loads((run / "metrics.json").read_text())["num_samples"] == 4  # evaluated again

@@ -96,3 +96,30 @@ def tinyvgg_registered() -> Iterator[str]:
         yield "tinyvgg"
     finally:
         backbones._REGISTRY.pop("tinyvgg", None)
+
+
+def tiny_bn_relu_backbone(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    """Conv -> BatchNorm -> ReLU twice, 16 and 32 channels: random features that keep colour
+    (what domain-adaptation tests need), built in a fraction of a second."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for block, (filters, strides) in enumerate(((16, 1), (32, 2)), start=1):
+        x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                name=f"b{block}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"b{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"b{block}_relu")(x)
+    return keras.Model(inputs, x, name="tinybnrelu")
+
+
+@contextlib.contextmanager
+def tinybnrelu_registered() -> Iterator[str]:
+    """"tinybnrelu" (conv + BatchNorm + ReLU, two blocks) registered inside the block."""
+    from tfx_transfer.models import backbones
+
+    tt.register_backbone(tt.BackboneSpec("tinybnrelu", tiny_bn_relu_backbone, "tf", 32, 8,
+                                         blocks=(("b1", "^b1_"), ("b2", "^b2_"))),
+                         overwrite=True)
+    try:
+        yield "tinybnrelu"
+    finally:
+        backbones._REGISTRY.pop("tinybnrelu", None)
