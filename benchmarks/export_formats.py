@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", default=str(WEIGHTS))
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--head-epochs", type=int, default=5)
-    parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and training")
     parser.add_argument("--runs", type=int, default=50, help="timed single-image calls per format")
     parser.add_argument("--json", default=str(RESULTS), help="JSON lines file to append to")
     parser.add_argument("--smoke", action="store_true",
@@ -101,9 +102,9 @@ def train_model(args: argparse.Namespace):
     elif not Path(args.data).is_dir() or not Path(args.weights).is_file():
         sys.exit(f"export_formats: {args.data} or {args.weights} is absent (they live in "
                  "../shared beside the repository); use --smoke to check the script.")
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(args.seed)
     data = tt.load_image_folder(args.data, image_size=args.image_size, batch_size=32,
-                                cache_images="memory")
+                                cache_images="memory", seed=args.seed)
     model = tt.build_transfer_model(args.backbone, data.num_classes,
                                     input_shape=(args.image_size, args.image_size, 3),
                                     weights=args.weights, head="avg", augmentation="none",
@@ -173,7 +174,7 @@ def main(argv=None) -> list[dict]:
     start = time.perf_counter()
     rows = measure(args)
     print(f"export formats: {args.backbone}, {args.image_size} px, {Path(args.data).name}, "
-          f"head {args.head_epochs} epochs, calibration {args.calibration_images} images, "
+          f"seed {args.seed}, head {args.head_epochs} epochs, calibration {args.calibration_images} images, "
           f"one CPU thread, batch 1, median of {args.runs}")
     print("| format | size (MB) | latency (ms) | accuracy | top-1 agreement | max abs diff |")
     print("| --- | --- | --- | --- | --- | --- |")

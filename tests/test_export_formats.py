@@ -84,8 +84,11 @@ def test_int8_tflite_is_full_integer_with_labels_and_checked(trained, folder, tm
 def test_float_exports_keep_agreement_and_the_bound_refuses_with_figures(trained, tmp_path):
     model, x, y = trained
     report = tt.export_tflite(model, tmp_path / "f.tflite", quantization=None,
-                              validation_data=(x, y), class_names=NAMES)
+                              validation_data=(x, y))
     assert report["top1_agreement"] == 1.0 and report["max_abs_diff"] <= 1e-4
+    assert report["accuracy"] == report["keras_accuracy"] and report["class_names"] is None
+    with pytest.raises(ValueError, match="carries no class names"):  # a plain Keras model
+        tt.read_tflite_labels(tmp_path / "f.tflite")
     with pytest.raises(ParityError, match=r"min_agreement=1.01: top-1 agreement 100.0% on 18 images"
                                           r".*accuracy"):
         tt.export_tflite(model, tmp_path / "no.tflite", quantization="dynamic",
@@ -95,9 +98,6 @@ def test_float_exports_keep_agreement_and_the_bound_refuses_with_figures(trained
     with pytest.raises(ValueError, match="representative_data"):
         tt.export_tflite(model, tmp_path / "no.tflite", quantization="int8")
     assert not (tmp_path / "no.tflite").exists()
-    tt.export_tflite(model, tmp_path / "plain.tflite", quantization=None, check=False)
-    with pytest.raises(ValueError, match="carries no class names"):
-        tt.read_tflite_labels(tmp_path / "plain.tflite")
 
 
 def test_tf_lite_interpreter_is_the_fallback_with_the_same_figures(trained, tmp_path, monkeypatch):

@@ -115,7 +115,7 @@ def labelled_sample(data: Any, image_size: Sequence[int], class_names: Sequence[
     Example:
         >>> x, y = labelled_sample((np.zeros((5, 4, 4, 3)), np.arange(5) % 2), (4, 4), None, count=3)
         >>> x.shape, y.tolist()
-        ((3, 4, 4, 3), [0, 1, 0])
+        ((3, 4, 4, 3), [1, 1, 0])
     """
     from tfx_transfer.data.labelled import labelled_batches
 

