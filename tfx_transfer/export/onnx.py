@@ -74,9 +74,18 @@ def _keras_onnx(model: Any, size: tuple[int, int]) -> Any:
 def onnx_probabilities(model: str | os.PathLike | bytes, pixels: np.ndarray) -> np.ndarray:
     """``(N, C)`` probabilities of an ONNX file (or its bytes) on pixels, with onnxruntime.
 
-    Example:
-        >>> onnx_probabilities.__name__
-        'onnx_probabilities'
+    Example (a one-node graph: the softmax of the flattened pixels):
+        >>> import onnx
+        >>> from onnx import TensorProto, helper
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("Flatten", ["pixels"], ["f"]),
+        ...      helper.make_node("Softmax", ["f"], ["probabilities"])], "g",
+        ...     [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [None, 1, 1, 3])],
+        ...     [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])])
+        >>> proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+        >>> probabilities = onnx_probabilities(proto.SerializeToString(), np.zeros((2, 1, 1, 3)))
+        >>> probabilities.shape, bool(np.allclose(probabilities, 1 / 3))
+        ((2, 3), True)
     """
     import onnxruntime
 
@@ -159,8 +168,14 @@ def read_onnx_class_names(path: str | os.PathLike) -> list[str] | None:
     """The class names an ONNX file written by :func:`~tfx_transfer.export_onnx` carries, or ``None``.
 
     Example:
-        >>> read_onnx_class_names.__name__
-        'read_onnx_class_names'
+        >>> import onnx, os, tempfile
+        >>> proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+        >>> entry = proto.metadata_props.add()
+        >>> entry.key, entry.value = "class_names", '["ant", "bee"]'
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+        >>> onnx.save(proto, path)
+        >>> read_onnx_class_names(path)
+        ['ant', 'bee']
     """
     import onnx
 

@@ -136,10 +136,27 @@ def add_metadata(content: bytes, class_names: Sequence[str], name: str, descript
     schema_py_generated``, the module TensorFlow's own TFLite tools use; not a public API,
     TensorFlow 2.18-2.21) with one more buffer and a ``TFLITE_METADATA`` entry; the label
     file is appended as a zip archive.
+
+    Args:
+        content: the converted model's bytes.
+        class_names: the labels, in output order.
+        name: the model's name in the metadata.
+        description: the model's description in the metadata.
+
+    Example (on an empty model; :func:`tfx_transfer.export_tflite` calls it on a converted one):
+        >>> import os, tempfile, flatbuffers
+        >>> from tensorflow.lite.python import schema_py_generated as schema
+        >>> builder = flatbuffers.Builder(64)
+        >>> _ = builder.Finish(schema.ModelT().Pack(builder), file_identifier=b"TFL3")
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
+        >>> _ = open(path, "wb").write(add_metadata(bytes(builder.Output()), ["cat", "dog"], "m", "x"))
+        >>> read_tflite_metadata(path)["class_names"]
+        ['cat', 'dog']
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    model.buffers = list(model.buffers or [])
     buffer = schema.BufferT()
     buffer.data = list(model_metadata(name, description))
     model.buffers.append(buffer)
@@ -202,9 +219,15 @@ def read_tflite_metadata(path: str | os.PathLike) -> dict[str, Any]:
     Returns ``{"name", "labels_file", "class_names", "mean", "std"}``; ``class_names``
     is ``None`` (and the rest too) for a file without metadata.
 
-    Example:
-        >>> read_tflite_metadata.__name__
-        'read_tflite_metadata'
+    Example (a model without metadata; :func:`add_metadata` shows one with):
+        >>> import os, tempfile, flatbuffers
+        >>> from tensorflow.lite.python import schema_py_generated as schema
+        >>> builder = flatbuffers.Builder(64)
+        >>> _ = builder.Finish(schema.ModelT().Pack(builder), file_identifier=b"TFL3")
+        >>> path = os.path.join(tempfile.mkdtemp(), "plain.tflite")
+        >>> _ = open(path, "wb").write(builder.Output())
+        >>> read_tflite_metadata(path)["class_names"] is None
+        True
     """
     data = open(path, "rb").read()  # FileNotFoundError names the file
     found = {"name": None, "labels_file": None, "class_names": None, "mean": None, "std": None}
