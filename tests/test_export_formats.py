@@ -141,6 +141,18 @@ def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_ru
     assert main(["predict", str(tflite), str(tiny_run.data / "cats"), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 6 and {row["top"][0]["class"] for row in rows} <= {"cats", "dogs"}
+    # train(tflite="float16") writes RUN/model.tflite the same way, next to the others' figures
+    from tfx_transfer.runs.deploy import run_images
+    from tfx_transfer.runs.layout import RunFolder
+    from tfx_transfer.training.steps import write_tflite
+
+    folder = run_images(run)
+    reports = write_tflite(tt.load_model(run / "model.keras"), folder, RunFolder(run), "float16",
+                           verbose=0)
+    assert reports["tflite"]["path"] == str(run / "model.tflite") and \
+        tt.read_tflite_labels(run / "model.tflite") == ["cats", "dogs"]
+    assert sorted(json.loads((run / "exports.json").read_text())) == ["m.onnx", "m.tflite",
+                                                                      "model.tflite"]
 
 
 def test_cli_refusal_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys):

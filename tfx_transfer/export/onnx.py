@@ -7,15 +7,7 @@ the TensorFlow backend) writes the graph; the input is renamed ``pixels``
 (``class_names``, a JSON list). Needs ``pip install 'tfx_transfer[onnx]'`` (onnx,
 onnxruntime, tf2onnx).
 
-Example:
-    >>> import keras, os, tempfile, numpy as np, tfx_transfer as tt
-    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
-    ...                           keras.layers.Dense(2, activation="softmax")])
-    >>> x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype("float32")
-    >>> report = tt.export_onnx(model, os.path.join(tempfile.mkdtemp(), "m.onnx"),
-    ...                         validation_data=(x, np.array([0, 1, 0, 1])), class_names=["a", "b"])
-    >>> report["top1_agreement"], report["max_abs_diff"] <= 1e-4, report["input"], report["output"]
-    (1.0, True, 'pixels', 'probabilities')
+See :func:`export_onnx` for an example.
 """
 
 from __future__ import annotations
@@ -123,6 +115,16 @@ def export_onnx(
         ``{"path", "size_bytes", "exporter", "input", "output", "opset", "max_abs_diff",
         "top1_agreement", "accuracy", "keras_accuracy", "num_samples", "images",
         "tolerance", "min_agreement"}``.
+
+    Example:
+        >>> import keras, os, tempfile, numpy as np, tfx_transfer as tt
+        >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+        ...                           keras.layers.Dense(2, activation="softmax")])
+        >>> x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+        >>> report = tt.export_onnx(model, os.path.join(tempfile.mkdtemp(), "m.onnx"),
+        ...                         validation_data=(x, np.array([0, 1, 0, 1])), class_names=["a", "b"])
+        >>> report["top1_agreement"], report["max_abs_diff"] <= 1e-4, report["input"], report["output"]
+        (1.0, True, 'pixels', 'probabilities')
     """
     from tfx_transfer.export.saved_model import model_image_size, tensorflow_backend
     from tfx_transfer.export.single_file import model_class_names, write_file

@@ -108,9 +108,14 @@ def labelled_sample(data: Any, image_size: Sequence[int], class_names: Sequence[
                     ) -> tuple[np.ndarray, np.ndarray]:
     """At most ``count`` labelled images: ``(pixels float32 (N, H, W, 3), labels int (N,))``.
 
-    ``data`` is what :func:`~tfx_transfer.data.labelled.labelled_batches` reads (a folder:
-    its test, else validation split; an ``ImageFolder``; a dataset of ``(images, labels)``;
-    an ``(x, y)`` tuple), labels matched to ``class_names`` by name.
+    Args:
+        data: what :func:`~tfx_transfer.data.labelled.labelled_batches` reads (a folder: its
+            test, else validation split; an ``ImageFolder``; a dataset of ``(images, labels)``;
+            an ``(x, y)`` tuple).
+        image_size: ``(height, width)`` to read files at.
+        class_names: the model's classes; a folder's labels are matched to them by name.
+        count: most images returned (``None``: all), drawn with ``seed``.
+        seed: seed of the draw.
 
     Example:
         >>> x, y = labelled_sample((np.zeros((5, 4, 4, 3)), np.arange(5) % 2), (4, 4), None, count=3)

@@ -1,10 +1,4 @@
-"""What every single-file export (TFLite, ONNX) shares: the class names it carries, the atomic write.
-
-Example:
-    >>> import os, tempfile
-    >>> write_file(b"abc", os.path.join(tempfile.mkdtemp(), "sub", "m.bin")).read_bytes()
-    b'abc'
-"""
+"""What every single-file export (TFLite, ONNX) shares: the class names it carries, the atomic write."""
 
 from __future__ import annotations
 
@@ -38,7 +32,13 @@ def model_class_names(model: Any, class_names: Sequence[str] | None = None) -> l
 
 
 def write_file(content: bytes, path: str | os.PathLike) -> Path:
-    """Write ``content`` to ``path`` atomically (a temporary file, then a rename); folders created."""
+    """Write ``content`` to ``path`` atomically (a temporary file, then a rename); folders created.
+
+    Example:
+        >>> import os, tempfile
+        >>> write_file(b"abc", os.path.join(tempfile.mkdtemp(), "sub", "m.bin")).read_bytes()
+        b'abc'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")

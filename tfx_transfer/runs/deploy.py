@@ -6,9 +6,7 @@ int8 TFLite default to the run's training images and the parity check runs on it
 validation images (the same seeded split as training); the reports go to
 ``RUN/exports.json`` (and, through the caller, into the SavedModel's metadata).
 
-Example:
-    >>> run_images("/nonexistent/run") is None
-    True
+See :func:`export_model_files` for an example.
 """
 
 from __future__ import annotations
@@ -25,6 +23,10 @@ def run_images(run_dir: str | os.PathLike) -> Any:
     """The run's :class:`~tfx_transfer.ImageFolder` (its split, not decoded yet), or ``None``.
 
     ``None`` when ``run_dir`` is not a run folder or its data folder is gone.
+
+    Example:
+        >>> run_images("/nonexistent/run") is None
+        True
     """
     config_path = Path(run_dir) / CONFIG_FILE
     if not config_path.is_file():
@@ -79,6 +81,18 @@ def export_model_files(model: Any, *, tflite: str | os.PathLike | None = None,
 
     Returns:
         ``{"tflite": report, "onnx": report}`` for the files written.
+
+    Example:
+        >>> import keras, os, tempfile, numpy as np
+        >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+        ...                           keras.layers.Dense(2, activation="softmax")])
+        >>> x = np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3))
+        >>> reports = export_model_files(model, tflite=os.path.join(tempfile.mkdtemp(), "m.tflite"),
+        ...                              class_names=["a", "b"], quantization="int8",
+        ...                              representative_data=x, validation_data=(x, np.arange(6) % 2),
+        ...                              min_agreement=0.5)
+        >>> sorted(reports), reports["tflite"]["quantization"], reports["tflite"]["num_samples"]
+        (['tflite'], 'int8', 6)
     """
     int8 = tflite is not None and tflite_options.get("quantization") == "int8"
     wanted = validation_data is None or (int8 and representative_data is None)
