@@ -143,7 +143,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
         start = time.perf_counter()
         report = tt.export_tflite(model, tmp / f"{quantization}.tflite", quantization=quantization,
                                   representative_data=data, validation_data=data,
-                                  calibration_images=args.calibration_images, min_agreement=0)
+                                  calibration_images=args.calibration_images,
+                                  min_agreement=0, tolerance=1.0)  # measure, never refuse
         seconds = time.perf_counter() - start
         runner = TFLiteModel(report["path"], num_threads=1)
         rows.append({"format": name, "size_mb": report["size_bytes"] / 1e6,
@@ -152,7 +153,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
                      "max_abs_diff": report["max_abs_diff"], "export_s": round(seconds, 1),
                      "runtime": report["runtime"], "num_images": report["num_samples"]})
         keras_acc = report["keras_accuracy"]
-    onnx = tt.export_onnx(model, tmp / "model.onnx", validation_data=data, min_agreement=0)
+    onnx = tt.export_onnx(model, tmp / "model.onnx", validation_data=data, min_agreement=0,
+                          tolerance=1.0)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(onnx["path"], options,

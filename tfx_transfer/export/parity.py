@@ -94,8 +94,9 @@ def check_agreement(report: dict[str, Any], min_agreement: float, what: str,
     low = report["top1_agreement"] < min_agreement
     far = max_abs_diff is not None and report["max_abs_diff"] > max_abs_diff
     if low or far:
-        bound = (f"min_agreement={min_agreement:g}" if low else f"max_abs_diff={max_abs_diff:g}")
-        raise ParityError(f"{what} is below the bound {bound}: {describe(report)}; nothing "
-                          "written. Use a less aggressive quantization, more or more typical "
-                          "calibration images, or accept it with a lower min_agreement "
-                          "(--min-agreement).")
+        bound, accept = ((f"below the bound min_agreement={min_agreement:g}",
+                          "a lower min_agreement (--min-agreement)") if low else
+                         (f"beyond the bound max_abs_diff={max_abs_diff:g}", "a larger tolerance="))
+        raise ParityError(f"{what} is {bound}: {describe(report)}; nothing written. Use a less "
+                          "aggressive quantization, more or more typical calibration images, or "
+                          f"accept it with {accept}.")

@@ -40,8 +40,9 @@ from tfx_transfer.export.tflite_runtime import TFLiteModel
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 QUANTIZED_IO = ("uint8", "int8")
 # Largest |TFLite - Keras| probability allowed by the parity check, where it is meaningful
-# (float32, float16: near-exact). Quantized models are judged by top-1 agreement on real images.
-TFLITE_TOLERANCE: dict[str | None, float | None] = {None: 1e-4, "float16": 1e-2, "dynamic": None,
+# (float32: near-exact; float16: up to 0.018 measured on ImageNet MobileNet v1 / hymenoptera
+# validation photos with 100% top-1 agreement). Quantized models are judged by top-1 agreement.
+TFLITE_TOLERANCE: dict[str | None, float | None] = {None: 1e-4, "float16": 5e-2, "dynamic": None,
                                                     "int8": None}
 CHECK_IMAGES = 500  # most validation images a parity check runs
 
@@ -144,7 +145,7 @@ def export_tflite(
     agreement, accuracy of both (with labels) and the largest probability
     difference. The file is written (atomically) only if the agreement is at least
     ``min_agreement`` and, for float32/float16, the difference is within
-    ``tolerance``; otherwise :class:`~tfx_transfer.export.parity.ParityError` with
+    ``tolerance`` (:data:`TFLITE_TOLERANCE`: 1e-4, 5e-2); otherwise :class:`~tfx_transfer.export.parity.ParityError` with
     the figures. Without ``validation_data`` the check uses ``sample_pixels``, else
     the calibration images, else (float32/float16 only) 8 random images.
 

@@ -47,7 +47,7 @@ def run_images(run_dir: str | os.PathLike) -> Any:
 
 
 def resolve_model(model: str | os.PathLike) -> tuple[Path, Path | None]:
-    """``(the .keras file, the run folder or None)`` of a run folder or a ``.keras`` path.
+    """``(the .keras file, its run folder or None)`` of a run folder or a ``.keras`` path.
 
     Example:
         >>> resolve_model("model.keras")
@@ -59,7 +59,8 @@ def resolve_model(model: str | os.PathLike) -> tuple[Path, Path | None]:
             raise FileNotFoundError(f"{path} is a folder without {MODEL_FILE}: pass a run folder "
                                     "of 'tfx-transfer train' or a .keras file.")
         return path / MODEL_FILE, path
-    return path, None
+    in_run = path.is_file() and (path.parent / CONFIG_FILE).is_file()  # RUN/model.keras, RUN/best.keras
+    return path, path.parent if in_run else None
 
 
 def export_model_files(model: Any, *, tflite: str | os.PathLike | None = None,
