@@ -17,6 +17,7 @@ CI ?=
 JAX_VENV ?= .venv-jax
 JAX_STAMP := $(JAX_VENV)/.installed-stamp
 JAX_TESTS ?= tests/test_jax_backend.py tests/test_finetune.py tests/test_backbones.py \
+	tests/test_benchmarks.py::test_gpu_throughput \
 	tests/test_explain.py tests/test_lr_finder.py tests/test_tta.py tests/test_inference_mode.py \
 	--deselect tests/test_backbones.py::test_family_blocks_inference_mode_and_gradcam \
 	tests/test_model.py::test_frozen_backbone_and_bn_stats_unchanged_by_fit_head_trains \

@@ -189,7 +189,7 @@ def fit_coral(model: keras.Model, source: Any, target: Any, *, epochs: int = 10,
 
     Example:
         >>> import numpy as np, tensorflow as tf, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None)
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
         >>> x = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype="uint8")
         >>> source = tf.data.Dataset.from_tensor_slices((x, [0, 1, 0, 1])).batch(2)
         >>> target = tf.data.Dataset.from_tensor_slices(x // 2).batch(2)
