@@ -125,7 +125,7 @@ def test_onnx_matches_keras_with_onnxruntime(trained, tmp_path):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_run, tmp_path,
-                                                                         capsys):
+                                                                         capsys, monkeypatch):
     run = tmp_path / "run"  # a copy: the shared run folder stays as train() left it
     shutil.copytree(tiny_run.run, run, ignore=shutil.ignore_patterns("export", "*.png", "best*"))
     tflite, onnx = tmp_path / "m.tflite", tmp_path / "m.onnx"
@@ -154,6 +154,15 @@ def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_ru
         tt.read_tflite_labels(run / "model.tflite") == ["cats", "dogs"]
     assert sorted(json.loads((run / "exports.json").read_text())) == ["m.onnx", "m.tflite",
                                                                       "model.tflite"]
+    # a refused file does not end the training job: warned, recorded, the run goes on
+    with pytest.warns(UserWarning, match="below the bound min_agreement=1.01"):
+        import tfx_transfer.export.tflite as tflite_module
+
+        monkeypatch.setitem(tflite_module.export_tflite.__kwdefaults__, "min_agreement", 1.01)
+        refused = write_tflite(tt.load_model(run / "model.keras"), folder, RunFolder(run),
+                               "float32", verbose=0)
+    assert refused["tflite"]["path"] is None
+    assert "refused" in json.loads((run / "exports.json").read_text())["model.tflite"]
 
 
 def test_cli_refusal_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys):

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 
 from tfx_transfer.runs.layout import (
+    EXPORTS_FILE,
     HISTORY_PNG,
     LR_FINDER_CSV,
     LR_FINDER_PNG,
@@ -269,14 +270,28 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def write_tflite(final: keras.Model, folder: Any, run: RunFolder, quantization: str,
                  verbose: Any = 1) -> dict[str, dict]:
     """``RUN/model.tflite`` (int8: calibrated on the training images), checked on the validation
-    images; ``{"tflite": report}`` (also in ``RUN/exports.json``)."""
-    from tfx_transfer.export.parity import describe
+    images; ``{"tflite": report}`` (also in ``RUN/exports.json``).
+
+    A file refused by the check (``ParityError``) does not stop the run: the refusal and its
+    figures are warned about and recorded as ``{"tflite": {"path": None, "refused": message}}``.
+    """
+    import json
+
+    from tfx_transfer.export.parity import ParityError, describe
     from tfx_transfer.runs.deploy import export_model_files
 
-    reports = export_model_files(
-        final, tflite=run.file(TFLITE_FILE), run_dir=run.path, class_names=folder.class_names,
-        representative_data=folder, validation_data=folder,
-        quantization=None if quantization == "float32" else quantization)
+    try:
+        reports = export_model_files(
+            final, tflite=run.file(TFLITE_FILE), run_dir=run.path, class_names=folder.class_names,
+            representative_data=folder, validation_data=folder,
+            quantization=None if quantization == "float32" else quantization)
+    except ParityError as exc:
+        warnings.warn(f"train(tflite={quantization!r}): {exc}", UserWarning, stacklevel=2)
+        refused = {"path": None, "quantization": quantization, "refused": str(exc)}
+        record = run.file(EXPORTS_FILE)
+        known = json.loads(record.read_text()) if record.is_file() else {}
+        record.write_text(json.dumps({**known, TFLITE_FILE: refused}, indent=2) + "\n")
+        return {"tflite": refused}
     report = reports["tflite"]
     say(verbose, f"tflite ({quantization}): {report['path']} "
                  f"({report['size_bytes'] / 1e6:.2f} MB), "
@@ -329,7 +344,8 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
              "confusion_matrix": files["confusion_matrix"], "predictions": files["predictions"],
              "top_losses": files["top_losses_png"], "top_losses_csv": files["top_losses_csv"],
              "export": Path(export_path), "skipped": run.skipped,
-             **{kind: Path(report["path"]) for kind, report in (exports or {}).items()}}
+             **{kind: Path(report["path"]) for kind, report in (exports or {}).items()
+                if report["path"]}}
     say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
         *(f"  {name:<17}{path}" for name, path in paths.items()))
     if test_metrics:
