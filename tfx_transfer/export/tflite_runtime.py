@@ -42,8 +42,10 @@ def _interpreter(content: bytes, num_threads: int | None) -> Any:
         return Interpreter(model_content=content, num_threads=num_threads)
     import tensorflow as tf
 
-    with warnings.catch_warnings():  # deprecated from TF 2.20 in favour of LiteRT, still works
+    with warnings.catch_warnings():  # deprecated in favour of LiteRT (the reports name the
+        # runtime used), still works; TF 2.18-2.19 and 2.20+ word the warning differently
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        warnings.filterwarnings("ignore", message=r"(?s).*Please use the LiteRT interpreter")
         return tf.lite.Interpreter(model_content=content, num_threads=num_threads)
 
 
