@@ -1,7 +1,9 @@
 """ONNX export (pixels in, probabilities out), checked with onnxruntime against Keras on real images.
 
-Keras 3's own exporter (``model.export(path, format="onnx")``, tf2onnx underneath on
-the TensorFlow backend) writes the graph; the input is renamed ``pixels``
+Keras 3's own exporter (``model.export(path, format="onnx")``) writes the graph. It
+exists in every supported Keras (3.8-3.15) and is tf2onnx underneath on the TensorFlow
+backend, with Keras's patch that lets tf2onnx 1.17 run on numpy 2; calling tf2onnx
+directly would be the same conversion without that patch, so there is no second route; the input is renamed ``pixels``
 (``float32 [N, H, W, 3]``, RGB 0..255) and the output ``probabilities``
 (``float32 [N, C]``), and the class names go into the model's ``metadata_props``
 (``class_names``, a JSON list). Needs ``pip install 'tfx_transfer[onnx]'`` (onnx,
