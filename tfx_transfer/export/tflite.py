@@ -17,6 +17,8 @@ Example (any Keras classifier with a fixed pixel input; a tiny one here):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -55,7 +57,8 @@ def _converter(model: Any, saved_model_dir: str, size: tuple[int, int]) -> Any:
     archive = keras.export.ExportArchive()
     archive.add_endpoint("serving_default", lambda pixels: model(pixels, training=False),
                          [tf.TensorSpec([None, *size, 3], tf.float32, name="pixels")])
-    archive.write_out(saved_model_dir, verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras 3.8 prints despite verbose=False
+        archive.write_out(saved_model_dir, verbose=False)
     return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
 
 
