@@ -150,6 +150,19 @@ def test_head_sweep(capsys, tmp_path):
         assert name in out
 
 
+def test_few_shot(capsys, tmp_path):
+    out = run("few_shot", capsys, "--json", str(tmp_path / "few_shot.jsonl"))
+    records = [json.loads(line) for line in (tmp_path / "few_shot.jsonl").read_text().splitlines()]
+    episodes = [r for r in records if r["part"] == "episodes"]
+    assert [r["shots"] for r in episodes] == [1]
+    assert sorted(episodes[0]["accuracy"]) == sorted(load("few_shot").METHODS)
+    assert all(0 <= mean <= 1 for mean, _ in episodes[0]["accuracy"].values())
+    added = {r["head"]: r["trials"] for r in records if r["part"] == "add_classes"}
+    assert sorted(added) == ["avg, centred rows", "avg, scaled rows", "cosine-0"]
+    assert all(0 <= t["old_after"] <= 1 for trials in added.values() for t in trials)
+    assert numbers(r"^\s+cosine-0\s+" + NUMBER, out)
+
+
 def test_make_shift(capsys, tmp_path):
     out = run("make_shift", capsys, "--out", str(tmp_path))
     shifts = sorted(load("make_shift").SHIFTS)
@@ -226,3 +239,12 @@ def test_export_formats(capsys):
     assert all(float(size) > 0 and float(ms) > 0 and 0 <= float(acc) <= 1
                for _, size, ms, acc, _ in rows)
     assert "int8 vs float32: accuracy" in out
+
+
+def test_unknown_classes(capsys):
+    out = run("unknown_classes", capsys)
+    for method in load("unknown_classes").METHODS:
+        auroc, fpr = numbers(rf"^{method} +{NUMBER} +{NUMBER} ", out)
+        assert 0 <= auroc <= 1 and 0 <= fpr <= 1, method
+    (extra,) = numbers(rf"extra cost {NUMBER}%", out.replace("+", ""))
+    assert extra > -100

@@ -80,6 +80,7 @@ def _functions() -> dict[str, list]:
     from tfx_transfer.models.weights import fetch_weights
     from tfx_transfer.runs.report import evaluate_run
     from tfx_transfer.serving.app import ModelServer, serve
+    from tfx_transfer.training.extend import add_classes_run
     from tfx_transfer.training.job import train
     from tfx_transfer.training.lr_finder import find_lr
     from tfx_transfer.training.pretraining import pretrain
@@ -87,14 +88,15 @@ def _functions() -> dict[str, list]:
     return {"train": [train], "evaluate": [evaluate_run, evaluate_model], "weights": [fetch_weights],
             "pretrain": [pretrain], "export": [export_saved_model, export_tflite],
             "predict": [predict_files], "serve": [serve, ModelServer], "explain": [explain_files],
-            "find-lr": [train, find_lr], "adapt": [adapt_run, adapt]}
+            "find-lr": [train, find_lr], "adapt": [adapt_run, adapt],
+            "add-classes": [add_classes_run]}
 
 
 # Flags that are the CLI's own, not a keyword argument with a default (output format, inputs)
 CLI_ONLY = {"train": {"out", "config", "resume"}, "evaluate": set(), "weights": set(),
             "pretrain": {"backbone", "out", "resume"}, "export": {"labels", "class_names", "tflite", "onnx"},
             "predict": {"json"}, "serve": {"model_name"}, "explain": {"out"}, "find-lr": {"out"},
-            "adapt": {"out"}}
+            "adapt": {"out"}, "add-classes": {"out"}}
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -43,6 +43,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r'"(?:photos|xray_source)/?"', repr(str(SAMPLES / "train"))),          # class folders only
     (r'"(?:new_labelled_photos|new_camera|xray_target)/"', repr(str(SAMPLES))),  # train/ + val/
     (r'"cat\.jpg"', repr(str(IMAGE))),
+    (r'"new_things/"', repr(str(ROOT / "tests" / "data" / "new_classes"))),  # a class not in data_samples
     (r'"runs/photos/model\.keras"', '"@RUN@/model.keras"'),   # a model trained by `train`
     (r'"http://localhost:8501', '"@SERVER@'),                 # `tfx-transfer serve` of that run
     # small settings: the "tinycam" backbone (tests/tiny_backbone.py: three convolutions,

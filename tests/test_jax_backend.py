@@ -118,3 +118,41 @@ def test_a_saved_model_loads_on_jax_and_predicts_the_same(tmp_path):
     x = tiny_pixels(3)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-6)
+
+
+def test_cosine_head_imprint_and_add_classes_on_jax(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model("tinycam", 2, input_shape=(32, 32, 3), weights=None,
+                                    head="cosine", class_names=["dark", "light"])
+    x = np.concatenate([np.full((2, 32, 32, 3), 30, "uint8"), np.full((2, 32, 32, 3), 220, "uint8")])
+    x[:, :16] = 120  # the images differ in half of each image only
+    y = np.array([0, 0, 1, 1])
+    tt.imprint(model, (x, y))
+    before = model.predict(x, verbose=0)
+    assert (before.argmax(axis=1) == y).all()
+    bigger = tt.add_classes(model, (np.full((2, 32, 32, 3), 120, "uint8"), np.zeros(2, int)),
+                            class_names=["grey"])
+    after = bigger.predict(x, verbose=0)
+    np.testing.assert_allclose(after[:, :2] / after[:, :2].sum(axis=1, keepdims=True), before,
+                               atol=1e-5)
+    bigger.save(tmp_path / "m.keras")
+    loaded = tt.load_model(tmp_path / "m.keras")
+    assert tt.transfer_config(loaded)["class_names"] == ["dark", "light", "grey"]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), after, atol=1e-6)
+
+
+def test_calibrate_and_unknown_score_on_jax(tmp_path):
+    model = _tiny()
+    x, y = tiny_pixels(4), tiny_labels(4)
+    stripes = np.zeros((4, 32, 32, 3), "uint8")
+    stripes[:, ::4] = 255
+    result = tt.calibrate(model, (x, y))
+    assert result["nll_after"] <= result["nll_before"] + 1e-9
+    fit = tt.fit_unknown(model, (x, y), (x, y))
+    _, known = tt.unknown_scores(model, x)
+    _, other = tt.unknown_scores(model, stripes)
+    assert known.max() <= fit["threshold"] < other.min()
+    model.save(tmp_path / "m.keras")
+    loaded = tt.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(tt.unknown_scores(loaded, stripes)[1], other, atol=1e-6)
+    assert tt.transfer_config(loaded)["temperature"] == result["temperature"]

@@ -50,6 +50,8 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert "weights: none" in text and "RANDOM INITIALISATION" in text  # offline, said aloud
     assert "stage per epoch: [0, 1]" in text  # both phases inside one fit
     assert "confusion matrix" in text and "max |difference|" in text
+    assert "classes after add_classes: ['circle', 'square', 'triangle', 'negative']" in text
+    assert "old-class predictions changed:" in text
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert "heatmaps: (8, 32, 32)" in text and "loss " in text  # Grad-CAM and top losses
     # augmentation preview, history, confusion matrix, predictions, top losses, Grad-CAM

@@ -25,7 +25,8 @@ TINY = ["--backbone", "tinycam", "--weights", "none", "--image-size", "32", "--h
         "--augmentation", "none", "--batch-size", "8", "--validation-split", "0.25", "--verbose", "0"]
 RUN_FILES = {".lock", "config.json", "history.csv", "best.keras", "best.json", "model.keras",
              "metrics.json", "report.txt", "history.png", "confusion_matrix.png",
-             "predictions.png", "top_losses.png", "top_losses.csv", "skipped_files.txt", "export"}
+             "predictions.png", "top_losses.png", "top_losses.csv", "skipped_files.txt", "export",
+             "calibration.json", "reliability.png"}
 
 
 def make_data(root: Path) -> Path:

@@ -81,6 +81,11 @@ _EXPORTS = {
     "predict_files": "export.exported",
     # evaluation, reports, end-to-end training
     "evaluate_model": "evaluation.evaluate",
+    "calibrate": "evaluation.calibration",
+    "expected_calibration_error": "evaluation.calibration",
+    "fit_unknown": "evaluation.unknown_detection",
+    "evaluate_unknown": "evaluation.unknown_detection",
+    "unknown_scores": "models.unknown_score",
     "train": "training.job",
     "RunFolderLockedError": "runs.lock",
     # scaling
@@ -101,6 +106,10 @@ _EXPORTS = {
     "predict_tta": "evaluation.tta",
     # unsupervised domain adaptation
     "adapt": "adaptation.adapt",
+    # few-shot: cosine head, weight imprinting, classes added to a trained model
+    "CosineClassifier": "models.cosine",
+    "imprint": "models.imprinting",
+    "add_classes": "models.imprinting",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -33,14 +33,14 @@ from collections.abc import Iterable, Iterator, Sequence
 
 # light modules: the commands import the library (Keras, TensorFlow) only when they run
 from tfx_transfer.commands.flags import Command
-from tfx_transfer.commands.jobs import ADAPT, FIND_LR, PRETRAIN, TRAIN
+from tfx_transfer.commands.jobs import ADAPT, ADD_CLASSES, FIND_LR, PRETRAIN, TRAIN
 from tfx_transfer.commands.use import EVALUATE, EXPLAIN, EXPORT, PREDICT, SERVE, WEIGHTS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
 
 # In the order `tfx-transfer --help` lists them.
 COMMANDS: tuple[Command, ...] = (TRAIN, EVALUATE, WEIGHTS, PRETRAIN, EXPORT, PREDICT, SERVE,
-                                 EXPLAIN, FIND_LR, ADAPT)
+                                 EXPLAIN, FIND_LR, ADAPT, ADD_CLASSES)
 
 
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:

@@ -1,8 +1,9 @@
-"""The commands that train: ``train``, ``find-lr``, ``pretrain`` and ``adapt``.
+"""The commands that train: ``train``, ``find-lr``, ``pretrain``, ``adapt`` and ``add-classes``.
 
 Each calls one library function (:func:`tfx_transfer.train`,
 :func:`~tfx_transfer.training.job.find_lr_for_folder`, :func:`tfx_transfer.pretrain`,
-:func:`~tfx_transfer.adaptation.run.adapt_run`) with the flags given; ``find-lr``
+:func:`~tfx_transfer.adaptation.run.adapt_run`,
+:func:`~tfx_transfer.training.extend.add_classes_run`) with the flags given; ``find-lr``
 takes ``train``'s build settings and defaults, so it builds what ``train`` builds.
 
 Example:
@@ -28,6 +29,7 @@ from tfx_transfer.commands.flags import (
 
 def train_flags() -> dict[str, dict[str, Any]]:
     """Every setting of :func:`tfx_transfer.train` as a flag: its type and help (defaults: train's)."""
+    from tfx_transfer.models.heads import HEADS
     from tfx_transfer.runs.config import MONITORS, augmentation_presets
 
     return {
@@ -47,8 +49,10 @@ def train_flags() -> dict[str, dict[str, Any]]:
         "augmentation": dict(choices=augmentation_presets(),
                              help="augmentation preset (heavy adds RandAugment and MixUp)"),
         "batch_size": dict(type=int, help="images per batch"),
-        "head": dict(choices=("flatten", "avg", "max"),
-                     help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-Dense"),
+        "head": dict(choices=HEADS,
+                     help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-"
+                     "Dense; cosine: average pooling-Dropout-CosineClassifier, imprinted from the "
+                     "training images before the head phase (0 epochs: the imprinted model)"),
         "units": dict(type=int, help="hidden units of the flatten head"),
         "dropout": dict(type=optional(float), help="dropout before the classifier (none: 0.5 "
                         "flatten, 0.2 pooled heads)"),
@@ -247,6 +251,45 @@ ADAPT = Command(
     run=_run_adapt,
     epilog="Example: tfx-transfer adapt runs/photos new_camera/ --out "
            "runs/photos-new-camera",
+)
+
+
+def _add_add_classes(p: argparse.ArgumentParser) -> None:
+    from tfx_transfer.training.extend import add_classes_run
+
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder of 'tfx-transfer train'")
+    p.add_argument("data", metavar="NEW_FOLDER", help="a folder of the new classes' folders (a "
+                   "few images each), or train/ + val/ of them")
+    p.add_argument("--out", required=True, metavar="NEW_RUN", help="run folder to write")
+    add_options(p, signature_defaults(add_classes_run), {
+        "top_k": dict(type=optional(int), help="k of the reported top-k accuracy (none: "
+                      "min(5, classes))"),
+        "verbose": dict(type=int, choices=(0, 1), help="0 quiet, 1 the report"),
+    })
+
+
+def _run_add_classes(args: argparse.Namespace) -> None:
+    from tfx_transfer.training.extend import add_classes_run
+
+    add_classes_run(args.run_dir, args.data, args.out, top_k=args.top_k, verbose=args.verbose)
+
+
+ADD_CLASSES = Command(
+    name="add-classes",
+    help="add classes to a trained run from a few images each, without training",
+    description="Add the classes of NEW_FOLDER to RUN_DIR's model: each new class's "
+                "classifier row is imprinted from its images (the normalised mean "
+                "feature; one pass of the backbone, no training); the old classes, "
+                "the backbone and the head are kept. --out gets model.keras, "
+                "export/1/, config.json (every class), the report on the old run's "
+                "validation images plus the new classes' images (metrics.json, "
+                "report.txt, confusion_matrix.png, predictions.png, top_losses), "
+                "and add_classes.json / add_classes.txt: old-class accuracy before "
+                "and after, new-class accuracy. Best with --head cosine runs; Dense "
+                "heads get rows on the scale of their trained rows (docs/fewshot.md).",
+    add_flags=_add_add_classes,
+    run=_run_add_classes,
+    epilog="Example: tfx-transfer add-classes runs/photos new_things/ --out runs/photos-more",
 )
 
 

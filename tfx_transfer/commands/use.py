@@ -41,6 +41,15 @@ EVALUATE_OPTIONS = {
                 "averaged; 6x the inference cost), reported next to the plain metrics"),
 }
 
+EVALUATE_UNKNOWN_OPTIONS = {
+    "ood": dict(type=optional(str), metavar="OTHER_FOLDER",
+                help="folder of images of classes the model does not know: reports the unknown "
+                "score's AUROC, FPR at 95%% TPR and the share of each folder flagged, with "
+                "unknown_scores.png"),
+    "unknown_threshold": dict(type=optional(float), help="with --ood: threshold instead of the "
+                              "model's own"),
+}
+
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     from tfx_transfer.evaluation.evaluate import evaluate_model
@@ -52,13 +61,15 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     add_options(p, signature_defaults(evaluate_run), {"out": dict(
         help="folder for the report (none: RUN_DIR/evaluate-<DATA_DIR name> for a run, "
         "./evaluate-<DATA_DIR name> otherwise)")})
+    add_options(p, signature_defaults(evaluate_run), EVALUATE_UNKNOWN_OPTIONS)
     add_options(p, signature_defaults(evaluate_model), EVALUATE_OPTIONS)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from tfx_transfer.runs.report import evaluate_run, format_evaluation
 
-    metrics = evaluate_run(args.model, args.data, args.out, **given(args, EVALUATE_OPTIONS))
+    metrics = evaluate_run(args.model, args.data, args.out,
+                           **given(args, {**EVALUATE_OPTIONS, **EVALUATE_UNKNOWN_OPTIONS}))
     print(format_evaluation(metrics))
 
 
@@ -124,6 +135,8 @@ EXPLAIN = Command(
 PREDICT_OPTIONS = {
     "top_k": dict(type=optional(int), help="classes shown per image (none: min(5, classes))"),
     "batch_size": dict(type=int, help="images per call"),
+    "unknown_threshold": dict(type=optional(float), help="images whose unknown score is above it "
+                              "are 'unknown' (none: the threshold saved in the export)"),
 }
 
 
@@ -135,7 +148,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     add_options(p, signature_defaults(predict_files), PREDICT_OPTIONS)
     p.add_argument("--json", action="store_true",
-                   help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]}')
+                   help='print JSON lines: {"path": ..., "top": [{"class": ..., "score": ...}]} '
+                   '(+ "unknown", "unknown_score" when the export has an unknown score)')
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -148,11 +162,15 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.json:
         for row in rows:
             top = [{"class": name, "score": round(score, 6)} for name, score in row["top"]]
-            print(json.dumps({"path": row["path"], "top": top}))
+            extra = {} if "unknown" not in row else {
+                "unknown": row["unknown"], "unknown_score": round(row["unknown_score"], 6)}
+            print(json.dumps({"path": row["path"], "top": top, **extra}))
     elif rows:
         width = max(len(row["path"]) for row in rows)
         for row in rows:
             top = "  ".join(f"{name} {score:.4f}" for name, score in row["top"])
+            if "unknown" in row:
+                top = f"{'unknown' if row['unknown'] else 'known  '} ({row['unknown_score']:.3f})  {top}"
             print(f"{row['path']:<{width}}  {top}")
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -182,6 +200,8 @@ EXPORT_OPTIONS = {
     "overwrite": dict(action=argparse.BooleanOptionalAction, help="replace an existing version"),
     "crop_to_aspect_ratio": dict(action=argparse.BooleanOptionalAction,
                                  help="center-crop before resizing (use the training setting)"),
+    "unknown_threshold": dict(type=optional(float), help="threshold of the export's 'unknown' "
+                              "output (none: the one saved in the model)"),
 }
 
 
@@ -297,6 +317,8 @@ SERVER_OPTIONS = {
     "poll_interval": dict(type=float, help="seconds between looks for a new version folder "
                           "(0: never)"),
     "max_request_bytes": dict(type=int, help="larger request bodies get HTTP 413"),
+    "unknown_threshold": dict(type=optional(float), help="threshold of the 'unknown' output "
+                              "(none: the one saved in the export)"),
 }
 
 

@@ -53,8 +53,9 @@ def _preprocess(model: keras.Model) -> Callable[[Any], Any]:
 def class_logits(head: keras.Model, features: Any) -> Any:
     """The head's class scores before the softmax (its last Dense layer's pre-activation).
 
-    Runs the head's layers one by one in inference mode (Dropout off); when the
-    last layer is not a ``Dense``, its output is the score.
+    Runs the head's layers one by one in inference mode (Dropout off); a
+    :class:`~tfx_transfer.CosineClassifier` gives its ``logits``; when the last layer
+    is neither, its output is the score.
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
@@ -69,6 +70,8 @@ def class_logits(head: keras.Model, features: Any) -> Any:
     for layer in layers[:-1]:
         x = layer(x, training=False)
     last = layers[-1]
+    if hasattr(last, "logits"):  # CosineClassifier: scale * cosine
+        return last.logits(x)
     if isinstance(last, keras.layers.Dense):
         x = ops.cast(x, last.kernel.dtype)
         out = ops.matmul(x, last.kernel)

@@ -108,26 +108,47 @@ class ExportedModel:
             >>> np.allclose(exported.probabilities(pixels), model.predict(pixels, verbose=0))
             True
         """
+        return self.outputs(images)["probabilities"]
+
+    @property
+    def has_unknown(self) -> bool:
+        """Whether the export returns ``unknown_score`` and ``unknown`` (a model fitted by
+        :func:`tfx_transfer.fit_unknown`)."""
+        return "unknown" in self.metadata
+
+    def outputs(self, images: Any) -> dict[str, np.ndarray]:
+        """``{"probabilities" (N, C)}``, plus ``"unknown_score"``, ``"unknown"`` (N,) when the export has them.
+
+        Takes what :meth:`probabilities` takes (its example applies)."""
         items = _as_items(images)
-        out = np.zeros((len(items), len(self.class_names)), np.float32)
+        keys = ["probabilities"] + (["unknown_score", "unknown"] if self.has_unknown else [])
+        out = {"probabilities": np.zeros((len(items), len(self.class_names)), np.float32)}
+        if self.has_unknown:
+            out["unknown_score"] = np.zeros(len(items), np.float32)
+            out["unknown"] = np.zeros(len(items), bool)
         encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
         if encoded:
             result = self.saved_model.signatures[SIGNATURE_IMAGES](
                 images=tf.constant([items[i] for i in encoded], tf.string))
-            out[encoded] = result["probabilities"].numpy()
+            for key in keys:
+                out[key][encoded] = result[key].numpy()
         for i, item in enumerate(items):
             if isinstance(item, np.ndarray):
                 name = SIGNATURE_PIXELS_UINT8 if item.dtype == np.uint8 else SIGNATURE_PIXELS
                 dtype = tf.uint8 if item.dtype == np.uint8 else tf.float32
                 result = self.saved_model.signatures[name](pixels=tf.constant(item[None], dtype))
-                out[i] = result["probabilities"].numpy()[0]
+                for key in keys:
+                    out[key][i] = result[key].numpy()[0]
         return out
 
-    def predict(self, images: Any, top_k: int | None = None) -> list[dict]:
+    def predict(self, images: Any, top_k: int | None = None,
+                unknown_threshold: float | None = None) -> list[dict]:
         """Top classes per image: ``[{"top": [(class, score), ...], "probabilities": array}]``.
 
         ``images``: a path, bytes, an ``(H, W, 3)`` array, an ``(N, H, W, 3)``
-        batch, or a list of them. ``top_k`` defaults to the export's.
+        batch, or a list of them. ``top_k`` defaults to the export's. An export with
+        an unknown score adds ``"unknown_score"`` and ``"unknown"`` (score above
+        ``unknown_threshold``, default the export's threshold).
 
         Example:
             >>> import tempfile, numpy as np, tfx_transfer as tt
@@ -141,7 +162,19 @@ class ExportedModel:
         top_k = int(self.metadata["top_k"] if top_k is None else top_k)
         if not 1 <= top_k <= len(self.class_names):
             raise ValueError(f"top_k={top_k} must be between 1 and {len(self.class_names)}.")
-        return [_top(row, self.class_names, top_k) for row in self.probabilities(images)]
+        out = self.outputs(images)
+        rows = [_top(row, self.class_names, top_k) for row in out["probabilities"]]
+        if self.has_unknown:
+            from tfx_transfer.evaluation.unknown_detection import model_threshold
+
+            flags = out["unknown"] if unknown_threshold is None else \
+                out["unknown_score"] > model_threshold(self, unknown_threshold)
+            for row, score, flag in zip(rows, out["unknown_score"], flags):
+                row.update(unknown_score=float(score), unknown=bool(flag))
+        elif unknown_threshold is not None:
+            raise ValueError(f"unknown_threshold={unknown_threshold!r}, but the export {self.path} "
+                             "has no unknown score (export a model fitted with tt.fit_unknown).")
+        return rows
 
     __call__ = predict
 
@@ -214,6 +247,7 @@ def predict_files(
     batch_size: int = 32,
     progress: bool = True,
     skipped: list | None = None,
+    unknown_threshold: float | None = None,
 ) -> list[dict]:
     """Predict image files (or every image under folders) with an export, in batches.
 
@@ -234,9 +268,11 @@ def predict_files(
         progress: show the progress bar.
         skipped: a list that receives ``(path, reason)`` for each file left out,
             instead of the warning.
+        unknown_threshold: the threshold of ``unknown`` instead of the export's own.
 
     Returns:
-        ``[{"path": str, "top": [(class, score), ...]}]`` in file order.
+        ``[{"path": str, "top": [(class, score), ...]}]`` in file order; with
+        ``"unknown"`` and ``"unknown_score"`` when the export has an unknown score.
 
     Example:
         >>> import os, tempfile, tfx_transfer as tt
@@ -275,16 +311,17 @@ def predict_files(
             except OSError as err:
                 skipped.append((str(path), f"cannot be read ({err})"))
         try:
-            rows = exported.predict(data, top_k=top_k) if data else []
+            rows = exported.predict(data, top_k=top_k, unknown_threshold=unknown_threshold) if data else []
         except tf.errors.InvalidArgumentError:
             rows = []  # one bad file fails the batch: redo it file by file to skip only the bad ones
             for path, item in list(zip(batch, data)):
                 try:
-                    rows += exported.predict([item], top_k=top_k)
+                    rows += exported.predict([item], top_k=top_k, unknown_threshold=unknown_threshold)
                 except tf.errors.InvalidArgumentError as err:
                     skipped.append((str(path), _decode_failure(err)))
                     batch.remove(path)
-        results += [{"path": str(path), "top": row["top"]} for path, row in zip(batch, rows)]
+        results += [{"path": str(path), **{key: row[key] for key in ("top", "unknown", "unknown_score")
+                                            if key in row}} for path, row in zip(batch, rows)]
         if bar is not None:
             bar.update(min(start + batch_size, len(files)))
     if report is not None:

@@ -219,6 +219,26 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _unknown_outputs(model: Any, threshold: float | None) -> tuple | None:
+    """``(feature model, references, threshold, settings)`` of a model with an unknown score."""
+    from tfx_transfer.models.unknown_score import (
+        check_threshold,
+        feature_model,
+        unknown_settings,
+        unpack_array,
+    )
+
+    settings = unknown_settings(model)
+    if settings is None:
+        if threshold is not None:
+            raise ValueError(f"unknown_threshold={threshold!r}, but model {model.name!r} has no "
+                             "unknown score; fit one with tt.fit_unknown (train does it).")
+        return None
+    threshold = check_threshold(settings["threshold"] if threshold is None else threshold)
+    return (feature_model(model), tf.constant(unpack_array(settings["references"])), threshold,
+            settings)
+
+
 # -- public API ------------------------------------------------------------------------
 
 
@@ -232,6 +252,7 @@ def export_saved_model(
     overwrite: bool = False,
     metadata: dict | None = None,
     crop_to_aspect_ratio: bool = False,
+    unknown_threshold: float | None = None,
 ) -> Path:
     """Write ``model`` as a SavedModel that takes encoded images (TF Serving layout).
 
@@ -255,6 +276,8 @@ def export_saved_model(
             ``{"metrics": {"val_accuracy": 0.93}}``.
         crop_to_aspect_ratio: center-crop before resizing, as in
             :func:`tfx_transfer.load_image_folder`; use the training setting.
+        unknown_threshold: for a model with an unknown score (:func:`tfx_transfer.fit_unknown`),
+            the threshold of the ``unknown`` output instead of the model's own.
 
     Returns:
         The version folder, e.g. ``exports/flowers/3``.
@@ -281,7 +304,8 @@ def export_saved_model(
     if not tensorflow_backend():
         return _export_through_tensorflow(model, out, dict(
             class_names=list(class_names), version=version, top_k=top_k, overwrite=overwrite,
-            metadata=metadata, crop_to_aspect_ratio=crop_to_aspect_ratio))
+            metadata=metadata, crop_to_aspect_ratio=crop_to_aspect_ratio,
+            unknown_threshold=unknown_threshold))
     image_size = model_image_size(model)
     names = _check_class_names(class_names, model)
     top_k = default_top_k(len(names)) if top_k is None else int(top_k)
@@ -299,7 +323,13 @@ def export_saved_model(
             f"Version {version} already exists at {str(final)!r}; pass overwrite=True (--overwrite) "
             f"to replace it, or leave the version unset for the next one ({existing[-1] + 1})."
         )
+    unknown = _unknown_outputs(model, unknown_threshold)
     info = _metadata(model, names, image_size, top_k, crop_to_aspect_ratio, metadata)
+    if getattr(model, "transfer_config", {}).get("temperature") is not None:
+        info["temperature"] = model.transfer_config["temperature"]
+    if unknown is not None:
+        info["unknown"] = {key: value for key, value in unknown[3].items() if key != "references"}
+        info["unknown"]["threshold"] = unknown[2]
     meta_text = json.dumps(info, indent=2, default=_json_default)
 
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +337,8 @@ def export_saved_model(
     try:
         # Class names are a constant of the graph (no lookup-table resource, which older Keras
         # export archives do not save); assets/labels.txt lists them for people and tools.
-        serving = Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio)
+        serving = Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio,
+                          unknown[:3] if unknown else None)
         archive = keras.export.ExportArchive()
         # No archive.track(model): with it every weight is stored twice (keras-team/keras#23553);
         # the endpoints' captured variables are tracked by the archive anyway.

@@ -14,6 +14,12 @@ needs nothing of ours:
 ``predict_pixels_uint8``   ``pixels``: ``uint8 [None, None, None, 3]`` -> the same
 =========================  ==========================================================
 
+A model fitted with :func:`tfx_transfer.fit_unknown` (every ``train`` run) adds two
+outputs to each signature: ``unknown_score`` ``float32 [None]`` (1 - cosine
+similarity of the image's pooled backbone features to the nearest stored training
+image's, :mod:`tfx_transfer.models.unknown_score`) and ``unknown`` ``bool [None]``
+(score above the threshold saved with the export).
+
 Pixels go through exactly the training pipeline's code
 (:func:`tfx_transfer.data.decode.decode_and_resize`): decode to RGB (grayscale, palette,
 RGBA become RGB; a GIF gives its first frame), bilinear antialiased resize to
@@ -129,24 +135,43 @@ class Serving:
     """The signature functions of one export (closes over the model and the class names)."""
 
     def __init__(self, model: Any, labels: tf.Tensor, image_size: tuple[int, int],
-                 top_k: int, crop: bool) -> None:
+                 top_k: int, crop: bool, unknown: tuple[Any, Any, float] | None = None) -> None:
         self.model, self.labels, self.image_size = model, labels, image_size
         self.top_k, self.crop = top_k, crop
+        # (feature model pixels -> [features, probabilities], references, threshold): adds
+        # unknown_score and unknown (tfx_transfer.models.unknown_score).
+        self.unknown = unknown
+
+    def _network(self, pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        if self.unknown is None:
+            return tf.cast(self.model(pixels, training=False), tf.float32), None
+        from tfx_transfer.models.unknown_score import knn_score
+
+        features, probabilities = self.unknown[0](pixels, training=False)
+        return tf.cast(probabilities, tf.float32), knn_score(features, self.unknown[1])
 
     def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         # An empty batch never reaches the network: TensorFlow's oneDNN convolutions fail on
         # zero-size inputs inside a SavedModel graph.
-        probabilities = tf.cond(
-            tf.shape(pixels)[0] > 0,
-            lambda: tf.cast(self.model(pixels, training=False), tf.float32),
-            lambda: tf.zeros([0, self.labels.shape[0]], tf.float32))
+        empty = tf.zeros([0, self.labels.shape[0]], tf.float32)
+        if self.unknown is None:
+            probabilities = tf.cond(tf.shape(pixels)[0] > 0, lambda: self._network(pixels)[0],
+                                    lambda: empty)
+        else:
+            probabilities, unknown_score = tf.cond(
+                tf.shape(pixels)[0] > 0, lambda: self._network(pixels),
+                lambda: (empty, tf.zeros([0], tf.float32)))
         scores, class_ids = tf.math.top_k(probabilities, k=self.top_k)
-        return {
+        outputs = {
             "probabilities": probabilities,
             "class_ids": class_ids,
             "class_names": tf.gather(self.labels, class_ids),
             "scores": scores,
         }
+        if self.unknown is not None:
+            outputs["unknown_score"] = unknown_score
+            outputs["unknown"] = unknown_score > self.unknown[2]
+        return outputs
 
     def images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = _decode_batch(images, self.image_size, self.crop)

@@ -4,13 +4,17 @@ Example:
     >>> from tfx_transfer.models.heads import build_head
     >>> [layer.name for layer in build_head((7, 7, 512), 3, "avg").layers]
     ['avg_pool', 'dropout', 'predictions']
+    >>> type(build_head((7, 7, 512), 3, "cosine", dropout=0.0).layers[-1]).__name__
+    'CosineClassifier'
 """
 
 from __future__ import annotations
 
 import keras
 
-HEADS = ("flatten", "avg", "max")
+from tfx_transfer.models.cosine import CosineClassifier
+
+HEADS = ("flatten", "avg", "max", "cosine")
 HEAD_NAME = "head"
 
 
@@ -19,13 +23,15 @@ def build_head(feature_shape: tuple, num_classes: int, head: str = "avg", units:
     """A classifier head (``keras.Sequential``) on a backbone's feature map.
 
     ``head`` is ``"flatten"`` (Flatten -> Dense(units, relu) -> Dropout -> Dense),
-    ``"avg"`` or ``"max"`` (global pooling -> Dropout -> Dense); softmax output in
+    ``"avg"`` or ``"max"`` (global pooling -> Dropout -> Dense), or ``"cosine"``
+    (global average pooling -> Dropout -> :class:`~tfx_transfer.CosineClassifier`:
+    normalised features and class weights, a learned scale); softmax output in
     float32 under any precision policy.
 
     Args:
         feature_shape: the backbone's output shape without the batch axis, e.g. ``(7, 7, 512)``.
         num_classes: outputs of the softmax.
-        head: ``"flatten"``, ``"avg"`` or ``"max"``.
+        head: ``"flatten"``, ``"avg"``, ``"max"`` or ``"cosine"``.
         units: width of the flatten head's hidden Dense layer.
         dropout: dropout rate before the classifier (0: no Dropout layer).
         name: the Sequential's name (a transfer model's head is ``"head"``).
@@ -40,13 +46,16 @@ def build_head(feature_shape: tuple, num_classes: int, head: str = "avg", units:
     if head == "flatten":
         layers += [keras.layers.Flatten(name="flatten"),
                    keras.layers.Dense(units, activation="relu", name="fc")]
-    elif head == "avg":
+    elif head in ("avg", "cosine"):
         layers.append(keras.layers.GlobalAveragePooling2D(name="avg_pool"))
     else:
         layers.append(keras.layers.GlobalMaxPooling2D(name="max_pool"))
     if dropout:
         layers.append(keras.layers.Dropout(dropout, name="dropout"))
     # float32 output even under a mixed-precision policy (stable softmax, exports).
+    if head == "cosine":
+        layers.append(CosineClassifier(num_classes, name="predictions"))
+        return keras.Sequential(layers, name=name)
     layers.append(keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                      name="predictions"))
     return keras.Sequential(layers, name=name)

@@ -211,8 +211,10 @@ def build_transfer_model(
     * head (a nested ``keras.Sequential`` named ``"head"``): ``"avg"`` (default) or
       ``"max"`` (global pooling -> Dropout -> Dense softmax), or ``"flatten"`` (Flatten ->
       Dense(units, relu) -> Dropout -> Dense softmax, the classic recipe; it overfits
-      small sets, see ``docs/accuracy.md``). The output layer is float32 under any
-      mixed-precision policy.
+      small sets, see ``docs/accuracy.md``), or ``"cosine"`` (global average pooling ->
+      Dropout -> :class:`~tfx_transfer.CosineClassifier`: scaled cosine similarity to
+      each class's weights; :func:`tfx_transfer.imprint` sets them from a few images,
+      ``docs/fewshot.md``). The output layer is float32 under any mixed-precision policy.
 
     Args:
         backbone: a registry name (see :func:`tfx_transfer.list_backbones`) or spec.
@@ -221,7 +223,7 @@ def build_transfer_model(
         weights: ``"imagenet"`` (Keras cache, downloaded when online; fails fast
             offline with :class:`tfx_transfer.WeightsUnavailableError`), ``None``
             (random init) or a path to a backbone weights file.
-        head: ``"flatten"``, ``"avg"`` or ``"max"``.
+        head: ``"flatten"``, ``"avg"``, ``"max"`` or ``"cosine"``.
         units: width of the flatten head's hidden Dense layer.
         dropout: dropout before the classifier; default 0.5 (flatten), 0.2 (pooled).
         augmentation: optional layer (e.g. :class:`tfx_transfer.Augmentation`), preset
@@ -247,7 +249,8 @@ def build_transfer_model(
         )
     if head not in HEADS:
         raise ValueError(f"head={head!r} is not one of {HEADS}: 'avg' (global average "
-                         "pooling), 'max' or 'flatten' (Flatten + Dense(units)).")
+                         "pooling), 'max', 'flatten' (Flatten + Dense(units)) or 'cosine' "
+                         "(normalised features and weights, learned scale; tt.imprint).")
     if dropout is None:
         dropout = 0.5 if head == "flatten" else 0.2
     if not 0.0 <= float(dropout) < 1.0:

@@ -99,8 +99,9 @@ def _check(config: dict[str, Any]) -> None:
     for name in ("head_epochs", "fine_tune_epochs"):
         if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] < 0:
             raise ValueError(f"{name}={config[name]!r} must be an int >= 0.")
-    if config["head_epochs"] + config["fine_tune_epochs"] == 0:
-        raise ValueError("head_epochs=0 and fine_tune_epochs=0: nothing to train.")
+    if config["head_epochs"] + config["fine_tune_epochs"] == 0 and config["head"] != "cosine":
+        raise ValueError("head_epochs=0 and fine_tune_epochs=0: nothing to train (only a cosine "
+                         "head, imprinted from the images, needs no epoch: head='cosine').")
     if config["cache_features"] is True and config["augmentation"] != "none":
         raise ValueError(f"cache_features=True is not possible with augmentation="
                          f"{config['augmentation']!r}: the training images change every epoch, so "

@@ -45,6 +45,9 @@ HISTORY_PNG = "history.png"
 # written by train(tflite=...) and `tfx-transfer export RUN ... --tflite/--onnx`
 TFLITE_FILE = "model.tflite"
 EXPORTS_FILE = "exports.json"  # the check figures of each .tflite/.onnx file written
+CALIBRATION_FILE = "calibration.json"
+RELIABILITY_PNG = "reliability.png"
+UNKNOWN_SCORES_PNG = "unknown_scores.png"
 # the report of an evaluation (train's validation images, RUN/test/, RUN/evaluate-<folder>/)
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"

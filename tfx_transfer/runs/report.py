@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,8 @@ from tfx_transfer.runs.layout import report_dir
 
 
 def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
-                 paths: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
+                 paths: Sequence[str] | None = None, ood: str | os.PathLike | None = None,
+                 unknown_threshold: float | None = None, **options: Any) -> dict[str, Any]:
     """Evaluate ``model`` on labelled images and write the whole report into ``out``.
 
     Args:
@@ -45,6 +47,10 @@ def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
             for a run folder, else ``./evaluate-<name>/``).
         paths: the file of each image, in ``data``'s order (listed in
             ``top_losses.csv`` when ``data`` is not a folder).
+        ood: a folder of images of classes the model does not know: adds the unknown
+            score's AUROC, FPR at 95% TPR and flagged shares (``"unknown"`` in
+            ``metrics.json``, lines in ``report.txt``, ``unknown_scores.png``).
+        unknown_threshold: with ``ood``, the threshold instead of the model's own.
         **options: :func:`tfx_transfer.evaluate_model`'s keywords (``class_names``,
             ``top_k``, ``batch_size``, ``max_images``, ``split``, ``tta``, ``verbose``);
             the top losses are ranked on the same images.
@@ -78,6 +84,11 @@ def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
     files = {**metrics.pop("files"), **write_top_losses(
         loaded, data, out, class_names=options.get("class_names") or known_names, paths=paths,
         **ranking)}
+    if ood is not None:
+        unknown = _report_unknown(loaded, data, ood, out, files, unknown_threshold=unknown_threshold,
+                                 **ranking)
+        files.update(unknown.pop("files"))
+        metrics["unknown"] = unknown
     return {**metrics, "files": {name: Path(path) for name, path in files.items()}}
 
 
@@ -99,5 +110,43 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
         from tfx_transfer.evaluation.tta import format_tta
 
         parts.append(format_tta(metrics, metrics["tta"]))
+    if metrics.get("unknown"):
+        from tfx_transfer.evaluation.unknown_detection import format_unknown
+
+        parts.append(format_unknown(metrics["unknown"]))
     parts.append("\n".join(f"  {name:<17}{path}" for name, path in metrics.get("files", {}).items()))
     return "\n\n".join(parts)
+
+
+def _report_unknown(model: Any, data: Any, ood: Any, out: str | Path, files: dict[str, Path], *,
+                   unknown_threshold: float | None = None, split: str | None = None,
+                   batch_size: int = 32) -> dict[str, Any]:
+    """``evaluate --ood``: the unknown score on ``data`` vs ``ood``, added to the report's files.
+
+    Adds ``"unknown"`` to ``metrics.json``, its lines to ``report.txt`` and writes
+    ``unknown_scores.png`` (:func:`tfx_transfer.evaluate_unknown`).
+
+    Args:
+        model: the model evaluated (Keras or exported), with an unknown score.
+        data: the labelled images of known classes.
+        ood: a folder of images of other classes.
+        out: the report folder.
+        files: the report's files so far (``"metrics"``, ``"report"``).
+        unknown_threshold: overrides the model's threshold.
+        split: the split of ``data`` (as evaluated).
+        batch_size: images per batch.
+
+    Returns:
+        :func:`tfx_transfer.evaluate_unknown`'s result (its ``"files"`` too).
+
+    """
+    from tfx_transfer.evaluation.unknown_detection import evaluate_unknown, format_unknown
+
+    result = evaluate_unknown(model, data, ood, out, unknown_threshold=unknown_threshold,
+                              split=split, batch_size=batch_size)
+    saved = json.loads(Path(files["metrics"]).read_text())
+    saved["unknown"] = {**{k: v for k, v in result.items() if k != "files"}, "ood": str(ood)}
+    Path(files["metrics"]).write_text(json.dumps(saved, indent=2))
+    with open(files["report"], "a", encoding="utf-8") as report:
+        report.write(f"\n{format_unknown(result)}\n  other images: {ood}\n")
+    return result

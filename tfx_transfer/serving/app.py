@@ -102,6 +102,8 @@ class ModelServer:
         batch_timeout_ms: longest wait for more requests after the first of a batch.
         poll_interval: seconds between looks for a new version (0: never look again).
         max_request_bytes: larger request bodies get 413.
+        unknown_threshold: for an export with an unknown score, the threshold of its
+            ``unknown`` output instead of the export's own.
 
     Example (any SavedModel in a numbered folder; :func:`create_app` serves an export of ours):
         >>> import tempfile, tensorflow as tf
@@ -123,7 +125,8 @@ class ModelServer:
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS,
                  poll_interval: float = DEFAULT_POLL_INTERVAL,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 unknown_threshold: float | None = None) -> None:
         _require_stack()
         export_dir = Path(export_dir)
         if not export_dir.is_dir():
@@ -143,6 +146,11 @@ class ModelServer:
             raise ValueError(f"max_request_bytes={max_request_bytes} is too small; use at least 1024.")
         if float(poll_interval) < 0:
             raise ValueError(f"poll_interval={poll_interval} must be 0 (no polling) or more seconds.")
+        if unknown_threshold is not None:
+            from tfx_transfer.models.unknown_score import check_threshold
+
+            unknown_threshold = check_threshold(unknown_threshold)
+        self.unknown_threshold = unknown_threshold
         self.model_name = model_name
         self.max_request_bytes = int(max_request_bytes)
         self.poller = VersionPoller(export_dir, poll_interval)
@@ -245,6 +253,10 @@ class ModelServer:
             if isinstance(err, tf.errors.InvalidArgumentError):
                 raise RequestError(400, err.message.strip().splitlines()[0]) from None
             raise
+        if self.unknown_threshold is not None and "unknown_score" in outputs:
+            import numpy as np
+
+            outputs = {**outputs, "unknown": np.asarray(outputs["unknown_score"]) > self.unknown_threshold}
         return await run_in_threadpool(predict_response, outputs, row_form)
 
     # the application
@@ -335,7 +347,7 @@ def serve(export_dir: str | os.PathLike, model_name: str, host: str = "127.0.0.1
         host: the interface to listen on (``"0.0.0.0"``: every interface).
         port: the TCP port (default 8501, TF Serving's REST port).
         **options: :class:`ModelServer`'s ``max_batch_size``, ``batch_timeout_ms``,
-            ``poll_interval`` and ``max_request_bytes``.
+            ``poll_interval``, ``max_request_bytes`` and ``unknown_threshold``.
 
     Example (a folder that is not an export is refused before anything listens):
         >>> import tempfile

@@ -37,6 +37,8 @@ _PAGE = """<!doctype html>
  .bar > div { height: 100%; background: #4a6fd8; }
  .row:first-child .bar > div { background: #2a9d5c; }
  #error { color: #b00020; white-space: pre-wrap; }
+ .unknown { color: #b00020; font-weight: bold; margin-bottom: .5em; }
+ .known { color: #555; margin-bottom: .5em; }
  code { background: #f2f2f5; padding: 0 .25em; border-radius: 3px; }
 </style></head>
 <body>
@@ -56,6 +58,13 @@ const results = document.getElementById("results"), error = document.getElementB
 const preview = document.getElementById("preview");
 function show(prediction) {
   results.innerHTML = "";
+  if (prediction.unknown !== undefined) {
+    const verdict = document.createElement("div"); verdict.id = "unknown";
+    verdict.className = prediction.unknown ? "unknown" : "known";
+    verdict.textContent = (prediction.unknown ? "None of these: unlike every known class" :
+      "Looks like a known class") + " (unknown score " + prediction.unknown_score.toFixed(3) + ")";
+    results.append(verdict);
+  }
   prediction.class_names.forEach((name, i) => {
     const score = prediction.scores[i];
     const row = document.createElement("div"); row.className = "row";

@@ -28,6 +28,9 @@ the settings in :mod:`tfx_transfer.runs.config`. The run folder::
     RUN/export/1/               SavedModel (TF Serving layout), metrics in its metadata
     RUN/skipped_files.txt       files left out of the data and why (empty when none)
     RUN/test/                   the same report on DATA/test/, when the folder has one
+    RUN/calibration.json        temperature (folded into model.keras and the export), ECE
+                                before/after (on test/ when there is one), unknown threshold
+    RUN/reliability.png         reliability diagram before and after temperature scaling
     RUN/backup/                 only while training: what ``resume=True`` continues from
     RUN/.lock                   one process per run folder (an OS lock, released on any exit)
 
@@ -48,6 +51,7 @@ from typing import Any
 import keras
 
 from tfx_transfer.defaults import DEFAULT_SEED
+from tfx_transfer.evaluation.calibration import format_calibration
 from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config
 from tfx_transfer.runs.layout import RunFolder
 from tfx_transfer.runs.lock import lock_run_folder
@@ -312,14 +316,34 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
             {**json.loads(run.best_state.read_text()), "finished": True}, indent=2))
     best_state = json.loads(run.best_state.read_text())
     final = steps.final_model(run, model)
+    when = "the imprinted head, before any epoch" if best_state["epoch"] < 0 else \
+        f"epoch {best_state['epoch'] + 1}"
     steps.say(verbose, f"final model: best {best_state['monitor']} {best_state['value']:.4f} at "
-                       f"epoch {best_state['epoch'] + 1} -> {run.model}")
+                       f"{when} -> {run.model}")
 
+    calibration = _calibrate(final, folder, config, run, verbose)
     exports = steps.write_tflite(final, folder, run, tflite, verbose) if tflite else {}
     metrics, test_metrics, paths = steps.report_and_export(final, folder, config, run, best_state,
                                                            verbose, exports)
+    if calibration:
+        paths.update(calibration.pop("files"))
+        with open(paths["report"], "a", encoding="utf-8") as report:
+            report.write("\n" + format_calibration(calibration) + "\n")
     return {"metrics": metrics, "test_metrics": test_metrics, "config": config,
-            "best": best_state, "paths": paths}
+            "best": best_state, "paths": paths, "calibration": calibration}
+
+
+def _calibrate(final: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
+               verbose: Any) -> dict[str, Any] | None:
+    """Temperature and unknown score fitted on the run's splits (``steps.calibrate_and_fit_unknown``)."""
+    if not folder.files.get("validation"):
+        steps.say(verbose, "calibration: skipped (no validation images to fit the temperature "
+                           "and the unknown threshold on)")
+        return None
+    result = steps.calibrate_and_fit_unknown(final, folder, run.path, batch_size=config["batch_size"])
+    final.save(run.model)
+    steps.say(verbose, format_calibration(result))
+    return result
 
 
 def find_lr_for_folder(data_dir: str | os.PathLike, out: str | os.PathLike, *,

@@ -3,7 +3,8 @@
 :func:`load_data` (the image folder, its validation images and the decoded-image
 cache), :func:`build_model` (the transfer model, with ``weights="auto"`` resolved
 loudly), :func:`suggest_head_lr` (``head_lr="auto"``), :func:`fit` (both phases,
-best checkpoint, history, backup for resume), :func:`final_model` and
+best checkpoint, history, backup for resume), :func:`final_model`,
+:func:`calibrate_and_fit_unknown` (temperature scaling, "none of these") and
 :func:`report_and_export`. ``tfx-transfer find-lr`` runs the first three, so it
 builds what ``train`` builds.
 
@@ -15,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -24,10 +26,12 @@ from typing import Any
 import keras
 
 from tfx_transfer.runs.layout import (
+    CALIBRATION_FILE,
     EXPORTS_FILE,
     HISTORY_PNG,
     LR_FINDER_CSV,
     LR_FINDER_PNG,
+    RELIABILITY_PNG,
     TEST_DIR,
     TFLITE_FILE,
     RunFolder,
@@ -232,8 +236,13 @@ def fit(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
                      + ("" if done else " (no backup yet: starting over)"))
     elif run.backup.exists():
         shutil.rmtree(run.backup)
-    best = BestModelCheckpoint(model, run.best, monitor=config["monitor"], resume=bool(done),
-                               verbose=int(verbose != 0))
+    imprinted = config["head"] == "cosine" and not done
+    if imprinted:  # the head phase starts from the imprinted rows, the first checkpoint
+        imprint_head(model, folder, config, run, verbose)
+    best = BestModelCheckpoint(model, run.best, monitor=config["monitor"],
+                               resume=bool(done) or imprinted, verbose=int(verbose != 0))
+    if config["head_epochs"] + config["fine_tune_epochs"] == 0:
+        return best
     logger = keras.callbacks.CSVLogger(str(run.history), append=bool(done))
     # heavy augmentation changes the images every epoch on the dataset side: nothing to cache
     cache = False if config["augmentation"] == "heavy" else config["cache_features"]
@@ -250,6 +259,44 @@ def fit(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
             class_weight=weights, train_bn=config["train_bn"], verbose=verbose,
         )
     return best
+
+
+def imprint_head(model: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
+                 verbose: Any = 1) -> dict[str, Any]:
+    """A cosine head imprinted from the training images (:func:`tfx_transfer.imprint`), kept as epoch -1.
+
+    Scores it on the validation images and writes it as the run's first best
+    checkpoint (``best.keras``, ``best.json`` with ``"epoch": -1, "imprinted": true``),
+    so training keeps it unless an epoch improves on it. Returns the state written.
+    """
+    import time
+
+    from tfx_transfer.models.imprinting import imprint
+
+    start = time.perf_counter()
+    imprint(model, folder, batch_size=config["batch_size"])
+    seconds = time.perf_counter() - start
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    scores = model.evaluate(_int_labels(folder.validation), verbose=0, return_dict=True)
+    value = float(scores[config["monitor"].removeprefix("val_")])
+    model.save(run.best)
+    state = {"monitor": config["monitor"], "value": value, "epoch": -1, "imprinted": True,
+             "imprint_seconds": round(seconds, 3)}
+    run.best_state.write_text(json.dumps(state, indent=2))
+    say(verbose, f"imprint: cosine head set from the training images' mean features in "
+                 f"{seconds:.1f} s; {config['monitor']} {value:.4f}, val_accuracy "
+                 f"{scores['accuracy']:.4f}")
+    return state
+
+
+def _int_labels(dataset: Any) -> Any:
+    """``(images, labels)`` batches with integer labels (one-hot rows -> argmax)."""
+    import tensorflow as tf
+
+    def fix(images: Any, labels: Any) -> Any:
+        return images, tf.argmax(labels, axis=-1) if labels.shape.rank == 2 else labels
+
+    return dataset.map(fix)
 
 
 def final_model(run: RunFolder, model: keras.Model) -> keras.Model:
@@ -323,8 +370,9 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
 
     metrics = report("validation", run.path)
     files = metrics.pop("files")
-    plot_history(run.history, run.file(HISTORY_PNG),
-                 title=f"{config['backbone']}, weights: {config['weights']}")
+    if run.history.exists():  # a cosine head imprinted without epochs has no history
+        plot_history(run.history, run.file(HISTORY_PNG),
+                     title=f"{config['backbone']}, weights: {config['weights']}")
     test_metrics = None
     if folder.test is not None:
         test_metrics = report("test", run.file(TEST_DIR))
@@ -346,8 +394,45 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
              "export": Path(export_path), "skipped": run.skipped,
              **{kind: Path(report["path"]) for kind, report in (exports or {}).items()
                 if report["path"]}}
+    if not run.history.exists():
+        del paths["history"], paths["history_png"]
     say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
         *(f"  {name:<17}{path}" for name, path in paths.items()))
     if test_metrics:
         say(verbose, "", "test:", format_report(test_metrics))
     return metrics, test_metrics, paths
+
+
+def calibrate_and_fit_unknown(model: Any, folder: Any, run_path: str | Path,
+                              batch_size: int = 32) -> dict[str, Any]:
+    """Temperature (:func:`tfx_transfer.calibrate`, on val/) and unknown score
+    (:func:`tfx_transfer.fit_unknown`: train/ references, val/ threshold), in place; writes
+    ``calibration.json`` and ``reliability.png``, the ECE measured on test/ when the folder has
+    one, else on val/ (and saying so). Returns what the JSON holds, plus ``"files"``."""
+    from tfx_transfer.evaluation import calibration as cal
+    from tfx_transfer.evaluation.unknown_detection import fit_unknown
+
+    if not cal.softmax_classifier(model):  # e.g. a sigmoid (multi-label) classifier
+        result = {"skipped": "no temperature (per-label calibration of a sigmoid classifier is "
+                  "not supported)", "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
+        file = Path(run_path) / CALIBRATION_FILE
+        file.write_text(json.dumps(result, indent=2))
+        return {**result, "files": {"calibration": file}}
+    measured_on = "test" if folder.files.get("test") else "val"
+    before = cal.labelled_probabilities(model, folder, batch_size, measured_on)
+    fit = cal.calibrate(model, folder, batch_size=batch_size, split="val")
+    # what the folded classifier now gives (softmax ignores the constant of log p)
+    after = (cal.softmax(cal.log_probabilities(before[0]) / fit["temperature"]), before[1])
+    result = {
+        "temperature": fit["temperature"], "fitted_on": f"val/ ({fit['num_samples']} images)",
+        "measured_on": (f"test/ ({len(before[1])} images)" if measured_on == "test" else
+                        f"val/ ({len(before[1])} images), the images the temperature was fitted on"),
+        "ece_before": cal.expected_calibration_error(*before),
+        "ece_after": cal.expected_calibration_error(*after),
+        "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
+    files = {"calibration": Path(run_path) / CALIBRATION_FILE,
+             "reliability": cal.plot_reliability({"before": before, "after": after},
+                                                 Path(run_path) / RELIABILITY_PNG,
+                                                 title=f"Reliability on {measured_on}/")}
+    files["calibration"].write_text(json.dumps(result, indent=2))
+    return {**result, "files": files}
