@@ -137,12 +137,11 @@ def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_ru
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 6 and {row["top"][0]["class"] for row in rows} <= {"cats", "dogs"}
     # train(tflite="float16") writes RUN/model.tflite the same way, next to the others' figures
-    from tfx_transfer.runs.deploy import run_images
+    from tfx_transfer.runs.deploy import run_images, write_run_tflite
     from tfx_transfer.runs.layout import RunFolder
-    from tfx_transfer.training.steps import write_tflite
 
     folder = run_images(run)
-    reports = write_tflite(model, folder, RunFolder(run), "float16", verbose=0)
+    reports = write_run_tflite(model, folder, RunFolder(run), "float16", verbose=0)
     assert reports["tflite"]["path"] == str(run / "model.tflite") and \
         tt.read_tflite_labels(run / "model.tflite") == ["cats", "dogs"]
     assert sorted(json.loads((run / "exports.json").read_text())) == ["m.onnx", "m.tflite",
@@ -152,7 +151,7 @@ def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_ru
         import tfx_transfer.export.tflite as tflite_module
 
         monkeypatch.setitem(tflite_module.export_tflite.__kwdefaults__, "min_agreement", 1.01)
-        refused = write_tflite(model, folder, RunFolder(run), "float32", verbose=0)
+        refused = write_run_tflite(model, folder, RunFolder(run), "float32", verbose=0)
     assert refused["tflite"]["path"] is None
     assert "refused" in json.loads((run / "exports.json").read_text())["model.tflite"]
 

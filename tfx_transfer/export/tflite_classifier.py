@@ -67,8 +67,16 @@ class TFLiteClassifier:
         pixels = np.stack([self._pixels(item) for item in images]).astype(np.float32)
         return self.model.probabilities(pixels)
 
-    def predict(self, images: Any, top_k: int | None = None) -> list[dict]:
-        """``[{"top": [(class, score), ...], "probabilities": row}]`` per image."""
+    def predict(self, images: Any, top_k: int | None = None,
+                unknown_threshold: float | None = None) -> list[dict]:
+        """``[{"top": [(class, score), ...], "probabilities": row}]`` per image.
+
+        A ``.tflite`` file returns probabilities only: ``unknown_threshold`` (the "none of
+        these" flag of a SavedModel export) is refused.
+        """
+        if unknown_threshold is not None:
+            raise ValueError(f"unknown_threshold={unknown_threshold!r}, but {self.path} returns "
+                             "probabilities only (no unknown score); use the SavedModel export.")
         top_k = self.metadata["top_k"] if top_k is None else int(top_k)
         if not 1 <= top_k <= len(self.class_names):
             raise ValueError(f"top_k={top_k} must be between 1 and {len(self.class_names)}.")

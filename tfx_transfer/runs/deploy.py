@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-from tfx_transfer.runs.layout import CONFIG_FILE, EXPORTS_FILE, MODEL_FILE
+from tfx_transfer.runs.layout import CONFIG_FILE, EXPORTS_FILE, MODEL_FILE, TFLITE_FILE, RunFolder
 
 
 def run_images(run_dir: str | os.PathLike) -> Any:
@@ -120,4 +121,55 @@ def export_model_files(model: Any, *, tflite: str | os.PathLike | None = None,
         known = json.loads(record.read_text()) if record.is_file() else {}
         known.update({str(Path(r["path"]).name): r for r in reports.values()})
         record.write_text(json.dumps(known, indent=2) + "\n")
+    return reports
+
+
+def write_run_tflite(final: Any, folder: Any, run: RunFolder, quantization: str,
+                     verbose: Any = 1) -> dict[str, dict]:
+    """``RUN/model.tflite`` (int8: calibrated on the training images), checked on the validation
+    images; ``{"tflite": report}`` (also in ``RUN/exports.json``).
+
+    A file refused by the check (``ParityError``) does not stop the run: the refusal and its
+    figures are warned about and recorded as ``{"tflite": {"path": None, "refused": message}}``.
+
+    Args:
+        final: the run's final Keras model.
+        folder: the run's :class:`~tfx_transfer.ImageFolder` (training and validation images).
+        run: the run folder.
+        quantization: ``"int8"``, ``"float16"``, ``"dynamic"`` or ``"float32"``.
+        verbose: 0 prints nothing.
+
+    Example:
+        >>> import keras, tempfile, tfx_transfer as tt
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for i in range(8):
+        ...     (root / "ab"[i % 2]).mkdir(exist_ok=True)
+        ...     Image.new("RGB", (8, 8), (200 * (i % 2), 50, 90)).save(root / "ab"[i % 2] / f"{i}.png")
+        >>> folder = tt.load_image_folder(root, image_size=8, validation_split=0.5)
+        >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+        ...                           keras.layers.Dense(2, activation="softmax")])
+        >>> run = RunFolder(tempfile.mkdtemp())
+        >>> report = write_run_tflite(model, folder, run, "float32", verbose=0)["tflite"]
+        >>> Path(report["path"]).name, report["num_samples"], report["top1_agreement"]
+        ('model.tflite', 4, 1.0)
+    """
+    from tfx_transfer.export.parity import ParityError, describe
+
+    try:
+        reports = export_model_files(
+            final, tflite=run.file(TFLITE_FILE), run_dir=run.path, class_names=folder.class_names,
+            representative_data=folder, validation_data=folder,
+            quantization=None if quantization == "float32" else quantization)
+    except ParityError as exc:
+        warnings.warn(f"train(tflite={quantization!r}): {exc}", UserWarning, stacklevel=2)
+        refused = {"path": None, "quantization": quantization, "refused": str(exc)}
+        record = run.file(EXPORTS_FILE)
+        known = json.loads(record.read_text()) if record.is_file() else {}
+        record.write_text(json.dumps({**known, TFLITE_FILE: refused}, indent=2) + "\n")
+        return {"tflite": refused}
+    report = reports["tflite"]
+    if verbose != 0:
+        print(f"tflite ({quantization}): {report['path']} ({report['size_bytes'] / 1e6:.2f} MB), "
+              f"{describe(report | {'num_images': report['num_samples']})}", flush=True)
     return reports

@@ -322,7 +322,11 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
                        f"{when} -> {run.model}")
 
     calibration = _calibrate(final, folder, config, run, verbose)
-    exports = steps.write_tflite(final, folder, run, tflite, verbose) if tflite else {}
+    exports = {}
+    if tflite:
+        from tfx_transfer.runs.deploy import write_run_tflite
+
+        exports = write_run_tflite(final, folder, run, tflite, verbose)
     metrics, test_metrics, paths = steps.report_and_export(final, folder, config, run, best_state,
                                                            verbose, exports)
     if calibration:

@@ -27,13 +27,11 @@ import keras
 
 from tfx_transfer.runs.layout import (
     CALIBRATION_FILE,
-    EXPORTS_FILE,
     HISTORY_PNG,
     LR_FINDER_CSV,
     LR_FINDER_PNG,
     RELIABILITY_PNG,
     TEST_DIR,
-    TFLITE_FILE,
     RunFolder,
 )
 from tfx_transfer.training.checkpoint import BestModelCheckpoint
@@ -312,38 +310,6 @@ def final_model(run: RunFolder, model: keras.Model) -> keras.Model:
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("num_samples", "accuracy", "top_k", "top_k_accuracy", "loss", "macro_avg")
     return {key: metrics[key] for key in keys if key in metrics}
-
-
-def write_tflite(final: keras.Model, folder: Any, run: RunFolder, quantization: str,
-                 verbose: Any = 1) -> dict[str, dict]:
-    """``RUN/model.tflite`` (int8: calibrated on the training images), checked on the validation
-    images; ``{"tflite": report}`` (also in ``RUN/exports.json``).
-
-    A file refused by the check (``ParityError``) does not stop the run: the refusal and its
-    figures are warned about and recorded as ``{"tflite": {"path": None, "refused": message}}``.
-    """
-    import json
-
-    from tfx_transfer.export.parity import ParityError, describe
-    from tfx_transfer.runs.deploy import export_model_files
-
-    try:
-        reports = export_model_files(
-            final, tflite=run.file(TFLITE_FILE), run_dir=run.path, class_names=folder.class_names,
-            representative_data=folder, validation_data=folder,
-            quantization=None if quantization == "float32" else quantization)
-    except ParityError as exc:
-        warnings.warn(f"train(tflite={quantization!r}): {exc}", UserWarning, stacklevel=2)
-        refused = {"path": None, "quantization": quantization, "refused": str(exc)}
-        record = run.file(EXPORTS_FILE)
-        known = json.loads(record.read_text()) if record.is_file() else {}
-        record.write_text(json.dumps({**known, TFLITE_FILE: refused}, indent=2) + "\n")
-        return {"tflite": refused}
-    report = reports["tflite"]
-    say(verbose, f"tflite ({quantization}): {report['path']} "
-                 f"({report['size_bytes'] / 1e6:.2f} MB), "
-                 f"{describe(report | {'num_images': report['num_samples']})}")
-    return reports
 
 
 def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
