@@ -230,6 +230,17 @@ def test_transfer_protocol(capsys):
         assert 0 <= cells[0] <= 1 and 0 <= cells[2] <= 1, method
 
 
+def test_export_formats(capsys):
+    out = run("export_formats", capsys)
+    rows = re.findall(rf"^\| (tflite \w+|ONNX \(onnxruntime\)|SavedModel) \| {NUMBER} \| {NUMBER} \| "
+                      rf"{NUMBER} \| {NUMBER} \|", out, re.MULTILINE)
+    assert [row[0] for row in rows] == ["SavedModel", "tflite float32", "tflite int8",
+                                        "ONNX (onnxruntime)"]
+    assert all(float(size) > 0 and float(ms) > 0 and 0 <= float(acc) <= 1
+               for _, size, ms, acc, _ in rows)
+    assert "int8 vs float32: accuracy" in out
+
+
 def test_unknown_classes(capsys):
     out = run("unknown_classes", capsys)
     for method in load("unknown_classes").METHODS:

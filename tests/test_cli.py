@@ -95,7 +95,7 @@ def _functions() -> dict[str, list]:
 
 # Flags that are the CLI's own, not a keyword argument with a default (output format, inputs)
 CLI_ONLY = {"train": {"out", "config", "resume"}, "evaluate": set(), "weights": set(),
-            "pretrain": {"backbone", "out", "resume"}, "export": {"labels", "class_names", "tflite"},
+            "pretrain": {"backbone", "out", "resume"}, "export": {"labels", "class_names", "tflite", "onnx"},
             "predict": {"json"}, "serve": {"model_name"}, "explain": {"out"}, "find-lr": {"out"},
             "adapt": {"out"}, "add-classes": {"out"}}
 

@@ -23,7 +23,7 @@ from tfx_transfer.data.decode import TENSORFLOW_DECODES_WEBP, decode_and_resize 
 from tfx_transfer.export.exported import load_exported, predict_files  # noqa: E402
 from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
 from tfx_transfer.export.signatures import SERVING_FORMATS  # noqa: E402
-from tfx_transfer.export.tflite import TFLITE_TOLERANCE, export_tflite  # noqa: E402
+from tfx_transfer.export.tflite import export_tflite  # noqa: E402
 from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head  # noqa: E402
 
 CLASSES = ["daisy", "rose", "tulip"]
@@ -302,8 +302,11 @@ def test_failure_mid_save_leaves_no_version_and_no_litter(model, tmp_path, monke
 @pytest.mark.parametrize("quantization", ["float16", "dynamic"])
 def test_tflite_parity(model, tmp_path, quantization):
     sample = tiny_pixels(12, SIZE, seed=3)
-    report = export_tflite(model, tmp_path / "m.tflite", quantization=quantization, sample_pixels=sample)
-    assert report["max_abs_diff"] <= TFLITE_TOLERANCE[quantization] and report["num_samples"] == 12
+    # random pixels: dynamic int8 flips near-ties (the agreement bound is for real images)
+    bounds = {"float16": {}, "dynamic": dict(tolerance=0.1, min_agreement=0.5)}[quantization]
+    report = export_tflite(model, tmp_path / "m.tflite", quantization=quantization,
+                           sample_pixels=sample, **bounds)
+    assert report["max_abs_diff"] <= report["tolerance"] and report["num_samples"] == 12
     content = (tmp_path / "m.tflite").read_bytes()
     assert len(content) == report["size_bytes"]
     # the file on disk is the checked model: run it again independently
@@ -315,7 +318,7 @@ def test_tflite_parity(model, tmp_path, quantization):
     interpreter.invoke()
     got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     expected = model.predict(sample, verbose=0)
-    np.testing.assert_allclose(got, expected, atol=TFLITE_TOLERANCE[quantization])
+    np.testing.assert_allclose(got, expected, atol=report["tolerance"])
     # top-1 agrees wherever the Keras margin exceeds twice the measured difference
     top2 = np.sort(expected, 1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 2 * report["max_abs_diff"]
@@ -332,9 +335,10 @@ def test_tflite_parity_failure_writes_nothing(tmp_path, monkeypatch):
     small = keras.Model(inputs, outputs)
     import tfx_transfer.export.tflite as export
 
-    real = export._tflite_probabilities
-    monkeypatch.setattr(export, "_tflite_probabilities", lambda c, p: real(c, p) + 0.1)
-    with pytest.raises(RuntimeError, match=r"differs from the Keras model by up to 0\.1"):
+    real = export.TFLiteModel.probabilities
+    monkeypatch.setattr(export.TFLiteModel, "probabilities", lambda self, p: real(self, p) + 0.1)
+    with pytest.raises(RuntimeError, match=r"beyond the bound max_abs_diff=0\.0001: .*max \|prob "
+                                           r"diff\| 0\.1.*a larger tolerance="):
         export_tflite(small, tmp_path / "s.tflite", quantization=None)
     assert list(tmp_path.iterdir()) == []
 

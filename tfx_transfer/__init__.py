@@ -78,6 +78,8 @@ _EXPORTS = {
     "load_exported": "export.exported",
     "ExportedModel": "export.exported",
     "export_tflite": "export.tflite",
+    "read_tflite_labels": "export.tflite_metadata",
+    "export_onnx": "export.onnx",
     "predict_files": "export.exported",
     # evaluation, reports, end-to-end training
     "evaluate_model": "evaluation.evaluate",

@@ -11,6 +11,12 @@ here so a Keras upgrade checks them too:
   optimizer wrapper must (``LossScaleOptimizer`` does the same); 3.8-3.15.
 * ``finetune.StagedBackupAndRestore`` overrides ``BackupAndRestore._load_model``
   to apply the unfreezing stages before the optimizer state is restored; 3.8-3.15.
+
+One TensorFlow module that is not public API, used where TensorFlow is imported anyway:
+``export/tflite_metadata.py`` reads and re-writes ``.tflite`` flatbuffers with
+``tensorflow.lite.python.schema_py_generated`` (the TFLite schema that TensorFlow's own
+TFLite tools use; ``tflite-support``, which ships it publicly, cannot be installed beside
+TensorFlow >= 2.18); TensorFlow 2.18-2.21.
 """
 
 from __future__ import annotations

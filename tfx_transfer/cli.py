@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"tfx-transfer {args.command}: error: {exc}", file=sys.stderr)
             return 2
         except RuntimeError as exc:
-            if type(exc).__name__ not in ("WeightsUnavailableError", "RunFolderLockedError"):
+            if type(exc).__name__ not in ("WeightsUnavailableError", "RunFolderLockedError",
+                                          "ParityError"):
                 raise
             print(f"tfx-transfer {args.command}: error: {exc}", file=sys.stderr)
             return 2

@@ -262,8 +262,9 @@ def predict_files(
     (hidden files ignored); a progress bar (``keras.utils.Progbar``) counts images.
 
     Args:
-        export: an ``export_dir`` (its newest version), a version folder, or an
-            :class:`ExportedModel` already loaded.
+        export: an ``export_dir`` (its newest version), a version folder, an
+            :class:`ExportedModel` already loaded, or a ``.tflite`` file with class names
+            (:class:`~tfx_transfer.export.tflite_classifier.TFLiteClassifier`).
         paths_or_folder: an image file, a folder, or a list of them. TIFFs are
             skipped: the serving graph does not decode them.
         top_k: classes per image; default
@@ -291,7 +292,11 @@ def predict_files(
         >>> [(os.path.basename(row["path"]), len(row["top"])) for row in rows]
         [('1.jpg', 1), ('2.png', 1)]
     """
-    exported = export if isinstance(export, ExportedModel) else load_exported(export)
+    if isinstance(export, (str, os.PathLike)) and os.fspath(export).endswith(".tflite"):
+        from tfx_transfer.export.tflite_classifier import TFLiteClassifier
+
+        export = TFLiteClassifier(export)  # labels from its metadata, same predict()
+    exported = export if hasattr(export, "predict") else load_exported(export)
     top_k = default_top_k(len(exported.class_names)) if top_k is None else top_k
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")

@@ -7,7 +7,7 @@ literal. The folder (see :mod:`tfx_transfer.training.job` for what each file hol
 
     RUN/config.json  history.csv  best.keras  best.json  model.keras  skipped_files.txt
     RUN/metrics.json  report.txt  history.png  confusion_matrix.png  predictions.png
-    RUN/top_losses.png  top_losses.csv  lr_finder.png  lr_finder.csv
+    RUN/top_losses.png  top_losses.csv  lr_finder.png  lr_finder.csv  model.tflite  exports.json
     RUN/export/1/  RUN/test/  RUN/tensorboard/  RUN/backup/  RUN/.lock
     RUN/evaluate-<folder>/    written by ``tfx-transfer evaluate RUN FOLDER``
 
@@ -42,6 +42,9 @@ TEST_DIR = "test"
 LR_FINDER_PNG = "lr_finder.png"
 LR_FINDER_CSV = "lr_finder.csv"
 HISTORY_PNG = "history.png"
+# written by train(tflite=...) and `tfx-transfer export RUN ... --tflite/--onnx`
+TFLITE_FILE = "model.tflite"
+EXPORTS_FILE = "exports.json"  # the check figures of each .tflite/.onnx file written
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_PNG = "reliability.png"
 UNKNOWN_SCORES_PNG = "unknown_scores.png"

@@ -111,6 +111,7 @@ def train(
     valid_col: str | None = None,
     resume: bool = False,
     tensorboard: bool = False,
+    tflite: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: Any = "auto",
 ) -> dict[str, Any]:
@@ -183,6 +184,10 @@ def train(
         tensorboard: write TensorBoard event files to ``RUN/tensorboard/`` (both
             phases on one epoch axis; loss, accuracy, learning rate and stage per
             epoch): ``tensorboard --logdir RUN``.
+        tflite: also write ``RUN/model.tflite`` with this quantization (``"int8"``: full
+            integer, calibrated on the training images; ``"float16"``, ``"dynamic"``,
+            ``"float32"``), checked on the validation images; its figures go to
+            ``RUN/exports.json`` and the export's metadata (:func:`tfx_transfer.export_tflite`).
         callbacks: extra Keras callbacks for both phases (e.g. ``EarlyStopping``).
         verbose: ``"auto"``/1 progress bars and messages, 2 one line per epoch, 0 quiet.
 
@@ -233,7 +238,7 @@ def train(
                                                              write_graph=False)]
     run.path.mkdir(parents=True, exist_ok=True)
     with lock_run_folder(run.path, command="train"):
-        return _train_locked(data_dir, run, resume, given, callbacks, verbose)
+        return _train_locked(data_dir, run, resume, given, callbacks, verbose, tflite)
 
 
 def _check_export_possible() -> None:
@@ -292,7 +297,8 @@ def _announce(run: RunFolder, folder: Any, config: dict[str, Any], verbose: Any)
 
 
 def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, Any],
-                  callbacks: Sequence[keras.callbacks.Callback], verbose: Any) -> dict[str, Any]:
+                  callbacks: Sequence[keras.callbacks.Callback], verbose: Any,
+                  tflite: str | None = None) -> dict[str, Any]:
     config = run_config(data_dir, run.path, resume, given, train_defaults())
     _set_determinism(config)
 
@@ -331,8 +337,13 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
                        f"{when} -> {run.model}")
 
     calibration = _calibrate(final, folder, config, run, verbose)
+    exports = {}
+    if tflite:
+        from tfx_transfer.runs.deploy import write_run_tflite
+
+        exports = write_run_tflite(final, folder, run, tflite, verbose)
     metrics, test_metrics, paths = steps.report_and_export(final, folder, config, run, best_state,
-                                                           verbose)
+                                                           verbose, exports)
     if calibration:
         paths.update(calibration.pop("files"))
         with open(paths["report"], "a", encoding="utf-8") as report:
@@ -343,12 +354,14 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
 
 def _calibrate(final: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
                verbose: Any) -> dict[str, Any] | None:
-    """Temperature and unknown score fitted on the run's splits (``steps.calibrate_and_fit_unknown``)."""
+    """Temperature and unknown score fitted on the run's splits (:func:`~tfx_transfer.runs.calibration.calibrate_run`)."""
     if not folder.files.get("validation"):
         steps.say(verbose, "calibration: skipped (no validation images to fit the temperature "
                            "and the unknown threshold on)")
         return None
-    result = steps.calibrate_and_fit_unknown(final, folder, run.path, batch_size=config["batch_size"])
+    from tfx_transfer.runs.calibration import calibrate_run
+
+    result = calibrate_run(final, folder, run.path, batch_size=config["batch_size"])
     final.save(run.model)
     steps.say(verbose, format_calibration(result))
     return result

@@ -26,11 +26,9 @@ from typing import Any
 import keras
 
 from tfx_transfer.runs.layout import (
-    CALIBRATION_FILE,
     HISTORY_PNG,
     LR_FINDER_CSV,
     LR_FINDER_PNG,
-    RELIABILITY_PNG,
     TEST_DIR,
     RunFolder,
 )
@@ -334,9 +332,13 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], run: RunFolder,
-                      best_state: dict[str, Any], verbose: Any = 1
+                      best_state: dict[str, Any], verbose: Any = 1,
+                      exports: dict[str, dict] | None = None,
                       ) -> tuple[dict, dict | None, dict[str, Path]]:
     """The run's report (validation, and ``test/`` when the folder has one), then its export.
+
+    ``exports``: reports of files written beside it (``{"tflite": ...}``), recorded in the
+    export's metadata.
 
     Returns the validation metrics, the test metrics (or ``None``) and ``{name: path}``
     of the run's files.
@@ -366,7 +368,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
             "training": {k: config[k] for k in ("weights", "weights_requested", "image_size",
                                                 "head_epochs", "fine_tune_epochs", "blocks",
                                                 "augmentation", "head_lr", "fine_tune_lr", "seed")},
-            "checkpoint": best_state}
+            "checkpoint": best_state, **(exports or {})}
     export_path = export_saved_model(final, run.export_dir, folder.class_names, version=1,
                                      overwrite=True, metadata=info)
     paths = {"run": run.path, "config": run.config, "history": run.history,
@@ -375,7 +377,9 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
                  ("metrics", "metrics"), ("report", "report"), ("confusion_matrix", "confusion_matrix"),
                  ("predictions", "predictions"), ("per_label", "per_label"), ("top_losses",
                  "top_losses_png"), ("top_losses_csv", "top_losses_csv")) if key in files},
-             "export": Path(export_path), "skipped": run.skipped}
+             "export": Path(export_path), "skipped": run.skipped,
+             **{kind: Path(report["path"]) for kind, report in (exports or {}).items()
+                if report["path"]}}
     if not run.history.exists():
         del paths["history"], paths["history_png"]
     say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
@@ -383,38 +387,3 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
     if test_metrics:
         say(verbose, "", "test:", format_report(test_metrics))
     return metrics, test_metrics, paths
-
-
-def calibrate_and_fit_unknown(model: Any, folder: Any, run_path: str | Path,
-                              batch_size: int = 32) -> dict[str, Any]:
-    """Temperature (:func:`tfx_transfer.calibrate`, on val/) and unknown score
-    (:func:`tfx_transfer.fit_unknown`: train/ references, val/ threshold), in place; writes
-    ``calibration.json`` and ``reliability.png``, the ECE measured on test/ when the folder has
-    one, else on val/ (and saying so). Returns what the JSON holds, plus ``"files"``."""
-    from tfx_transfer.evaluation import calibration as cal
-    from tfx_transfer.evaluation.unknown_detection import fit_unknown
-
-    if not cal.softmax_classifier(model):  # e.g. a sigmoid (multi-label) classifier
-        result = {"skipped": "no temperature (per-label calibration of a sigmoid classifier is "
-                  "not supported)", "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
-        file = Path(run_path) / CALIBRATION_FILE
-        file.write_text(json.dumps(result, indent=2))
-        return {**result, "files": {"calibration": file}}
-    measured_on = "test" if folder.files.get("test") else "val"
-    before = cal.labelled_probabilities(model, folder, batch_size, measured_on)
-    fit = cal.calibrate(model, folder, batch_size=batch_size, split="val")
-    # what the folded classifier now gives (softmax ignores the constant of log p)
-    after = (cal.softmax(cal.log_probabilities(before[0]) / fit["temperature"]), before[1])
-    result = {
-        "temperature": fit["temperature"], "fitted_on": f"val/ ({fit['num_samples']} images)",
-        "measured_on": (f"test/ ({len(before[1])} images)" if measured_on == "test" else
-                        f"val/ ({len(before[1])} images), the images the temperature was fitted on"),
-        "ece_before": cal.expected_calibration_error(*before),
-        "ece_after": cal.expected_calibration_error(*after),
-        "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
-    files = {"calibration": Path(run_path) / CALIBRATION_FILE,
-             "reliability": cal.plot_reliability({"before": before, "after": after},
-                                                 Path(run_path) / RELIABILITY_PNG,
-                                                 title=f"Reliability on {measured_on}/")}
-    files["calibration"].write_text(json.dumps(result, indent=2))
-    return {**result, "files": files}
