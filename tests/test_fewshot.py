@@ -86,10 +86,15 @@ def test_add_classes_keeps_the_old_scores_and_imprints_the_new_rows(tinycam):
     tt.imprint(model, (x_old, np.repeat([0, 1], 4)))
     before = model.predict(x_old, verbose=0)
     x_new = _images(2, 3)
-    model.transfer_config["unknown"] = {"method": "max_probability", "threshold": 0.5}
-    with pytest.warns(UserWarning, match="unknown-class statistics describe the old classes"):
-        bigger = tt.add_classes(model, (x_new, np.zeros(3, int)), class_names=["blue"])
-    assert "unknown" not in tt.transfer_config(bigger) and "unknown" in tt.transfer_config(model)
+    tt.fit_unknown(model, (x_old, np.repeat([0, 1], 4)), (x_old, np.repeat([0, 1], 4)))
+    assert tt.unknown_scores(model, x_new)[1].min() > 0.01  # blue is not known yet
+    bigger = tt.add_classes(model, (x_new, np.zeros(3, int)), class_names=["blue"])
+    # the unknown score's references gained the new images (the old model's did not)
+    assert tt.transfer_config(bigger)["unknown"]["references"]["shape"][0] == \
+        tt.transfer_config(model)["unknown"]["references"]["shape"][0] + 3
+    assert tt.unknown_scores(bigger, x_new)[1].max() < 1e-3  # the new images are known now
+    np.testing.assert_allclose(tt.unknown_scores(bigger, x_old)[1],
+                               tt.unknown_scores(model, x_old)[1], atol=1e-6)
     assert tt.transfer_config(bigger)["class_names"] == ["red", "green", "blue"]
     assert tt.transfer_config(bigger)["num_classes"] == 3
     assert tt.transfer_config(model)["class_names"] == ["red", "green"]  # the old model is unchanged

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from tfx_transfer.models.cosine import CosineClassifier
 from tfx_transfer.models.parts import model_parts
+from tfx_transfer.models.unknown_score import add_references
 
 CLASSIFIER_NAME = "predictions"
 
@@ -196,10 +196,8 @@ def _expanded(model: keras.Model, names: list[str]) -> keras.Model:
         raise ValueError(f"No classifier named {CLASSIFIER_NAME!r} in {model.name!r}'s config.")
     settings = dict(config.get("transfer_config") or {})
     settings.update(num_classes=len(names), class_names=names)
-    if "unknown" in settings:  # its statistics cover the old classes only
-        warnings.warn("add_classes: the model's unknown-class statistics describe the old classes "
-                      "only; they were dropped. Calibrate the new model again.", stacklevel=3)
-        settings.pop("unknown")
+    if "unknown" in settings:  # add_classes appends the new images to its references
+        settings["unknown"] = copy.deepcopy(settings["unknown"])
     config["transfer_config"] = settings
     return type(model).from_config(config)
 
@@ -212,7 +210,9 @@ def add_classes(model: keras.Model, data: Any, *, class_names: Sequence[str] | N
     copied unchanged; each new class's row is the normalised mean of its images'
     centred features, as :func:`imprint` makes it (one backbone pass, no gradient
     step). The old classes' scores are unchanged; only the new classes can take
-    probability from them (measured in ``docs/fewshot.md``).
+    probability from them (measured in ``docs/fewshot.md``). Where the model has a
+    "none of these" score (:func:`tfx_transfer.fit_unknown`), the new images join its
+    references (its threshold is kept), so images of the new classes are known too.
 
     Args:
         model: a model of the kit with a cosine head that knows its class names.
@@ -257,14 +257,15 @@ def add_classes(model: keras.Model, data: Any, *, class_names: Sequence[str] | N
     if clash:
         raise ValueError(f"add_classes: {clash} are already classes of the model ({old}); to "
                          "refresh an existing class use tt.imprint on a cosine head.")
-    features, labels = penultimate_features(model, labelled.batches)
+    pooled, labels = penultimate_features(model, labelled.batches)  # the cosine head's avg pool
     _check_labels(labels, len(new), f"the new classes are {new}")
-    features = features - np.asarray(keras.ops.convert_to_numpy(layer.center), np.float32)
+    features = pooled - np.asarray(keras.ops.convert_to_numpy(layer.center), np.float32)
     directions, seen = class_directions(features, labels, len(new))
     if not seen.all():
         raise ValueError(f"add_classes: no images of {[n for n, s in zip(new, seen) if not s]}.")
     bigger = _expanded(model, [*old, *new])
     _copy_weights(model, bigger, layer, directions)
+    add_references(bigger, pooled)  # the unknown score, where fitted, knows the new classes too
     return bigger
 
 

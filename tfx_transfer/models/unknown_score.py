@@ -226,3 +226,35 @@ def set_references(model: keras.Model, features: np.ndarray, threshold: float,
         "method": METHOD, "k": 1, "feature": "pooled backbone output, L2-normalised",
         "threshold": check_threshold(threshold), "tpr": float(tpr),
         "references": pack_array(normalised)}
+
+
+def add_references(model: keras.Model, features: np.ndarray) -> int:
+    """Append known images' pooled features to a fitted model's references (threshold kept).
+
+    For classes added after the score was fitted (:func:`tfx_transfer.add_classes`):
+    their images become references too, so images like them are not called unknown.
+    Returns the number of references now stored (0 when the model has no score).
+
+    Args:
+        model: a :class:`~tfx_transfer.TransferModel` (its settings are changed).
+        features: ``(N, D)`` pooled backbone features of the new known images.
+
+    Example:
+        >>> import tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> set_references(model, np.ones((2, 512)), threshold=0.5)
+        >>> add_references(model, np.eye(3, 512))
+        5
+    """
+    settings = unknown_settings(model)
+    if settings is None:
+        return 0
+    old = unpack_array(settings["references"])
+    new = np.asarray(keras.ops.convert_to_numpy(l2_normalize(np.asarray(features, np.float32))))
+    if new.shape[1:] != old.shape[1:]:
+        raise ValueError(f"add_references: features of shape {new.shape[1:]} do not match the "
+                         f"model's references {old.shape[1:]}.")
+    references = np.concatenate([old, new])
+    settings["references"] = pack_array(references)
+    return len(references)
+
