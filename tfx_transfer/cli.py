@@ -31,10 +31,12 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
+from tfx_transfer.commands.export import EXPORT
+
 # light modules: the commands import the library (Keras, TensorFlow) only when they run
 from tfx_transfer.commands.flags import Command
 from tfx_transfer.commands.jobs import ADAPT, ADD_CLASSES, FIND_LR, PRETRAIN, TRAIN
-from tfx_transfer.commands.use import EVALUATE, EXPLAIN, EXPORT, PREDICT, SERVE, WEIGHTS
+from tfx_transfer.commands.use import EVALUATE, EXPLAIN, PREDICT, SERVE, WEIGHTS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
 
