@@ -27,13 +27,14 @@ import contextlib
 import importlib
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-
-from tfx_transfer.commands.export import EXPORT
+from typing import Any
 
 # light modules: the commands import the library (Keras, TensorFlow) only when they run
+from tfx_transfer.commands.export import EXPORT
 from tfx_transfer.commands.flags import Command
 from tfx_transfer.commands.jobs import ADAPT, ADD_CLASSES, FIND_LR, PRETRAIN, TRAIN
 from tfx_transfer.commands.use import EVALUATE, EXPLAIN, PREDICT, SERVE, WEIGHTS
@@ -140,12 +141,27 @@ def quiet_native_log() -> Iterator[None]:
     os.close(write_fd)
     forwarder = threading.Thread(target=_forward, args=(read_fd, saved, level), daemon=True)
     forwarder.start()
-    try:
-        yield
-    finally:
+
+    def drain() -> None:
         sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe loses its last writer: the forwarder reads to its end
         forwarder.join(timeout=5)
+
+    def drain_then_die(signum: int, frame: Any) -> None:
+        # A SIGTERM (e.g. the one uvicorn re-raises after a graceful shutdown) would kill the
+        # process with the last lines still in the pipe: forward them, then die as by default.
+        drain()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, drain_then_die) if in_main else None
+    try:
+        yield
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        drain()
         if not forwarder.is_alive():
             os.close(saved)
 

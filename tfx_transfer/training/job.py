@@ -218,9 +218,10 @@ def train(
         >>> result["metrics"]["num_samples"], result["config"]["class_names"]  # 20% validation
         (2, ['circle', 'square'])
         >>> sorted(os.listdir(run))
-        ['.lock', 'best.json', 'best.keras', 'config.json', 'confusion_matrix.png', 'export',
-         'history.csv', 'history.png', 'metrics.json', 'model.keras', 'predictions.png',
-         'report.txt', 'skipped_files.txt', 'top_losses.csv', 'top_losses.png']
+        ['.lock', 'best.json', 'best.keras', 'calibration.json', 'config.json',
+         'confusion_matrix.png', 'export', 'history.csv', 'history.png', 'metrics.json',
+         'model.keras', 'predictions.png', 'reliability.png', 'report.txt', 'skipped_files.txt',
+         'top_losses.csv', 'top_losses.png']
         >>> result["paths"]["export"].relative_to(run).as_posix()
         'export/1'
     """
