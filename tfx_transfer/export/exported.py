@@ -292,6 +292,9 @@ def predict_files(
         >>> [(os.path.basename(row["path"]), len(row["top"])) for row in rows]
         [('1.jpg', 1), ('2.png', 1)]
     """
+    if isinstance(export, (str, os.PathLike)) and os.fspath(export).endswith(".onnx"):
+        raise ValueError(f"{os.fspath(export)!r} is an ONNX file: predict takes a SavedModel export "
+                         "or a .tflite file; run an .onnx file with onnxruntime (docs/deploy.md).")
     if isinstance(export, (str, os.PathLike)) and os.fspath(export).endswith(".tflite"):
         from tfx_transfer.export.tflite_classifier import TFLiteClassifier
 

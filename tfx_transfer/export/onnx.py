@@ -23,7 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from tfx_transfer.export.parity import DEFAULT_MIN_AGREEMENT, check_agreement, compare
+from tfx_transfer.export.parity import (
+    DEFAULT_MIN_AGREEMENT,
+    answer_thresholds,
+    check_agreement,
+    compare,
+)
 from tfx_transfer.export.sample_images import labelled_sample, sample_images
 
 ONNX_TOLERANCE = 1e-4  # largest |onnxruntime - Keras| probability accepted by default
@@ -157,8 +162,9 @@ def export_onnx(
             x = (sample_images(sample_pixels, size, None) if sample_pixels is not None
                  else rng.integers(0, 256, (8, *size, 3)).astype(np.float32))
             y, source = None, "sample_pixels" if sample_pixels is not None else "random pixels"
-        figures = compare(np.asarray(model.predict(x, verbose=0)), onnx_probabilities(content, x),
-                          y, source)
+        expected = np.asarray(model.predict(x, verbose=0))
+        figures = compare(expected, onnx_probabilities(content, x), y, source,
+                          answer_thresholds(model, expected.shape[-1]))
         report.update({k: v for k, v in figures.items() if k != "num_images"},
                       num_samples=figures["num_images"])
         bound = 0.0 if source == "random pixels" else min_agreement

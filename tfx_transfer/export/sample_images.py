@@ -66,9 +66,7 @@ def _batches(data: Any) -> tuple[np.ndarray, np.ndarray | None]:
             images.append(np.asarray(batch))
     if not images:
         raise ValueError("The dataset yielded no images.")
-    y = np.concatenate(labels) if labels else None
-    if y is not None and y.ndim == 2:  # one-hot
-        y = y.argmax(-1)
+    y = np.concatenate(labels) if labels else None  # indices, one-hot or multi-hot: as given
     return np.concatenate(images), y
 
 
@@ -106,7 +104,10 @@ def sample_images(data: Any, image_size: Sequence[int], count: int | None = DEFA
 def labelled_sample(data: Any, image_size: Sequence[int], class_names: Sequence[str] | None,
                     count: int | None = None, seed: int = DEFAULT_SEED
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``count`` labelled images: ``(pixels float32 (N, H, W, 3), labels int (N,))``.
+    """At most ``count`` labelled images: ``(pixels float32 (N, H, W, 3), labels)``.
+
+    The labels are as ``data`` gives them: class indices ``int (N,)``, or ``float32 (N, C)``
+    one-hot or multi-hot rows (:func:`~tfx_transfer.export.parity.compare` reads both).
 
     Args:
         data: what :func:`~tfx_transfer.data.labelled.labelled_batches` reads (a folder: its
@@ -127,4 +128,5 @@ def labelled_sample(data: Any, image_size: Sequence[int], class_names: Sequence[
     batches = labelled_batches(data, image_size, class_names, caller="export_tflite").batches
     x, y = _batches(batches)
     keep = _pick(len(x), count, seed)
-    return x[keep].astype(np.float32), np.asarray(y)[keep].astype(np.int64)
+    y = np.asarray(y)[keep]
+    return x[keep].astype(np.float32), y.astype(np.int64) if y.ndim == 1 else y.astype(np.float32)

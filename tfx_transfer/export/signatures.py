@@ -78,6 +78,17 @@ def _recognised_format(images: tf.Tensor) -> tf.Tensor:
     return known | (starts(b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
 
 
+def decode_failure(data: bytes) -> str:
+    """Why ``data`` (one encoded image that failed to decode) failed, as the export's error says it.
+
+    Example:
+        >>> decode_failure(b"hello")
+        'not a JPEG, PNG, GIF, BMP or WebP image'
+    """
+    known = bool(_recognised_format(tf.constant([bytes(data)]))[0])
+    return "corrupt or truncated image data" if known else f"not a {SERVING_FORMATS} image"
+
+
 def _decode_batch(images: tf.Tensor, image_size: tuple[int, int], crop: bool) -> tf.Tensor:
     """``(N,)`` encoded images -> ``uint8 (N, H, W, 3)`` with ``decode_and_resize``.
 

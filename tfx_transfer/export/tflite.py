@@ -28,7 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_transfer.defaults import DEFAULT_SEED
-from tfx_transfer.export.parity import DEFAULT_MIN_AGREEMENT, check_agreement, compare, describe
+from tfx_transfer.export.parity import (
+    DEFAULT_MIN_AGREEMENT,
+    answer_thresholds,
+    check_agreement,
+    compare,
+    describe,
+)
 from tfx_transfer.export.sample_images import (
     DEFAULT_CALIBRATION_IMAGES,
     labelled_sample,
@@ -216,7 +222,8 @@ def export_tflite(
         x, y, source = _check_images(model, size, names, validation_data, sample_pixels,
                                      calibration)
         expected = np.asarray(model.predict(x, verbose=0), np.float32)
-        figures = compare(expected, TFLiteModel(content).probabilities(x), y, source)
+        figures = compare(expected, TFLiteModel(content).probabilities(x), y, source,
+                          answer_thresholds(model, expected.shape[-1]))
         report.update({k: v for k, v in figures.items() if k != "num_images"},
                       num_samples=figures["num_images"])
         bound = 0.0 if source.startswith("random") else min_agreement  # ties flip on noise

@@ -59,7 +59,14 @@ class TFLiteClassifier:
         from tfx_transfer.data.decode import decode_and_resize, resize_image
 
         if isinstance(item, (bytes, bytearray)):
-            return decode_and_resize(tf.constant(bytes(item)), self.image_size).numpy()
+            try:
+                return decode_and_resize(tf.constant(bytes(item)), self.image_size).numpy()
+            except tf.errors.InvalidArgumentError as err:  # the SavedModel's message, not TF's op
+                from tfx_transfer.export.signatures import decode_failure
+
+                raise tf.errors.InvalidArgumentError(
+                    None, None, f"Could not decode 1 of 1 image(s) of the batch "
+                    f"(index 0: {decode_failure(item)})") from err
         return resize_image(tf.convert_to_tensor(np.asarray(item)), self.image_size).numpy()
 
     def probabilities(self, images: Any) -> np.ndarray:

@@ -23,7 +23,9 @@ from tfx_transfer.runs.layout import CONFIG_FILE, EXPORTS_FILE, MODEL_FILE, TFLI
 def run_images(run_dir: str | os.PathLike) -> Any:
     """The run's :class:`~tfx_transfer.ImageFolder` (its split, not decoded yet), or ``None``.
 
-    ``None`` when ``run_dir`` is not a run folder or its data folder is gone.
+    Read as the run read it (:func:`tfx_transfer.training.steps.load_data`: a folder
+    or a CSV table with the run's table settings). ``None`` when ``run_dir`` is not a
+    run folder or its data is gone.
 
     Example:
         >>> run_images("/nonexistent/run") is None
@@ -33,18 +35,11 @@ def run_images(run_dir: str | os.PathLike) -> Any:
     if not config_path.is_file():
         return None
     config = json.loads(config_path.read_text())
-    if not Path(config.get("data_dir", "")).is_dir():
+    if not config.get("data_dir") or not Path(config["data_dir"]).exists():
         return None
-    import warnings
+    from tfx_transfer.training.steps import load_data
 
-    from tfx_transfer.data.folder import load_image_folder
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Skipped \d+ file")  # the run listed them
-        return load_image_folder(
-            config["data_dir"], image_size=config["image_size"], batch_size=config["batch_size"],
-            validation_split=config.get("validation_split_used"), seed=config["seed"],
-            crop_to_aspect_ratio=bool(config.get("crop_to_aspect_ratio", False)))
+    return load_data({**config, "cache_images": "none"}, verbose=0)
 
 
 def resolve_model(model: str | os.PathLike) -> tuple[Path, Path | None]:

@@ -36,7 +36,7 @@ from tfx_transfer.training import steps
 
 def _old_validation(config: dict[str, Any], verbose: Any) -> list[tuple[str, int]] | None:
     """The old run's validation files, split again as the run split them (``None``: data gone)."""
-    if not config.get("data_dir") or not Path(config["data_dir"]).is_dir():
+    if not config.get("data_dir") or not Path(config["data_dir"]).exists():  # a folder or a CSV
         return None
     folder = steps.load_data({**config, "cache_images": "none"}, verbose=0)
     if folder.class_names != config["class_names"]:
