@@ -136,6 +136,13 @@ def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_ru
     assert main(["predict", str(tflite), str(tiny_run.data / "cats"), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 6 and {row["top"][0]["class"] for row in rows} <= {"cats", "dogs"}
+    # a non-image file: skipped with the SavedModel's reason, not TensorFlow's op message
+    (tmp_path / "notes.jpg").write_text("not an image")
+    assert main(["predict", str(tflite), str(tmp_path / "notes.jpg")]) == 1
+    err = capsys.readouterr().err
+    assert "notes.jpg: not a JPEG, PNG, GIF" in err and "DecodeImage" not in err
+    assert main(["predict", str(onnx), str(tmp_path / "notes.jpg")]) == 2  # says what to use
+    assert "is an ONNX file: predict takes a SavedModel export or a .tflite" in capsys.readouterr().err
     # train(tflite="float16") writes RUN/model.tflite the same way, next to the others' figures
     from tfx_transfer.runs.deploy import run_images, write_run_tflite
     from tfx_transfer.runs.layout import RunFolder

@@ -234,6 +234,16 @@ def test_multi_label_table_trains_evaluates_exports_predicts_and_serves(tmp_path
         assert "the is_valid rows" in capsys.readouterr().out
         assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["mAP"] == \
             pytest.approx(metrics["mAP"], abs=1e-6)
+        # int8 TFLite of a CSV run: calibrated on the run's training rows, checked on its
+        # validation rows, agreement and accuracy over the label sets (not the argmax)
+        assert main(["export", str(run), str(tmp_path / "ex2"), "--tflite",
+                     str(tmp_path / "m.tflite"), "--quantization", "int8", "--min-agreement", "0"]) == 0
+        assert "label-set agreement" in capsys.readouterr().out
+        report = json.loads((run / "exports.json").read_text())["m.tflite"]
+        exact = np.mean(np.all((probs >= np.array(thresholds)) == (y >= 0.5), -1))
+        assert report["images"] == "validation_data" and report["num_samples"] == len(x)
+        assert report["calibration_images"] == len(data.files["train"])
+        assert report["keras_accuracy"] == pytest.approx(exact, abs=1e-4)
         assert main(["explain", str(run), str(tmp_path / "img" / "1.png"), "--out",
                      str(tmp_path / "ex")]) == 0
         names = {p.name for p in (tmp_path / "ex").iterdir()}
