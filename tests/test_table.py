@@ -276,5 +276,10 @@ def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
     loaded = [load_data(new_config(data, settings), verbose=0) for data in (table, folder)]
     assert loaded[0].files == loaded[1].files and loaded[0].class_names == ["a", "b"]
     _assert_same_data(*loaded)
+    from tfx_transfer.training.extend import _old_validation
+    # add-classes scores the old classes of a CSV run (its validation rows)
+
+    config = {**new_config(table, settings), "class_names": ["a", "b"]}
+    assert _old_validation(config, verbose=0) == loaded[1].files["validation"]
     with pytest.raises(ValueError, match=r"x_col='file'.* read a table .* is not a file"):
         new_config(folder, {**settings, "x_col": "file"})

@@ -34,8 +34,17 @@ def run_images(run_dir: str | os.PathLike) -> Any:
     config_path = Path(run_dir) / CONFIG_FILE
     if not config_path.is_file():
         return None
-    config = json.loads(config_path.read_text())
-    if not config.get("data_dir") or not Path(config["data_dir"]).exists():
+    return config_images(json.loads(config_path.read_text()))
+
+
+def config_images(config: dict[str, Any]) -> Any:
+    """:func:`run_images` of a run's settings (its ``config.json``), or ``None`` when its data is gone.
+
+    Example:
+        >>> config_images({"data_dir": "/nonexistent/photos"}) is None
+        True
+    """
+    if not config.get("data_dir") or not Path(config["data_dir"]).exists():  # a folder or a CSV
         return None
     from tfx_transfer.training.steps import load_data
 

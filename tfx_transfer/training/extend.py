@@ -36,9 +36,11 @@ from tfx_transfer.training import steps
 
 def _old_validation(config: dict[str, Any], verbose: Any) -> list[tuple[str, int]] | None:
     """The old run's validation files, split again as the run split them (``None``: data gone)."""
-    if not config.get("data_dir") or not Path(config["data_dir"]).exists():  # a folder or a CSV
+    from tfx_transfer.runs.deploy import config_images
+
+    folder = config_images(config)
+    if folder is None:
         return None
-    folder = steps.load_data({**config, "cache_images": "none"}, verbose=0)
     if folder.class_names != config["class_names"]:
         steps.say(verbose, f"add-classes: {config['data_dir']} now has the classes "
                            f"{folder.class_names}, not the run's; its images are not scored")
