@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
