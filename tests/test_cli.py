@@ -198,3 +198,14 @@ def test_train_command_prints_no_native_tensorflow_log(tmp_path):
     assert (run / "model.keras").is_file() and (run / "export" / "1").is_dir()
     assert done.stderr.endswith("imported True True\n")
     assert not NATIVE_NOISE.search(done.stderr), done.stderr
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`tfx-transfer ... | head`: the reader going away is exit status 1, never a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "tfx_transfer.cli", "weights", "where"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc.stdout.close()  # the reader is gone before the command prints its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -37,3 +37,12 @@ def test_no_module_over_the_size_guide():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
              for p in (ROOT / "tfx_transfer").rglob("*.py")}
     assert not {k: v for k, v in sizes.items() if v > 420}, sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+
+
+def test_no_module_touches_pyplot_or_the_matplotlib_backend():
+    """Plots are ``matplotlib.figure.Figure`` objects saved to files: importing pyplot or
+    calling ``matplotlib.use`` from the library would switch a notebook user's backend."""
+    offenders = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tfx_transfer").rglob("*.py"))
+                 if re.search(r"^\s*(import matplotlib\.pyplot|from matplotlib import pyplot|"
+                              r"matplotlib\.use\()", path.read_text(), re.MULTILINE)]
+    assert not offenders, offenders

@@ -19,6 +19,7 @@ from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.export import tflite_runtime  # noqa: E402
 from tfx_transfer.export.parity import ParityError  # noqa: E402
 from tfx_transfer.export.sample_images import sample_images  # noqa: E402
+from tfx_transfer.export.tflite_classifier import TFLiteClassifier  # noqa: E402
 from tfx_transfer.export.tflite_metadata import read_tflite_metadata  # noqa: E402
 from tfx_transfer.export.tflite_runtime import TFLiteModel  # noqa: E402
 
@@ -170,3 +171,27 @@ def test_cli_refusal_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "min_agreement=1.01: top-1 agreement" in err and "nothing written" in err
     assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "export").exists()
+
+
+def test_a_multi_label_tflite_carries_its_thresholds_and_predicts_labels(tinycam, tmp_path):
+    """Per-label thresholds travel inside the .tflite (thresholds.txt beside labels.txt), and
+    predicting with the file lists every label at or above its threshold, as the export does."""
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model(tinycam, 3, input_shape=32, weights=None, multi_label=True,
+                                    class_names=["sky", "tree", "road"])
+    model.transfer_config["thresholds"] = [0.2, 0.5, 0.9]
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype("uint8")
+    path = tmp_path / "tags.tflite"
+    tt.export_tflite(model, path, quantization=None, sample_pixels=pixels)
+    assert read_tflite_metadata(path)["thresholds"] == [0.2, 0.5, 0.9]
+    with zipfile.ZipFile(path) as archive:
+        assert sorted(archive.namelist()) == ["labels.txt", "thresholds.txt"]
+    rows = TFLiteClassifier(path).predict(list(pixels))  # what predict / predict_files use
+    expected = model.predict(pixels, verbose=0)
+    for row, probs in zip(rows, expected):
+        want = [name for name, p, t in zip(["sky", "tree", "road"], probs, [0.2, 0.5, 0.9]) if p >= t]
+        assert sorted(name for name, _ in row["labels"]) == sorted(want)
+    single = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, class_names=["a", "b"])
+    tt.export_tflite(single, tmp_path / "one.tflite", quantization=None, sample_pixels=pixels)
+    assert read_tflite_metadata(tmp_path / "one.tflite")["thresholds"] is None
+    assert "labels" not in TFLiteClassifier(tmp_path / "one.tflite").predict(list(pixels[:1]))[0]

@@ -283,3 +283,21 @@ def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
     assert _old_validation(config, verbose=0) == loaded[1].files["validation"]
     with pytest.raises(ValueError, match=r"x_col='file'.* read a table .* is not a file"):
         new_config(folder, {**settings, "x_col": "file"})
+
+
+def test_multi_label_validation_split_is_stratified_on_each_rows_rarest_label():
+    from tfx_transfer.data.table import _multi_label_split
+
+    names = ["common", "rare", "once"]
+    files = [(f"c{i}.png", (0,)) for i in range(40)]  # 40 rows of the common label only
+    files += [(f"r{i}.png", (0, 1)) for i in range(10)]  # 10 rows with the rare label too
+    files += [("o.png", (0, 2)), ("none.png", ())]
+    for seed in range(5):
+        train, val = _multi_label_split(files, 0.2, seed, names)
+        assert sorted(train + val) == sorted(files)  # every row once, labels kept
+        assert sum(1 in labels for _, labels in val) == 2  # 20% of the rare label's 10 rows
+        assert sum(labels == (0,) for _, labels in val) == 8  # 20% of the 40 common-only rows
+        assert ("o.png", (0, 2)) in train and ("none.png", ()) in train  # single rows: train
+    train, val = _multi_label_split(files, 0.2, 1337, names)
+    assert _multi_label_split(files, 0.2, 1337, names) == (train, val)  # seeded
+    assert _multi_label_split(files, 0.2, 7, names) != (train, val)

@@ -99,7 +99,7 @@ def trained(tmp_path_factory):
     run = root / "run"
     with tinycam_registered():  # (module scope: the function-scoped fixture cannot be used)
         status = main(["train", str(data), "--out", str(run), "--head-epochs", "1",
-                       "--fine-tune-epochs", "1", "--top-k", "2", *TINY])
+                       "--fine-tune-epochs", "1", "--top-k", "2", "--unknown-tpr", "0.8", *TINY])
     assert status == 0
     return data, run
 
@@ -115,6 +115,8 @@ def test_train_writes_every_file_of_the_run_folder(trained):
     assert config["weights"] == "none" and config["weights_requested"] == "none"
     assert config["backbone"] == "tinycam" and config["image_size"] == [32, 32]
     assert config["class_names"] == list(CLASSES) and config["validation_split_used"] == 0.25
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert config["unknown_tpr"] == calibration["unknown"]["tpr"] == 0.8  # --unknown-tpr reached it
     assert config["counts"]["validation"] == {c: 2 for c in CLASSES}
 
     skipped = (run / "skipped_files.txt").read_text().splitlines()

@@ -150,3 +150,15 @@ def test_serve_returns_unknown_and_overrides_the_threshold(tiny_run):
         prediction = client.post("/v1/models/m:predict", json=body).json()["predictions"][0]
         assert prediction["unknown"] is False and prediction["unknown_score"] >= 0
         assert "unknown_score" in client.get("/").text
+
+
+def test_train_takes_the_unknown_tpr_and_checks_it_before_training(tmp_path):
+    from tfx_transfer.cli import build_parser
+    from tfx_transfer.training.job import train
+
+    args = build_parser().parse_args(["train", "d", "--out", "o", "--unknown-tpr", "0.9"])
+    assert args.unknown_tpr == 0.9
+    with pytest.raises(ValueError, match=r"unknown_tpr=1.5 must be in \(0, 1\]"):
+        train(tmp_path, tmp_path / "run", unknown_tpr=1.5)
+    # refused before a config or an epoch was written (only the released lock file)
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {".lock"}

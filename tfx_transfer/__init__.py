@@ -79,6 +79,7 @@ _EXPORTS = {
     "ExportedModel": "export.exported",
     "export_tflite": "export.tflite",
     "read_tflite_labels": "export.tflite_metadata",
+    "read_tflite_metadata": "export.tflite_metadata",
     "export_onnx": "export.onnx",
     "predict_files": "export.exported",
     # evaluation, reports, end-to-end training

@@ -171,6 +171,16 @@ def quiet_native_log() -> Iterator[None]:
 # ---------------------------------------------------------------------------
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises nothing more (the
+    recipe of Python's ``signal`` documentation for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test harness)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tfx-transfer``; returns the exit status.
 
@@ -189,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         importlib.import_module("tfx_transfer.models.saving")
         try:
             return int(args.func(args) or 0)
+        except BrokenPipeError:  # `tfx-transfer predict ... | head`: the reader went away
+            _silence_stdout()
+            return 1
         except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
             print(f"tfx-transfer {args.command}: error: {exc}", file=sys.stderr)
             return 2

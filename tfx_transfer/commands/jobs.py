@@ -85,6 +85,8 @@ def train_flags() -> dict[str, dict[str, Any]]:
         "deterministic": dict(action=argparse.BooleanOptionalAction, help="deterministic "
                               "TensorFlow ops: two runs with the same seed write identical "
                               "history.csv"),
+        "unknown_tpr": dict(type=float, help="share of the validation images the 'none of "
+                            "these' threshold accepts as known (calibration.json)"),
         "verbose": dict(type=int, choices=(0, 1, 2), help="0 quiet, 1 progress bars, 2 one line "
                         "per epoch"),
         "images": dict(type=optional(str), metavar="DIR", help="DATA_DIR a CSV table: the folder "

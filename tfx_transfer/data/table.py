@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,14 +168,23 @@ def _parse_rows(rows: list[dict[str, Any]], directory: Path, x_col: str, y_col: 
     return entries, skipped
 
 
-def _multi_label_split(files: list[tuple[str, tuple[int, ...]]], fraction: float,
-                       seed: int) -> tuple[list, list]:
-    """A seeded permutation of all rows; ``round(n * fraction)`` go to validation (kept in order)."""
-    order = np.random.default_rng([seed, zlib.crc32(b"multi_label")]).permutation(len(files))
-    n_val = min(int(round(len(files) * fraction)), len(files) - 1)
-    chosen = set(order[:n_val].tolist())
-    return ([f for i, f in enumerate(files) if i not in chosen],
-            [f for i, f in enumerate(files) if i in chosen])
+def _multi_label_split(files: list[tuple[str, tuple[int, ...]]], fraction: float, seed: int,
+                       class_names: list[str]) -> tuple[list, list]:
+    """Stratified on each row's rarest label: ``stratified_split`` over those keys.
+
+    A row counts for the least frequent of its labels (rows without labels form one
+    group), so every label that has rows enough gets about ``fraction`` of them in
+    validation and a label's only row stays in train.
+    """
+    counts = np.zeros(len(class_names) + 1, int)
+    for _, labels in files:
+        counts[list(labels)] += 1
+    none = len(class_names)  # the key of rows without labels
+    keyed = [(path, min(labels, key=lambda i: (counts[i], i)) if labels else none)
+             for path, labels in files]
+    train, val = stratified_split(keyed, fraction, seed, [*class_names, "(no label)"])
+    labels_of = dict(files)
+    return ([(p, labels_of[p]) for p, _ in sorted(train)], [(p, labels_of[p]) for p, _ in sorted(val)])
 
 
 @dataclass(frozen=True)
@@ -245,7 +253,9 @@ def load_image_table(
         image_size, batch_size, seed, shuffle, cache_images, crop_to_aspect_ratio,
         augmentation, verify, cache_budget_gb: as in :func:`tfx_transfer.load_image_folder`.
         validation_split: fraction held out for validation (stratified per class and
-            seeded as the folder loader's; multi-label: a seeded fraction of all rows).
+            seeded as the folder loader's; multi-label: stratified on each row's rarest
+            label, so a rare label gets its share of validation rows and its only row stays
+            in train).
         label_mode: ``None`` (``"int"``; multi-label: ``"multi_hot"``), ``"int"`` or
             ``"categorical"`` (single-label only).
 
@@ -319,9 +329,9 @@ def load_image_table(
     if valid_col:
         files["validation"] = [(p, label(names)) for p, (names, valid) in usable.items() if valid]
     elif validation_split is not None:
-        split = _multi_label_split if multi_label else \
-            (lambda f, frac, s: stratified_split(f, frac, s, class_names))
-        files["train"], files["validation"] = split(files["train"], validation_split, seed)
+        split = _multi_label_split if multi_label else stratified_split
+        files["train"], files["validation"] = split(files["train"], validation_split, seed,
+                                                    class_names)
     if not multi_label:  # the folder loader's order: by class, then path (same shuffles)
         files = {split: sorted(pairs, key=lambda pair: (pair[1], pair[0])) for split, pairs in files.items()}
     if "validation" in files and not files["validation"]:

@@ -25,6 +25,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfx_transfer.evaluation.plots import save_figure
+
 ECE_BINS = 15
 TEMPERATURE_KEY = "temperature"
 
@@ -273,13 +275,11 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: str 
         >>> plot_reliability({"before": (p, y)}, tempfile.mkdtemp() + "/r.png").suffix
         '.png'
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI, no global state, thread-safe
 
     edges = np.linspace(0.0, 1.0, bins + 1)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
     for label, (probabilities, labels) in curves.items():
         confidence = np.asarray(probabilities).max(axis=1)
@@ -292,11 +292,9 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: str 
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
            title=title)
     ax.legend(loc="upper left", fontsize=8)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    fig.tight_layout()
+    save_figure(fig, out)
+    return Path(out)
 
 
 def format_calibration(result: dict[str, Any]) -> str:

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from tfx_transfer.evaluation.plots import save_figure
+
 DEFAULT_THRESHOLD = 0.5
 PER_LABEL_PNG = "per_label.png"
 
@@ -197,15 +199,13 @@ def plot_per_label(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
         >>> plot_per_label(m, os.path.join(tempfile.mkdtemp(), "per_label.png")).name
         'per_label.png'
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI, no global state, thread-safe
 
     names = list(metrics["per_label"])
     keys = ("precision", "recall", "f1", "average_precision")
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) * len(keys) / 2), 4))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(names) * len(keys) / 2), 4), dpi=100)
+    ax = fig.add_subplot()
     for i, key in enumerate(keys):
         ax.bar(x + (i - 1.5) * 0.2, [metrics["per_label"][n][key] for n in names], 0.2, label=key)
     ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
@@ -213,10 +213,8 @@ def plot_per_label(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"per label: mAP {metrics['mAP']:.3f}, micro-F1 {metrics['micro_f1']:.3f}")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    save_figure(fig, path)
+    return Path(path)
 
 
 def scores_and_labels(predict: Any, batches: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tfx_transfer.evaluation.plots import save_figure
 from tfx_transfer.models.unknown_score import (
     DEFAULT_MAX_REFERENCES,
     DEFAULT_TPR,
@@ -277,12 +278,10 @@ def plot_unknown_scores(known: np.ndarray, ood: np.ndarray, threshold: float,
         >>> plot_unknown_scores(np.array([0.1]), np.array([0.5]), 0.3, tempfile.mkdtemp() + "/h.png").name
         'h.png'
     """
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI, no global state, thread-safe
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot()
     top = max(float(np.max(known)), float(np.max(ood)), threshold) * 1.05 + 1e-6
     bins = np.linspace(0.0, top, 40)
     ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"known classes ({len(known)})")
@@ -291,11 +290,9 @@ def plot_unknown_scores(known: np.ndarray, ood: np.ndarray, threshold: float,
     ax.set(xlabel="unknown score (1 - cosine to nearest training image)", ylabel="density",
            title=title)
     ax.legend(fontsize=8)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    fig.tight_layout()
+    save_figure(fig, out)
+    return Path(out)
 
 
 def format_unknown(result: dict[str, Any]) -> str:

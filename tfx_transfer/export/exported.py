@@ -165,7 +165,7 @@ class ExportedModel:
             raise ValueError(f"top_k={top_k} must be between 1 and {len(self.class_names)}.")
         out = self.outputs(images)
         thresholds = self.metadata.get("thresholds") if self.metadata.get("multi_label") else None
-        rows = [_top(row, self.class_names, top_k, thresholds) for row in out["probabilities"]]
+        rows = [top_classes(row, self.class_names, top_k, thresholds) for row in out["probabilities"]]
         if self.has_unknown:
             from tfx_transfer.evaluation.unknown_detection import model_threshold
 
@@ -181,7 +181,19 @@ class ExportedModel:
     __call__ = predict
 
 
-def _top(row: np.ndarray, class_names: list[str], top_k: int, thresholds: Any = None) -> dict:
+def top_classes(row: np.ndarray, class_names: list[str], top_k: int, thresholds: Any = None) -> dict:
+    """One prediction row: its ``top_k`` classes, and with ``thresholds`` (multi-label) ``"labels"``.
+
+    Args:
+        row: one image's probabilities.
+        class_names: the labels, in output order.
+        top_k: how many classes ``"top"`` lists.
+        thresholds: per-label thresholds of a multi-label model (else ``None``).
+
+    Example:
+        >>> top_classes(np.array([0.2, 0.9, 0.6]), ["a", "b", "c"], 1, [0.5, 0.5, 0.5])["labels"]
+        [('b', 0.9), ('c', 0.6)]
+    """
     order = np.argsort(-row, kind="stable")
     out = {"top": [(class_names[i], float(row[i])) for i in order[:top_k]], "probabilities": row}
     if thresholds is not None:  # multi-label: every label at or above its threshold, best first

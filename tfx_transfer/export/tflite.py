@@ -230,9 +230,12 @@ def export_tflite(
         check_agreement(figures, bound, f"TFLite ({quantization or 'float32'})", tolerance)
         line = describe(figures)
     if names is not None:
+        settings = getattr(model, "transfer_config", None) or {}
+        thresholds = settings.get("thresholds") if settings.get("multi_label") else None
         content = add_metadata(content, names, getattr(model, "name", "model"),
                                f"Image classifier ({quantization or 'float32'}); pixels 0..255 "
-                               f"in, probabilities out. Checked against Keras: {line}.")
+                               f"in, probabilities out. Checked against Keras: {line}.",
+                               thresholds=thresholds)
     path = write_file(content, path)
     report["size_bytes"] = path.stat().st_size
     return report

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from tfx_transfer.defaults import default_top_k
-from tfx_transfer.export.tflite_metadata import read_tflite_labels
+from tfx_transfer.export.exported import top_classes
+from tfx_transfer.export.tflite_metadata import read_tflite_labels, read_tflite_metadata
 from tfx_transfer.export.tflite_runtime import TFLiteModel
 
 
@@ -45,10 +46,12 @@ class TFLiteClassifier:
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
         self.path = os.fspath(path)
         self.class_names = read_tflite_labels(path)
+        thresholds = read_tflite_metadata(path)["thresholds"]
         self.model = TFLiteModel(path, num_threads=num_threads)
         self.image_size = self.model.image_size
         self.metadata = {"top_k": default_top_k(len(self.class_names)),
-                         "image_size": list(self.image_size)}
+                         "image_size": list(self.image_size), "multi_label": thresholds is not None,
+                         "thresholds": thresholds}
 
     def __repr__(self) -> str:
         return f"TFLiteClassifier({self.path!r}, classes={len(self.class_names)})"
@@ -76,7 +79,8 @@ class TFLiteClassifier:
 
     def predict(self, images: Any, top_k: int | None = None,
                 unknown_threshold: float | None = None) -> list[dict]:
-        """``[{"top": [(class, score), ...], "probabilities": row}]`` per image.
+        """``[{"top": [(class, score), ...], "probabilities": row}]`` per image; a multi-label
+        file's rows also have ``"labels"``: every label at or above its threshold.
 
         A ``.tflite`` file returns probabilities only: ``unknown_threshold`` (the "none of
         these" flag of a SavedModel export) is refused.
@@ -87,9 +91,5 @@ class TFLiteClassifier:
         top_k = self.metadata["top_k"] if top_k is None else int(top_k)
         if not 1 <= top_k <= len(self.class_names):
             raise ValueError(f"top_k={top_k} must be between 1 and {len(self.class_names)}.")
-        rows = []
-        for row in self.probabilities(images):
-            order = np.argsort(-row, kind="stable")[:top_k]
-            rows.append({"top": [(self.class_names[i], float(row[i])) for i in order],
-                         "probabilities": row})
-        return rows
+        return [top_classes(row, self.class_names, top_k, self.metadata["thresholds"])
+                for row in self.probabilities(images)]

@@ -8,7 +8,10 @@ the input tensor is described as an RGB image with ``NormalizationOptions``
 and 0..255 stats; the output tensor has the label file as a
 ``TENSOR_AXIS_LABELS`` associated file; the label file itself is packed in a zip
 archive appended to the model, as ``tflite_support``'s ``MetadataPopulator``
-writes it (the ``.tflite`` is then also a valid zip file).
+writes it (the ``.tflite`` is then also a valid zip file). A multi-label model's
+per-label thresholds (``tt.transfer_config(model)["thresholds"]``) travel in the same
+archive as ``thresholds.txt`` (one number per line, in label order; a file of ours:
+the Task Library has no per-label thresholds and ignores it).
 
 Why not ``tflite_support`` itself: its last release (0.4.4) requires
 ``protobuf<4``, which TensorFlow 2.18-2.21 cannot run with, so it cannot be
@@ -36,6 +39,7 @@ from flatbuffers import table as fb_table
 
 METADATA_NAME = "TFLITE_METADATA"  # the model's metadata entry the Task Library looks up
 LABELS_FILE = "labels.txt"
+THRESHOLDS_FILE = "thresholds.txt"  # multi-label models: one threshold per label, label order
 _IDENTIFIER = b"M001"
 _TENSOR_AXIS_LABELS = 2  # AssociatedFileType
 _RGB = 1  # ColorSpaceType
@@ -129,7 +133,8 @@ def model_metadata(name: str, description: str, mean: float = 0.0, std: float = 
     return bytes(builder.Output())
 
 
-def add_metadata(content: bytes, class_names: Sequence[str], name: str, description: str) -> bytes:
+def add_metadata(content: bytes, class_names: Sequence[str], name: str, description: str,
+                 thresholds: Sequence[float] | None = None) -> bytes:
     """``content`` (a ``.tflite`` flatbuffer) with the image-classifier metadata and its label file.
 
     The model is re-serialised with TensorFlow's TFLite schema (``tensorflow.lite.python.
@@ -142,6 +147,7 @@ def add_metadata(content: bytes, class_names: Sequence[str], name: str, descript
         class_names: the labels, in output order.
         name: the model's name in the metadata.
         description: the model's description in the metadata.
+        thresholds: a multi-label model's per-label thresholds (``thresholds.txt``).
 
     Example (on an empty model; :func:`tfx_transfer.export_tflite` calls it on a converted one):
         >>> import os, tempfile, flatbuffers
@@ -168,6 +174,10 @@ def add_metadata(content: bytes, class_names: Sequence[str], name: str, descript
     out = io.BytesIO(bytes(builder.Output()))
     with zipfile.ZipFile(out, "a") as archive:  # appended: offsets count from the file's start
         archive.writestr(LABELS_FILE, "".join(f"{label}\n" for label in class_names))
+        if thresholds is not None:
+            if len(thresholds) != len(class_names):
+                raise ValueError(f"{len(thresholds)} thresholds for {len(class_names)} labels.")
+            archive.writestr(THRESHOLDS_FILE, "".join(f"{float(t)!r}\n" for t in thresholds))
     return out.getvalue()
 
 
@@ -216,8 +226,9 @@ def _metadata_buffer(data: bytes) -> bytes | None:
 def read_tflite_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The class names and input normalisation a ``.tflite`` file carries (TFLite metadata).
 
-    Returns ``{"name", "labels_file", "class_names", "mean", "std"}``; ``class_names``
-    is ``None`` (and the rest too) for a file without metadata.
+    Returns ``{"name", "labels_file", "class_names", "mean", "std", "thresholds"}``;
+    ``class_names`` is ``None`` (and the rest too) for a file without metadata;
+    ``thresholds`` is a multi-label model's per-label thresholds, else ``None``.
 
     Example (a model without metadata; :func:`add_metadata` shows one with):
         >>> import os, tempfile, flatbuffers
@@ -230,7 +241,8 @@ def read_tflite_metadata(path: str | os.PathLike) -> dict[str, Any]:
         True
     """
     data = open(path, "rb").read()  # FileNotFoundError names the file
-    found = {"name": None, "labels_file": None, "class_names": None, "mean": None, "std": None}
+    found = {"name": None, "labels_file": None, "class_names": None, "mean": None, "std": None,
+             "thresholds": None}
     raw = _metadata_buffer(data)
     if raw is None:
         return found
@@ -251,6 +263,9 @@ def read_tflite_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if found["labels_file"]:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             text = archive.read(found["labels_file"]).decode("utf-8")
+            if THRESHOLDS_FILE in archive.namelist():
+                found["thresholds"] = [float(line) for line in
+                                       archive.read(THRESHOLDS_FILE).decode().split()]
         found["class_names"] = [line.strip() for line in text.splitlines() if line.strip()]
     return found
 

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tfx_transfer.models.unknown_score import DEFAULT_TPR
 from tfx_transfer.runs.layout import CALIBRATION_FILE, RELIABILITY_PNG
 
 
-def calibrate_run(model: Any, folder: Any, run_path: str | Path, batch_size: int = 32) -> dict[str, Any]:
+def calibrate_run(model: Any, folder: Any, run_path: str | Path, batch_size: int = 32,
+                  tpr: float = DEFAULT_TPR) -> dict[str, Any]:
     """Temperature (:func:`tfx_transfer.calibrate`, on val/) and unknown score
     (:func:`tfx_transfer.fit_unknown`: train/ references, val/ threshold), in place; writes
     ``calibration.json`` and ``reliability.png``, the ECE measured on test/ when the folder has
@@ -26,6 +28,7 @@ def calibrate_run(model: Any, folder: Any, run_path: str | Path, batch_size: int
         folder: the run's :class:`~tfx_transfer.ImageFolder` (train/ and val/, maybe test/).
         run_path: the run folder the two files are written to.
         batch_size: images per prediction batch.
+        tpr: the share of val/ images the unknown threshold accepts.
 
     Example:
         >>> import tempfile, numpy as np, tfx_transfer as tt
@@ -47,7 +50,7 @@ def calibrate_run(model: Any, folder: Any, run_path: str | Path, batch_size: int
 
     if not cal.softmax_classifier(model):  # e.g. a sigmoid (multi-label) classifier
         result = {"skipped": "no temperature (per-label calibration of a sigmoid classifier is "
-                  "not supported)", "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
+                  "not supported)", "unknown": fit_unknown(model, folder, folder, tpr=tpr, batch_size=batch_size)}
         file = Path(run_path) / CALIBRATION_FILE
         file.write_text(json.dumps(result, indent=2))
         return {**result, "files": {"calibration": file}}
@@ -62,7 +65,7 @@ def calibrate_run(model: Any, folder: Any, run_path: str | Path, batch_size: int
                         f"val/ ({len(before[1])} images), the images the temperature was fitted on"),
         "ece_before": cal.expected_calibration_error(*before),
         "ece_after": cal.expected_calibration_error(*after),
-        "unknown": fit_unknown(model, folder, folder, batch_size=batch_size)}
+        "unknown": fit_unknown(model, folder, folder, tpr=tpr, batch_size=batch_size)}
     files = {"calibration": Path(run_path) / CALIBRATION_FILE,
              "reliability": cal.plot_reliability({"before": before, "after": after},
                                                  Path(run_path) / RELIABILITY_PNG,

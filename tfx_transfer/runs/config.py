@@ -26,7 +26,7 @@ from tfx_transfer.runs.layout import CONFIG_FILE, RunFolder
 RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
                 "augmentation", "batch_size", "head", "units", "dropout", "head_lr", "fine_tune_lr",
                 "validation_split", "seed", "cache_features", "cache_images", "cache_budget_gb",
-                "class_weight", "monitor", "top_k", "train_bn", "deterministic",
+                "class_weight", "monitor", "top_k", "train_bn", "deterministic", "unknown_tpr",
                 *("images", "x_col", "y_col", "label_delim", "valid_col"))
 # the settings that read a table (data_dir a CSV file): load_image_table's names
 TABLE_SETTINGS = {"images": "directory", "x_col": "x_col", "y_col": "y_col",
@@ -100,6 +100,10 @@ def _check(config: dict[str, Any]) -> None:
     budget = config["cache_budget_gb"]
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
         raise ValueError(f"cache_budget_gb={budget!r} must be a number of GB >= 0.")
+    tpr = config.get("unknown_tpr", 0.95)  # (a config.json from before the setting)
+    if isinstance(tpr, bool) or not isinstance(tpr, (int, float)) or not 0.0 < tpr <= 1.0:
+        raise ValueError(f"unknown_tpr={tpr!r} must be in (0, 1], e.g. 0.95 (95% of the "
+                         "validation images accepted as known).")
     if config["monitor"] not in MONITORS:
         raise ValueError(f"monitor={config['monitor']!r}: use 'val_loss' or 'val_accuracy'.")
     if config["class_weight"] not in (None, "balanced"):

@@ -52,6 +52,7 @@ import keras
 
 from tfx_transfer.defaults import DEFAULT_SEED
 from tfx_transfer.evaluation.calibration import format_calibration
+from tfx_transfer.models.unknown_score import DEFAULT_TPR
 from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config
 from tfx_transfer.runs.layout import RunFolder
 from tfx_transfer.runs.lock import lock_run_folder
@@ -104,6 +105,7 @@ def train(
     top_k: int | None = None,
     train_bn: bool = False,
     deterministic: bool = False,
+    unknown_tpr: float = DEFAULT_TPR,
     images: str | os.PathLike | None = None,
     x_col: str = "filename",
     y_col: str | Sequence[str] = "class",
@@ -153,6 +155,8 @@ def train(
             (``tf.config.experimental.enable_op_determinism``), so two runs with the
             same seed on the same machine write identical ``history.csv`` (slower
             on GPU; TensorFlow backend).
+        unknown_tpr: the share of validation images the "none of these" threshold
+            accepts as known (:func:`tfx_transfer.fit_unknown`; ``calibration.json``).
         cache_features: as in :func:`tfx_transfer.fine_tune`: ``"auto"`` trains the
             head on backbone features computed once when the head phase allows it
             (no augmentation in front of the backbone), else through the model;
@@ -362,7 +366,8 @@ def _calibrate(final: keras.Model, folder: Any, config: dict[str, Any], run: Run
         return None
     from tfx_transfer.runs.calibration import calibrate_run
 
-    result = calibrate_run(final, folder, run.path, batch_size=config["batch_size"])
+    result = calibrate_run(final, folder, run.path, batch_size=config["batch_size"],
+                           tpr=config.get("unknown_tpr", DEFAULT_TPR))  # (older runs: default)
     final.save(run.model)
     steps.say(verbose, format_calibration(result))
     return result
