@@ -125,6 +125,17 @@ def test_bad_tables_get_errors_naming_the_fix(tmp_path):
         {"a": 1, "b": 0}
 
 
+def test_a_table_of_one_class_is_refused_naming_the_data(tmp_path, capsys):
+    write_class_folders(tmp_path, classes=("a",), per_class=4, size=12)
+    one = _write_csv(tmp_path / "one.csv", ["filename", "class"],
+                     [[f"a/a_{i}.{'jpg' if i % 2 == 0 else 'png'}", "a"] for i in range(4)])
+    with tinycam_registered():
+        code = main(["train", str(one), "--validation-split", "0.5", "--out",
+                     str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "one.csv has 1 class(es) ['a']" in err
+
+
 def _tag_images(root: Path, n: int = 24) -> list[tuple[str, tuple[str, ...]]]:
     """Images showing two of three colours (left and right halves), labelled with both."""
     root.mkdir(parents=True, exist_ok=True)

@@ -127,6 +127,11 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
 
     Records ``weights`` (what was used), ``weights_requested`` and ``weights_note`` in ``config``.
     """
+    if num_classes < 2 and not config.get("multi_label"):
+        raise ValueError(f"{config['data_dir']} has {num_classes} class(es) "
+                         f"{list(config.get('class_names') or [])}: a classifier needs at least 2 "
+                         "(a folder of images per class, or 2 or more values in the table's label "
+                         "column).")
     from tfx_transfer.data.augmentation import Augmentation
     from tfx_transfer.models.transfer_model import build_transfer_model
     from tfx_transfer.models.weights import WeightsUnavailableError
