@@ -171,6 +171,11 @@ def test_cli_refusal_is_one_line_and_writes_nothing(tiny_run, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "min_agreement=1.01: top-1 agreement" in err and "nothing written" in err
     assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "export").exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse: one line, 'none' spelled as typed
+        main(["export", str(tiny_run.run), str(tmp_path / "export"), "--quantization", "int4"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exit_.value.code == 2 and err.endswith("invalid choice: 'int4' (choose from 'float16', "
+                                                  "'dynamic', 'int8', 'none')")
 
 
 def test_a_multi_label_tflite_carries_its_thresholds_and_predicts_labels(tinycam, tmp_path):

@@ -20,6 +20,7 @@ from tfx_transfer.commands.flags import (
     add_options,
     given,
     optional,
+    optional_choice,
     shown,
     signature_defaults,
 )
@@ -36,7 +37,7 @@ EXPORT_OPTIONS = {
 
 
 TFLITE_OPTIONS = {
-    "quantization": dict(type=optional(str), choices=("float16", "dynamic", "int8", None),
+    "quantization": dict(type=optional_choice("float16", "dynamic", "int8"),
                          metavar="float16|dynamic|int8|none",
                          help="TFLite quantization (int8: full integer, calibrated on real images)"),
     "representative_data": dict(type=optional(str), metavar="DIR",

@@ -91,6 +91,27 @@ def optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def optional_choice(*names: str) -> Callable[[str], str | None]:
+    """A flag type: one of ``names`` or ``none``, refused in argparse's words listing them all.
+
+    Example:
+        >>> optional_choice("int8", "float16")("none") is None
+        True
+        >>> optional_choice("int8", "float16")("int4")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: invalid choice: 'int4' (choose from 'int8', 'float16', 'none')
+    """
+    def parse(value: str) -> str | None:
+        if value.lower() == "none":
+            return None
+        if value not in names:
+            listed = ", ".join(repr(name) for name in (*names, "none"))
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {listed})")
+        return value
+    parse.__name__ = "choice"
+    return parse
+
+
 def lr_arg(value: str) -> float | str:
     """``--head-lr``: a float or ``auto``.
 

@@ -24,6 +24,7 @@ from tfx_transfer.commands.flags import (
     given,
     lr_arg,
     optional,
+    optional_choice,
     signature_defaults,
 )
 
@@ -101,7 +102,7 @@ def train_flags() -> dict[str, dict[str, Any]]:
                           "--validation-split)"),
         "tensorboard": dict(action=argparse.BooleanOptionalAction, help="write TensorBoard event "
                             "files to RUN_DIR/tensorboard/ (view: tensorboard --logdir RUN_DIR)"),
-        "tflite": dict(type=optional(str), choices=("int8", "float16", "dynamic", "float32", None),
+        "tflite": dict(type=optional_choice("int8", "float16", "dynamic", "float32"),
                        metavar="int8|float16|dynamic|float32",
                        help="also write RUN_DIR/model.tflite with this quantization (int8: "
                        "calibrated on the training images), checked on the validation images"),
