@@ -292,6 +292,12 @@ def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
 
     config = {**new_config(table, settings), "class_names": ["a", "b"]}
     assert _old_validation(config, verbose=0) == loaded[1].files["validation"]
+    # adapt's source images of a CSV run are its training rows, as for a folder run
+    from tfx_transfer.adaptation.run import run_source
+
+    labels = np.concatenate([np.asarray(y) for _, y in run_source(config)])
+    assert sorted(labels.tolist()) == sorted(label for _, label in loaded[1].files["train"])
+    assert run_source(new_config(folder, settings)) == str(folder)
     with pytest.raises(ValueError, match=r"x_col='file'.* read a table .* is not a file"):
         new_config(folder, {**settings, "x_col": "file"})
 

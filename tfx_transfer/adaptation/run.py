@@ -40,6 +40,24 @@ def _settings(kwargs: dict[str, Any]) -> dict[str, Any]:
             if p.kind is p.KEYWORD_ONLY and name not in ("callbacks", "class_names")}
 
 
+def run_source(config: dict[str, Any]) -> Any:
+    """The source images a run trained on, for ``adapt``: its folder, or for a run trained
+    from a CSV table its training rows as ``(images, labels)`` batches; ``None`` when gone.
+
+    Example:
+        >>> run_source({"data_dir": "/nonexistent/photos"}) is None
+        True
+    """
+    data = config.get("data_dir")
+    if not data or not Path(data).exists():
+        return None
+    if Path(data).is_dir():
+        return data
+    from tfx_transfer.runs.deploy import config_images  # a table: read as training read it
+
+    return config_images({**config, "augmentation": "none"}).train
+
+
 def adapt_run(
     run_dir: str | os.PathLike,
     target: str | os.PathLike,
@@ -53,7 +71,7 @@ def adapt_run(
     ``out`` gets ``model.keras`` (the adapted model), ``export/1/`` (its SavedModel,
     :func:`~tfx_transfer.export_saved_model`), ``config.json`` (the run's, plus an
     ``"adaptation"`` entry), ``adaptation.json`` and ``adaptation.txt`` (the report).
-    ``source`` defaults to the run's ``data_dir`` (``"adabn"`` uses its images only).
+    ``source`` defaults to the run's ``data_dir`` (:func:`run_source`: a CSV run's training rows; ``"adabn"`` uses its images only).
     The target's labels are never used for adaptation; when the target folder has
     class folders named like the model's classes, the report scores the model before
     and after on them (its ``test/`` or ``val/`` split when it has one, else all its
@@ -64,7 +82,7 @@ def adapt_run(
         target: the folder of target-domain images (see :func:`~tfx_transfer.adapt`).
         out: the new run folder (must not hold a model yet).
         method: see :func:`~tfx_transfer.adapt`.
-        source: the labelled source folder (default: the run's ``data_dir``).
+        source: the labelled source folder (default: the run's training data, :func:`run_source`).
         **kwargs: the other settings of :func:`~tfx_transfer.adapt` (``epochs``,
             ``lr``, ``batch_size``, ``seed``, ``loss_weight``, ``blocks``,
             ``callbacks``, ``verbose``); the report records every setting but
@@ -96,8 +114,8 @@ def adapt_run(
     class_names = list(class_names or config.get("class_names") or [])
     if not class_names:
         raise ValueError(f"{run / CONFIG_FILE} has no class_names; cannot export the model.")
-    if source is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
-        source = config["data_dir"]
+    if source is None:
+        source = run_source(config)
     chosen = DEFAULT_METHOD if method == "default" else method
     adapted = adapt(model, target_dir, chosen, source=source, class_names=class_names, **kwargs)
 
