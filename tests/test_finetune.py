@@ -217,28 +217,6 @@ def test_batchnorm_frozen_unless_train_bn_inside_one_fit(tinybn):
     assert _all_differ(after1, after2, ["low_conv/kernel", "low_bn/gamma"] + low_bn_stats)
 
 
-@pytest.mark.slow
-def test_batchnorm_moving_statistics_never_change_resnet50():
-    keras.utils.set_random_seed(0)
-    model = tt.build_transfer_model("resnet50", 2, input_shape=(32, 32, 3), weights=None,
-                                    head="avg")
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
-    before = weights_by_name(tt.get_backbone_model(model))
-    # pixels near the ImageNet mean: random-init ResNet50 saturates its softmax on raw
-    # 0..255 noise, and under JAX a saturated cross-entropy has zero gradient
-    x = (118 + tiny_pixels(N) // 32).astype("uint8")
-    model.fit(x, tiny_labels(N), batch_size=BATCH, epochs=2, verbose=0,
-              callbacks=[tt.StagedUnfreeze({1: "conv5"}, verbose=0)])
-    after = weights_by_name(tt.get_backbone_model(model))
-    bn = {layer.name for layer in tt.get_backbone_model(model).layers
-          if isinstance(layer, keras.layers.BatchNormalization)}
-    bn_keys = [k for k in before if k.split("/")[0] in bn]
-    assert len([k for k in bn_keys if "moving" in k]) > 100 and _same(before, after, bn_keys)
-    conv5 = [k for k in before if k.startswith("conv5_") and k.endswith("_conv/kernel")]
-    assert len(conv5) == 10 and _all_differ(before, after, conv5)
-    assert _same(before, after, [k for k in before if not k.startswith("conv5_")])
-
-
 def test_gradual_unfreezing_top_down_with_decaying_rate():
     model = _vgg()
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
