@@ -102,7 +102,8 @@ test-suite: $(STAMP)
 
 ## make test: the venvs (built at the same time), then the whole suite on the latest
 ## TensorFlow/Keras and, alongside it, the core on JAX and on the floor, one process each
-## (CPU, offline; fresh clone on 2 cores, 2026-12-02, quiet machine, warm pip cache: venvs ~1.5 min, suite 7.3 min, JAX 3.0 + floor 2.2 min alongside; 8.8 min in all)
+## (CPU, offline; fresh clone on 2 cores, 2026-12-02, nothing else running, warm pip cache: 8.8 to 9.9 min in all
+## as the machine's speed varied; the last: venvs ~1.5 min, suite 8.1 min, JAX 2.9 + floor 2.3 min alongside)
 test: venvs lint
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory test-jax test-floor PYTEST_N=0 >"$$side" 2>&1; \
