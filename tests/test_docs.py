@@ -20,7 +20,6 @@ import ast
 import importlib.util
 import re
 import shlex
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,28 +136,13 @@ def trained_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(trained_run):
     """`tfx-transfer serve`'s app on the run's export, model name "photos", under uvicorn."""
-    import socket
-
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
+    from tests.helpers import uvicorn_server
     from tfx_transfer.serving.app import create_app
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     # log_config=None: no handler bound to the sys.stderr of the test that starts it
-    http = uvicorn.Server(uvicorn.Config(create_app(trained_run / "export", "photos"),
-                                         log_level="warning", log_config=None))
-    thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    import time
-
-    deadline = time.monotonic() + 120
-    while not http.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    http.should_exit = True
-    thread.join(30)
-    sock.close()
+    with uvicorn_server(create_app(trained_run / "export", "photos"), log_config=None) as url:
+        yield url
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tests.helpers import uvicorn_server  # noqa: E402
 from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
@@ -85,22 +86,8 @@ def free_port() -> int:
 def running(export_dir: Path, name: str = "flowers", **options):
     """A ModelServer under uvicorn in a thread, on a free loopback port: yields (url, server)."""
     server = ModelServer(export_dir, name, **options)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    http = uvicorn.Server(uvicorn.Config(server.app, log_level="warning"))
-    thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not http.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
+    with uvicorn_server(server.app, timeout=60) as url:
         yield url, server
-    finally:
-        http.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
