@@ -4,8 +4,8 @@
 cache), :func:`build_model` (the transfer model, with ``weights="auto"`` resolved
 loudly), :func:`suggest_head_lr` (``head_lr="auto"``), :func:`fit` (both phases,
 best checkpoint, history, backup for resume), :func:`final_model`,
-:func:`calibrate_and_fit_unknown` (temperature scaling, "none of these") and
-:func:`report_and_export`. ``tfx-transfer find-lr`` runs the first three, so it
+:func:`~tfx_transfer.runs.calibration.calibrate_run` (temperature scaling, "none of
+these") and :func:`report_and_export`. ``tfx-transfer find-lr`` runs the first three, so it
 builds what ``train`` builds.
 
 Example:
