@@ -21,6 +21,7 @@ JAX_STAMP := $(JAX_VENV)/.installed-stamp
 JAX_TESTS ?= tests/test_jax_backend.py tests/test_finetune.py tests/test_backbones.py \
 	tests/test_benchmarks.py::test_gpu_throughput \
 	tests/test_explain.py tests/test_lr_finder.py tests/test_tta.py tests/test_inference_mode.py \
+	tests/test_spatial_head.py \
 	--deselect tests/test_backbones.py::test_family_blocks_inference_mode_and_gradcam \
 	tests/test_model.py::test_frozen_backbone_and_bn_stats_unchanged_by_fit_head_trains \
 	tests/test_model.py::test_heads tests/test_model.py::test_errors \

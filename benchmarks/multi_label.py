@@ -12,7 +12,8 @@ Two measurements, both on Caltech-101 photos read through a CSV table:
    * ``kit``: ``tt.train(tags.csv, ..., label_delim=" ", valid_col="is_valid")`` with every
      training setting at its default (two phases, standard augmentation, thresholds chosen
      on the validation mosaics); the run's ``model.keras`` is scored on the test mosaics;
-     ``kit head_lr=0.01``: the same with a higher head-phase rate (``--kit-head-lr``);
+     its default head for multi-label data is ``"spatial"``; ``kit head=avg`` is the same
+     run with the ``"avg"`` head (``--kit-heads``), to show what the head adds;
    * ``probe``: the obvious alternative -- backbone features computed once
      (global average pooling), one ``Dense(C, sigmoid)`` trained with binary
      cross-entropy (Adam 1e-3, ``--probe-epochs`` epochs, batch 32), threshold 0.5;
@@ -61,6 +62,11 @@ DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_imagenet_notop.weights
 SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+LAYOUTS = {1: [(0, 0, 1, 1)],  # cells as (x, y, width, height) fractions of the image
+           2: [(0, 0, 0.5, 1), (0.5, 0, 0.5, 1)],
+           4: [(0, 0, 0.5, 0.5), (0.5, 0, 0.5, 0.5), (0, 0.5, 0.5, 0.5), (0.5, 0.5, 0.5, 0.5)]}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of class folders")
@@ -70,18 +76,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val", type=int, default=80, help="validation mosaics")
     p.add_argument("--test", type=int, default=160, help="test mosaics")
     p.add_argument("--image-size", type=int, default=160, help="mosaic side in pixels")
+    p.add_argument("--tiles", type=int, nargs="+", choices=sorted(LAYOUTS), default=[1, 2, 4],
+                   help="layouts drawn at random per image: photos per image (1, 2 side by side, 4 as 2x2)")
     p.add_argument("--probe-epochs", type=int, default=200, help="epochs of the linear probe")
     p.add_argument("--table-images", type=int, default=1000, help="photos in the table-vs-folder test")
-    p.add_argument("--kit-head-lr", type=lambda v: None if v == "default" else float(v), nargs="+",
-                   default=[None, 0.01], metavar="default|LR",
-                   help="the kit's runs: 'default' (train()'s head_lr) and/or other head-phase rates")
+    p.add_argument("--kit-heads", nargs="+", default=["default", "avg"], metavar="default|HEAD",
+                   help="the kit's runs: 'default' (train()'s head for multi-label data) and/or other heads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="folder for mosaics and runs (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="append the results as JSON lines")
     p.add_argument("--smoke", action="store_true", help="seconds: data_samples/, tiny backbone, 32 px")
     args = p.parse_args(argv)
     if args.smoke:
-        args.data, args.weights, args.kit_head_lr = _smoke.SAMPLES / "train", None, [None]
+        args.data, args.weights, args.kit_heads = _smoke.SAMPLES / "train", None, ["default"]
         args.classes, args.train, args.val, args.test = 3, 8, 4, 4
         args.image_size, args.probe_epochs, args.table_images = _smoke.IMAGE_SIZE, 2, 12
     return args
@@ -92,32 +99,47 @@ def class_photos(data: Path) -> dict[str, list[Path]]:
             for d in sorted(data.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
+def _fill(photo: Path, width: int, height: int):
+    """``photo`` centre-cropped to the cell's aspect ratio and resized to it (no distortion)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(photo) as im:
+        return ImageOps.fit(im.convert("RGB"), (width, height), Image.Resampling.BILINEAR)
+
+
 def make_mosaics(photos: dict[str, list[Path]], args: argparse.Namespace, out: Path) -> dict[str, Path]:
-    """``tags.csv`` (train + validation, ``is_valid``) and ``test.csv`` of 2x2 mosaics."""
+    """``tags.csv`` (train + validation, ``is_valid``) and ``test.csv`` of photo mosaics.
+
+    Each image takes a layout from ``args.tiles`` at random (1: one photo, 2: side by side,
+    4: 2x2), fills its cells with photos of different classes and is labelled with them.
+    Each class's photos are split 50/20/30 into pools for the train, validation and test
+    images: no photo appears in two splits.
+    """
     from PIL import Image
 
     rng = np.random.default_rng(args.seed)
     classes = sorted(rng.choice(sorted(photos), size=args.classes, replace=False).tolist())
     pools = {}
-    for name in classes:  # each class's photos: half for train/val mosaics, half for test
+    for name in classes:
         files = list(rng.permutation(photos[name]))
-        pools[name] = {"fit": files[: len(files) // 2], "test": files[len(files) // 2:]}
-    tile = args.image_size // 2
+        a, b = int(len(files) * 0.5), int(len(files) * 0.7)
+        pools[name] = {"train": files[:a], "val": files[a:b], "test": files[b:]}
+    size = args.image_size
     out.mkdir(parents=True, exist_ok=True)
     rows = {"fit": [], "test": []}
-    for split, count, pool in (("train", args.train, "fit"), ("val", args.val, "fit"),
-                               ("test", args.test, "test")):
+    for split, count in (("train", args.train), ("val", args.val), ("test", args.test)):
         for i in range(count):
-            chosen = rng.choice(classes, size=min(4, len(classes)), replace=False)
-            canvas = Image.new("RGB", (2 * tile, 2 * tile))
-            for k, name in enumerate([chosen[j % len(chosen)] for j in range(4)]):
-                photo = pools[name][pool][rng.integers(len(pools[name][pool]))]
-                with Image.open(photo) as im:
-                    canvas.paste(im.convert("RGB").resize((tile, tile)), ((k % 2) * tile, (k // 2) * tile))
+            cells = LAYOUTS[int(rng.choice(args.tiles))]
+            chosen = rng.choice(classes, size=min(len(cells), len(classes)), replace=False)
+            canvas = Image.new("RGB", (size, size))
+            for k, (x, y, w, h) in enumerate(cells):
+                pool = pools[chosen[k % len(chosen)]][split]
+                cell = (round(w * size), round(h * size))
+                canvas.paste(_fill(pool[rng.integers(len(pool))], *cell), (round(x * size), round(y * size)))
             path = out / f"{split}_{i:04d}.jpg"
             canvas.save(path, quality=92)
-            target = "test" if split == "test" else "fit"
-            rows[target].append([path.name, " ".join(sorted(chosen)), int(split == "val")])
+            rows["test" if split == "test" else "fit"].append(
+                [path.name, " ".join(sorted(chosen)), int(split == "val")])
     files = {}
     for target, name in (("fit", "tags.csv"), ("test", "test.csv")):
         files[target] = out / name
@@ -133,15 +155,15 @@ def _backbone(args: argparse.Namespace) -> tuple[str, object]:
 
 
 def run_kit(tables: dict[str, Path], args: argparse.Namespace, work: Path,
-            head_lr: float | None = None) -> dict:
+            head: str = "default") -> dict:
     import tfx_transfer as tt
     from tfx_transfer.data.table import TableSpec
 
     backbone, weights = _backbone(args)
     extra = dict(head_epochs=1, fine_tune_epochs=0, augmentation="none") if args.smoke else {}
-    if head_lr is not None:
-        extra["head_lr"] = head_lr
-    run = work / f"kit_run_{head_lr or 'default'}"
+    if head != "default":
+        extra["head"] = head
+    run = work / f"kit_run_{head}"
     start = time.perf_counter()
     result = tt.train(tables["fit"], run, backbone=backbone, weights=weights or "none",
                       image_size=args.image_size, label_delim=" ", y_col="tags", valid_col="is_valid",
@@ -151,10 +173,10 @@ def run_kit(tables: dict[str, Path], args: argparse.Namespace, work: Path,
     epochs = config["head_epochs"] + config["fine_tune_epochs"]
     test = TableSpec(tables["test"], y_col="tags", label_delim=" ")
     metrics = tt.evaluate_model(run / "model.keras", test, verbose=False)
-    return {"recipe": "kit" if head_lr is None else f"kit head_lr={head_lr:g}",
-            "settings": f"train() defaults{'' if head_lr is None else f' but head_lr={head_lr:g}'}: "
-            f"{config['head_epochs']}+{config['fine_tune_epochs']} epochs, augmentation "
-            f"{config['augmentation']}",
+    return {"recipe": "kit" if head == "default" else f"kit head={head}",
+            "settings": f"train() defaults{'' if head == 'default' else f' but head={head}'}: "
+            f"{config['head']} head, {config['head_epochs']}+{config['fine_tune_epochs']} epochs, "
+            f"augmentation {config['augmentation']}",
             "seconds": seconds, "train_images_per_s": args.train * epochs / seconds,
             **{k: metrics[k] for k in ("mAP", "micro_f1", "macro_f1")}}
 
@@ -252,9 +274,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     photos = class_photos(args.data)
     tables = make_mosaics(photos, args, work / "mosaics")
     print(f"mosaics: {args.train} train, {args.val} validation, {args.test} test, {args.classes} "
-          f"classes, {min(4, args.classes)} labels each, {args.image_size} px, under {work}")
-    rows = run_probe(tables, args) + [run_kit(tables, args, work, lr) for lr in args.kit_head_lr]
+          f"classes, {'/'.join(map(str, args.tiles))} photos of different classes each, "
+          f"{args.image_size} px, under {work}")
+    rows = run_probe(tables, args) + [run_kit(tables, args, work, h) for h in args.kit_heads]
     common = {"data": args.data.name, "image_size": args.image_size, "classes": args.classes,
+              "tiles": list(args.tiles),
               "mosaics": [args.train, args.val, args.test], "seed": args.seed, "smoke": args.smoke}
     print("| recipe | test mAP | micro-F1 | macro-F1 | train s | train img/s | settings |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

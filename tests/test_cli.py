@@ -137,7 +137,8 @@ def test_find_lr_has_trains_build_flags_and_defaults():
         assert find_lr[name].help == train[name].help, name
         assert f"(default: {'none' if train_defaults()[name] is None else train_defaults()[name]})" \
             in find_lr[name].help
-    assert train_defaults()["head"] == "avg" and "(default: avg)" in find_lr["head"].help
+    assert train_defaults()["head"] is None and "(default: none)" in find_lr["head"].help
+    assert "none: avg, spatial for a multi-label table" in find_lr["head"].help
 
 
 def test_examples_in_the_epilogs_use_flags_that_exist():

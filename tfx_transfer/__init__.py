@@ -111,6 +111,7 @@ _EXPORTS = {
     "adapt": "adaptation.adapt",
     # few-shot: cosine head, weight imprinting, classes added to a trained model
     "CosineClassifier": "models.cosine",
+    "SpatialClassifier": "models.spatial",
     "imprint": "models.imprinting",
     "add_classes": "models.imprinting",
 }

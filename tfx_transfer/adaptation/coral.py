@@ -3,7 +3,8 @@
 One ``model.fit`` on labelled source batches plus unlabelled target batches of the loss
 ``cross_entropy(source) + loss_weight * ||C_s - C_t||_F^2 / (4 d^2)``, where ``C`` is
 the covariance of the features the classifier sees (pooled backbone features for
-an ``avg``/``max`` head, the hidden layer of a ``flatten`` head). The head and the
+an ``avg``/``max`` head, the hidden layer of a ``flatten`` head, the feature map's
+locations for a ``spatial`` head). The head and the
 backbone's top block(s) (``blocks``, BatchNorm kept frozen) train. Backend-neutral
 (``keras.ops``; the loss is a layer's ``add_loss``), so the kit's callbacks work.
 
@@ -32,15 +33,18 @@ DEFAULT_LOSS_WEIGHT = 10.0
 def coral_loss(source_features: Any, target_features: Any) -> Any:
     """Deep CORAL loss: ``||C_s - C_t||_F^2 / (4 d^2)`` between feature covariances.
 
+    Features ``(N, d)``, or feature maps ``(N, H, W, d)`` whose locations are the samples.
+
     Example:
         >>> import numpy as np
         >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
         >>> float(coral_loss(x, x))
         0.0
     """
-    source_features = ops.cast(source_features, "float32")
-    target_features = ops.cast(target_features, "float32")
     d = source_features.shape[-1]
+    # a feature map (the spatial head classifies every location): each location is a sample
+    source_features = ops.reshape(ops.cast(source_features, "float32"), (-1, d))
+    target_features = ops.reshape(ops.cast(target_features, "float32"), (-1, d))
 
     def covariance(x):
         n = ops.cast(ops.shape(x)[0], "float32")

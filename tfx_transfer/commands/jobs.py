@@ -51,10 +51,12 @@ def train_flags() -> dict[str, dict[str, Any]]:
         "augmentation": dict(choices=augmentation_presets(),
                              help="augmentation preset (heavy adds RandAugment and MixUp)"),
         "batch_size": dict(type=int, help="images per batch"),
-        "head": dict(choices=HEADS,
+        "head": dict(type=optional_choice(*HEADS), metavar="|".join(HEADS),
                      help="flatten: Flatten-Dense-Dropout-Dense; avg/max: global pooling-Dropout-"
                      "Dense; cosine: average pooling-Dropout-CosineClassifier, imprinted from the "
-                     "training images before the head phase (0 epochs: the imprinted model)"),
+                     "training images before the head phase (0 epochs: the imprinted model); "
+                     "spatial: Dropout-SpatialClassifier, class scores per location pooled by "
+                     "log-sum-exp (none: avg, spatial for a multi-label table)"),
         "units": dict(type=int, help="hidden units of the flatten head"),
         "dropout": dict(type=optional(float), help="dropout before the classifier (none: 0.5 "
                         "flatten, 0.2 pooled heads)"),

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 
 from tfx_transfer.models.backbones import BackboneSpec, get_backbone
-from tfx_transfer.models.heads import HEADS, build_head
+from tfx_transfer.models.heads import HEADS, build_head, default_head
 from tfx_transfer.models.layers import Backbone, Preprocess
 from tfx_transfer.models.parts import ModelParts, model_parts
 from tfx_transfer.models.weights import guard_downloads, load_weights_by_name
@@ -191,7 +191,7 @@ def build_transfer_model(
     num_classes: int,
     input_shape: Sequence[int] | int | None = None,
     weights: str | os.PathLike | None = "imagenet",
-    head: str = "avg",
+    head: str | None = None,
     units: int = 256,
     dropout: float | None = None,
     augmentation: Any = None,
@@ -215,7 +215,10 @@ def build_transfer_model(
       small sets, see ``docs/accuracy.md``), or ``"cosine"`` (global average pooling ->
       Dropout -> :class:`~tfx_transfer.CosineClassifier`: scaled cosine similarity to
       each class's weights; :func:`tfx_transfer.imprint` sets them from a few images,
-      ``docs/fewshot.md``). The output layer is float32 under any mixed-precision policy.
+      ``docs/fewshot.md``), or ``"spatial"`` (the multi-label default: Dropout ->
+      :class:`~tfx_transfer.SpatialClassifier`, class scores at every location of the
+      feature map pooled by log-sum-exp, so objects in different places are not averaged
+      into one feature). The output layer is float32 under any mixed-precision policy.
 
     Args:
         backbone: a registry name (see :func:`tfx_transfer.list_backbones`) or spec.
@@ -224,9 +227,10 @@ def build_transfer_model(
         weights: ``"imagenet"`` (Keras cache, downloaded when online; fails fast
             offline with :class:`tfx_transfer.WeightsUnavailableError`), ``None``
             (random init) or a path to a backbone weights file.
-        head: ``"flatten"``, ``"avg"``, ``"max"`` or ``"cosine"``.
+        head: ``"flatten"``, ``"avg"``, ``"max"``, ``"cosine"`` or ``"spatial"``;
+            ``None``: ``"avg"``, or ``"spatial"`` when ``multi_label``.
         units: width of the flatten head's hidden Dense layer.
-        dropout: dropout before the classifier; default 0.5 (flatten), 0.2 (pooled).
+        dropout: dropout before the classifier; default 0.5 (flatten), 0.2 (the others).
         augmentation: optional layer (e.g. :class:`tfx_transfer.Augmentation`), preset
             name or dict of ImageDataGenerator keywords
             (:func:`tfx_transfer.data.augmentation.as_augmentation`) run first; random
@@ -252,10 +256,13 @@ def build_transfer_model(
             f"num_classes={num_classes!r}: need an integer of at least 2 (softmax over the "
             "classes; a yes/no problem is num_classes=2)."
         )
+    if head is None:
+        head = default_head(multi_label)
     if head not in HEADS:
         raise ValueError(f"head={head!r} is not one of {HEADS}: 'avg' (global average "
-                         "pooling), 'max', 'flatten' (Flatten + Dense(units)) or 'cosine' "
-                         "(normalised features and weights, learned scale; tt.imprint).")
+                         "pooling), 'max', 'flatten' (Flatten + Dense(units)), 'cosine' "
+                         "(normalised features and weights, learned scale; tt.imprint) or "
+                         "'spatial' (class scores per location, log-sum-exp pooled).")
     if dropout is None:
         dropout = 0.5 if head == "flatten" else 0.2
     if not 0.0 <= float(dropout) < 1.0:

@@ -215,8 +215,8 @@ def run_config(data_dir: str | os.PathLike | None, run: str | os.PathLike, resum
     Example:
         >>> import tempfile
         >>> from tfx_transfer.training.job import train_defaults
-        >>> run_config("photos", tempfile.mkdtemp(), False, train_defaults(), train_defaults())["head"]
-        'avg'
+        >>> run_config("photos", tempfile.mkdtemp(), False, train_defaults(), train_defaults())["head_epochs"]
+        10
     """
     folder = RunFolder(run)
     if resume:

@@ -272,7 +272,8 @@ def fine_tune(
             ``blocks`` when it is a list of blocks, else through all blocks).
         discriminative: per-block learning-rate factor for phase 2 (e.g. 2.6).
         batch_size: for array data.
-        **fit_kwargs: passed to every ``fit`` (e.g. ``shuffle``, ``steps_per_epoch``).
+        **fit_kwargs: passed to every ``fit`` (e.g. ``shuffle``, ``steps_per_epoch``);
+            ``validation_data=`` is taken as ``validation``.
 
     Returns:
         One ``History`` for epochs ``0 .. head_epochs + fine_tune_epochs - 1`` with
@@ -298,6 +299,10 @@ def fine_tune(
             f"backup_dir={plain_backups[0].backup_dir!r} instead, so a resumed run also restores "
             "the phase-2 optimizer (fine_tune uses StagedBackupAndRestore)."
         )
+    if "validation_data" in fit_kwargs:  # model.fit's name for ``validation``
+        if validation is not None:
+            raise ValueError("validation and validation_data are both given: pass it once.")
+        validation = fit_kwargs.pop("validation_data")
     for name, value in (("head_epochs", head_epochs), ("fine_tune_epochs", fine_tune_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an int >= 0.")

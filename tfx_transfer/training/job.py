@@ -71,8 +71,8 @@ def train_defaults() -> dict[str, Any]:
     """The default of every keyword argument of :func:`train` (run settings and ``verbose``).
 
     Example:
-        >>> train_defaults()["fine_tune_lr"], train_defaults()["head"]
-        (1e-05, 'avg')
+        >>> train_defaults()["fine_tune_lr"], train_defaults()["batch_size"]
+        (1e-05, 32)
     """
     return {name: p.default for name, p in inspect.signature(train).parameters.items()
             if p.default is not inspect.Parameter.empty}
@@ -90,7 +90,7 @@ def train(
     blocks: Any = "default",
     augmentation: str | None = "standard",
     batch_size: int = 32,
-    head: str = "avg",
+    head: str | None = None,
     units: int = 256,
     dropout: float | None = None,
     head_lr: float | str = DEFAULT_HEAD_LR,

@@ -125,7 +125,8 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]], verbose: Any =
 def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> keras.Model:
     """The run's transfer model; ``weights="auto"`` resolved (ImageNet, else random init, said loudly).
 
-    Records ``weights`` (what was used), ``weights_requested`` and ``weights_note`` in ``config``.
+    Records ``weights`` (what was used), ``weights_requested``, ``weights_note`` and the
+    ``head`` used (``None``: the default for the labels) in ``config``.
     """
     if num_classes < 2 and not config.get("multi_label"):
         raise ValueError(f"{config['data_dir']} has {num_classes} class(es) "
@@ -175,6 +176,7 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
             weights, f"from the file {weights}")
         say(verbose, _banner(f"WEIGHTS: {what} ({config['backbone']})"))
     config["weights_requested"] = requested
+    config["head"] = model.transfer_config["head"]  # None: the default for these labels
     return model
 
 
