@@ -201,6 +201,17 @@ def test_evaluate_cli_on_a_run_and_on_an_export(trained, tmp_path, capsys, monke
     assert "missing' does not exist" in capsys.readouterr().err
 
 
+def test_weights_auto_with_a_builder_that_loads_no_weights_says_random_init(capsys, tinycam):
+    from tfx_transfer.training.steps import build_model
+
+    config = dict(backbone=tinycam, weights="auto", image_size=[32, 32], head="avg",
+                  units=8, dropout=0.0, class_names=None, augmentation="none", seed=1)
+    build_model(config, 2, verbose=0)
+    out = capsys.readouterr().out
+    assert "WEIGHTS: RANDOM INITIALISATION" in out and "loads_weights=False" in out
+    assert (config["weights"], config["weights_requested"]) == ("none", "auto")
+    assert "loads_weights=False" in config["weights_note"]
+
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined")
 def test_weights_auto_offline_falls_back_to_random_init_loudly_and_records_it(capsys):
     from tfx_transfer.training.steps import build_model

@@ -133,6 +133,7 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
                          "(a folder of images per class, or 2 or more values in the table's label "
                          "column).")
     from tfx_transfer.data.augmentation import Augmentation
+    from tfx_transfer.models.backbones import get_backbone
     from tfx_transfer.models.transfer_model import build_transfer_model
     from tfx_transfer.models.weights import WeightsUnavailableError
 
@@ -149,7 +150,17 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
 
     requested = config.get("weights_requested", config["weights"])
     weights = config["weights"]
-    if weights == "auto":
+    if weights == "auto" and not get_backbone(config["backbone"]).loads_weights:
+        config["weights"] = "none"
+        config["weights_note"] = ("the backbone's builder does not load ImageNet weights "
+                                  "(loads_weights=False); trained from random initialisation")
+        print(_banner(  # printed even when quiet: never a silent fallback
+            f"WEIGHTS: RANDOM INITIALISATION (weights=none) -- requested 'auto', but backbone "
+            f"{config['backbone']!r} is registered with loads_weights=False:\nits builder loads "
+            "no ImageNet weights. Pass weights=PATH (a weights file of this backbone) to start "
+            "from trained weights."), flush=True)
+        model = build(None)
+    elif weights == "auto":
         try:
             model = build("imagenet")
             config["weights"] = "imagenet"
