@@ -269,7 +269,9 @@ def test_multi_label_table_trains_evaluates_exports_predicts_and_serves(tmp_path
         answer = client.post("/v1/models/tags:predict",
                              json={"instances": [{"b64": base64.b64encode(image).decode()}]})
         assert answer.json()["predictions"][0]["above_threshold"] == above[0].tolist()
-        assert "above_threshold" in client.get("/").text
+        assert [label["class"] for label in answer.json()["predictions"][0]["labels"]] == \
+            [label["class"] for label in row["labels"]]  # the same labels as `predict --json`
+        assert "prediction.labels" in client.get("/").text
 
 
 def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
