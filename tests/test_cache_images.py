@@ -19,7 +19,7 @@ from tfx_transfer.data.image_cache import (  # noqa: E402
     parse_cache_images,
     resolve_cache_images,
 )
-from tfx_transfer.training.job import train, train_defaults  # noqa: E402
+from tfx_transfer.runs.job import train, train_defaults  # noqa: E402
 
 # Two head epochs on the images themselves (no feature cache): the 2nd epoch reads the images
 # again, from the cache if there is one.

@@ -277,8 +277,8 @@ def test_multi_label_table_trains_evaluates_exports_predicts_and_serves(tmp_path
 def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
     """train()'s data step on a CSV gives the folder's ImageFolder (the rest of train is shared)."""
     from tfx_transfer.runs.config import new_config
-    from tfx_transfer.training.job import train_defaults
-    from tfx_transfer.training.steps import load_data
+    from tfx_transfer.runs.job import train_defaults
+    from tfx_transfer.runs.steps import load_data
 
     folder = write_class_folders(tmp_path / "photos", classes=("a", "b"), per_class=5, size=24)
     table = _write_csv(tmp_path / "labels.csv", ["filename", "class"],
@@ -289,7 +289,7 @@ def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
     loaded = [load_data(new_config(data, settings), verbose=0) for data in (table, folder)]
     assert loaded[0].files == loaded[1].files and loaded[0].class_names == ["a", "b"]
     _assert_same_data(*loaded)
-    from tfx_transfer.training.extend import _old_validation
+    from tfx_transfer.runs.extend import _old_validation
     # add-classes scores the old classes of a CSV run (its validation rows)
 
     config = {**new_config(table, settings), "class_names": ["a", "b"]}

@@ -154,7 +154,7 @@ def test_serve_returns_unknown_and_overrides_the_threshold(tiny_run):
 
 def test_train_takes_the_unknown_tpr_and_checks_it_before_training(tmp_path):
     from tfx_transfer.cli import build_parser
-    from tfx_transfer.training.job import train
+    from tfx_transfer.runs.job import train
 
     args = build_parser().parse_args(["train", "d", "--out", "o", "--unknown-tpr", "0.9"])
     assert args.unknown_tpr == 0.9

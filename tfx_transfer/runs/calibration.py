@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tfx_transfer.layout import CALIBRATION_FILE, RELIABILITY_PNG
 from tfx_transfer.models.unknown_score import DEFAULT_TPR
-from tfx_transfer.runs.layout import CALIBRATION_FILE, RELIABILITY_PNG
 
 
 def calibrate_run(model: Any, folder: Any, run_path: str | Path, batch_size: int = 32,

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tfx_transfer.runs.layout import CONFIG_FILE, RunFolder
+from tfx_transfer.layout import CONFIG_FILE, RunFolder
 
 # The settings that define a run: train()'s arguments, the CLI's flags and config.json's keys.
 RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
@@ -130,7 +130,7 @@ def new_config(data_dir: str | os.PathLike, settings: Mapping[str, Any]) -> dict
         settings: a value for every name of :data:`RUN_SETTINGS`.
 
     Example:
-        >>> from tfx_transfer.training.job import train_defaults
+        >>> from tfx_transfer.runs.job import train_defaults
         >>> config = new_config("photos", {**train_defaults(), "backbone": "VGG16", "image_size": None})
         >>> config["backbone"], config["image_size"], config["cache_features"]
         ('vgg16', [224, 224], 'auto')
@@ -145,7 +145,7 @@ def new_config(data_dir: str | os.PathLike, settings: Mapping[str, Any]) -> dict
     _check(config)
     config["data_dir"] = str(Path(data_dir).resolve())
     if not Path(data_dir).is_file():
-        from tfx_transfer.training.job import train_defaults
+        from tfx_transfer.runs.job import train_defaults
 
         defaults = train_defaults()
         given = [f"{n}={config[n]!r}" for n in TABLE_SETTINGS if config[n] != normalise(n, defaults[n])]
@@ -173,7 +173,7 @@ def resume_config(run: str | os.PathLike, settings: Mapping[str, Any],
 
     Example:
         >>> import tempfile
-        >>> from tfx_transfer.training.job import train_defaults
+        >>> from tfx_transfer.runs.job import train_defaults
         >>> run = RunFolder(tempfile.mkdtemp())
         >>> _ = run.write_config({"backbone": "vgg16", "head_epochs": 1})
         >>> resume_config(run.path, train_defaults(), train_defaults())["backbone"]
@@ -214,7 +214,7 @@ def run_config(data_dir: str | os.PathLike | None, run: str | os.PathLike, resum
 
     Example:
         >>> import tempfile
-        >>> from tfx_transfer.training.job import train_defaults
+        >>> from tfx_transfer.runs.job import train_defaults
         >>> run_config("photos", tempfile.mkdtemp(), False, train_defaults(), train_defaults())["head"]
         'avg'
     """

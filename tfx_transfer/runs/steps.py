@@ -25,7 +25,7 @@ from typing import Any
 
 import keras
 
-from tfx_transfer.runs.layout import (
+from tfx_transfer.layout import (
     HISTORY_PNG,
     LR_FINDER_CSV,
     LR_FINDER_PNG,
