@@ -320,3 +320,24 @@ def test_multi_label_validation_split_is_stratified_on_each_rows_rarest_label():
     train, val = _multi_label_split(files, 0.2, 1337, names)
     assert _multi_label_split(files, 0.2, 1337, names) == (train, val)  # seeded
     assert _multi_label_split(files, 0.2, 7, names) != (train, val)
+
+
+@pytest.mark.slow
+def test_a_csv_run_names_its_validation_rows_not_a_val_folder(tmp_path, capsys):
+    """Calibration, report and messages of a CSV run say which rows validated it: the table
+    has no val/ folder."""
+    folder = write_class_folders(tmp_path / "photos", classes=("a", "b"), per_class=6, size=32)
+    rows = [[p.relative_to(tmp_path).as_posix(), p.parent.name, i % 3 == 0]
+            for i, p in enumerate(sorted(folder.rglob("*.*")))]
+    table = _write_csv(tmp_path / "labels.csv", ["filename", "class", "is_valid"], rows)
+    run = tmp_path / "run"
+    with tinycam_registered():
+        assert main(["train", str(table), "--valid-col", "is_valid", "--head-epochs", "1",
+                     "--fine-tune-epochs", "0", "--out", str(run), *TINY[:-2], "--verbose", "1"]) == 0
+    out = capsys.readouterr().out
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["fitted_on"] == "the is_valid rows of labels.csv (4 images)"
+    assert calibration["measured_on"].startswith("the is_valid rows of labels.csv (4 images)")
+    assert "accepts 95% of the is_valid rows of labels.csv" in (run / "report.txt").read_text()
+    assert "validation (the is_valid rows of labels.csv):" in out
+    assert "val/" not in out + (run / "report.txt").read_text() + json.dumps(calibration)

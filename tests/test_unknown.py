@@ -112,6 +112,8 @@ def test_every_run_is_calibrated_and_says_none_of_these(tiny_run, tmp_path, caps
     run = tiny_run.run
     calibration = json.loads((run / "calibration.json").read_text())
     assert "the images the temperature was fitted on" in calibration["measured_on"]  # no test/
+    # a class folder split by validation_split has no val/: the report says what validated it
+    assert calibration["fitted_on"].startswith(f"a validation_split=0.34 share of {tiny_run.data.name}/")
     assert (run / "reliability.png").stat().st_size > 0
     assert "expected calibration error" in (run / "report.txt").read_text()
     settings = tt.transfer_config(tt.load_model(run / "model.keras"))

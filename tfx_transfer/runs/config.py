@@ -248,3 +248,35 @@ def settings_of(config_file: str | os.PathLike) -> tuple[dict[str, Any], str | N
         raise FileNotFoundError(f"{str(path)!r} does not exist (a run's {CONFIG_FILE}).")
     saved = json.loads(path.read_text())
     return {name: saved[name] for name in RUN_SETTINGS if name in saved}, saved.get("data_dir")
+
+
+def validation_images(config: Mapping[str, Any]) -> str:
+    """What a run's validation images were, in the words its messages and reports use.
+
+    A folder's ``val/``, a ``validation_split`` share of a folder's or a table's images, or
+    a table's ``valid_col`` rows (read after :func:`~tfx_transfer.runs.steps.load_data`,
+    which records ``validation_split_used``).
+
+    Args:
+        config: the run's settings (``data_dir``, ``valid_col``, ``validation_split_used``).
+
+    Example:
+        >>> validation_images({"data_dir": "data/labels.csv", "valid_col": "is_valid",
+        ...                    "validation_split_used": None})
+        'the is_valid rows of labels.csv'
+        >>> validation_images({"data_dir": "photos", "validation_split_used": 0.2})
+        'a validation_split=0.2 share of photos/'
+        >>> validation_images({"data_dir": "photos", "validation_split_used": None})
+        'photos/val/'
+    """
+    root = Path(config["data_dir"])
+    split = config.get("validation_split_used")
+    table = root.suffix.lower() in (".csv", ".tsv", ".txt") or root.is_file()
+    if table and config.get("valid_col") and split is None:
+        return f"the {config['valid_col']} rows of {root.name}"
+    if split:
+        return f"a validation_split={split} share of {root.name}{'' if table else '/'}"
+    from tfx_transfer.data.files import split_folders
+
+    found = split_folders(root).get("validation") if root.is_dir() else None
+    return f"{root.name}/{found.name if found else 'val'}/"

@@ -55,7 +55,7 @@ from tfx_transfer.evaluation.calibration import format_calibration
 from tfx_transfer.layout import RunFolder
 from tfx_transfer.models.unknown_score import DEFAULT_TPR
 from tfx_transfer.runs import steps
-from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config
+from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config, validation_images
 from tfx_transfer.runs.lock import lock_run_folder
 from tfx_transfer.training.finetune import (
     DEFAULT_FINE_TUNE_EPOCHS,
@@ -367,7 +367,8 @@ def _calibrate(final: keras.Model, folder: Any, config: dict[str, Any], run: Run
     from tfx_transfer.runs.calibration import calibrate_run
 
     result = calibrate_run(final, folder, run.path, batch_size=config["batch_size"],
-                           tpr=config.get("unknown_tpr", DEFAULT_TPR))  # (older runs: default)
+                           tpr=config.get("unknown_tpr", DEFAULT_TPR),  # (older runs: default)
+                           validation=validation_images(config))
     final.save(run.model)
     steps.say(verbose, format_calibration(result))
     return result

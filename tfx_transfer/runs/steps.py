@@ -75,6 +75,12 @@ def load_data(config: dict[str, Any], verbose: Any = 1) -> Any:
         say(verbose, f"data: validation images from {splits['validation']} "
                      "(validation_split is not applied)")
         split = None
+    elif not split and table:
+        raise ValueError(
+            f"{root} has no validation rows (valid_col=None) and validation_split={split!r}: "
+            "training needs validation images (best checkpoint, metrics). Pass "
+            "validation_split=0.2 or valid_col=COLUMN (a column that is True for validation rows)."
+        )
     elif not split:
         raise ValueError(
             f"{root} has no val/ folder and validation_split={split!r}: training needs "
@@ -351,7 +357,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
                       best_state: dict[str, Any], verbose: Any = 1,
                       exports: dict[str, dict] | None = None,
                       ) -> tuple[dict, dict | None, dict[str, Path]]:
-    """The run's report (validation, and ``test/`` when the folder has one), then its export.
+    """The run's report (validation images, and ``test/`` when the folder has one), then its export.
 
     ``exports``: reports of files written beside it (``{"tflite": ...}``), recorded in the
     export's metadata.
@@ -361,6 +367,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
     """
     from tfx_transfer.evaluation.plots import plot_history
     from tfx_transfer.export.saved_model import export_saved_model
+    from tfx_transfer.runs.config import validation_images
     from tfx_transfer.runs.report import evaluate_run
     from tfx_transfer.runs.report import format_metrics as format_report
 
@@ -398,7 +405,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
                 if report["path"]}}
     if not run.history.exists():
         del paths["history"], paths["history_png"]
-    say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
+    say(verbose, "", f"validation ({validation_images(config)}):", format_report(metrics), "",
         *(f"  {name:<17}{path}" for name, path in paths.items()))
     if test_metrics:
         say(verbose, "", "test:", format_report(test_metrics))
