@@ -108,7 +108,8 @@ def per_core(data: Path, size: int, batch_size: int, n_batches: int, target: flo
     options.threading.max_intra_op_parallelism = 1
     options.autotune.cpu_budget = 1
     results = {}
-    stream = load_image_folder(data, (size, size), batch_size, augmentation=Augmentation(**IDG_KWARGS))
+    stream = load_image_folder(data, (size, size), batch_size, augmentation=Augmentation(**IDG_KWARGS),
+                               cache_images=None)
     results["stream: decode + resize + augment on the CPU"] = rate_and_cpu(
         stream.train.repeat().with_options(options), n_batches)
     cached = load_image_folder(data, (size, size), batch_size, cache_images="memory")
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"legacy ImageDataGenerator.flow_from_directory: {legacy_rate:8.1f} images/s")
 
         aug = Augmentation(**IDG_KWARGS)
-        streaming = load_image_folder(data, size, args.batch_size, augmentation=aug)
+        streaming = load_image_folder(data, size, args.batch_size, augmentation=aug, cache_images=None)
         stream_rate = rate(streaming.train.repeat(), args.batches)
         print(f"tfx_transfer, streaming (no cache):            {stream_rate:8.1f} images/s "
               f"({stream_rate / legacy_rate:.1f}x)")

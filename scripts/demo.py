@@ -59,8 +59,8 @@ def main() -> int:
     if not (data / "train").is_dir():
         raise SystemExit(f"{data}/train is missing: run `make data-samples` first.")
     import tfx_transfer as tt
-    from tfx_transfer.runs.layout import RunFolder
-    from tfx_transfer.training.job import train
+    from tfx_transfer.layout import RunFolder
+    from tfx_transfer.runs.job import train
 
     if RunFolder(out).config.exists():
         print(f"demo: replacing the previous run in {out}")

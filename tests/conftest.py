@@ -99,7 +99,7 @@ def _make_tiny_run(root: Path) -> dict:
 
     from tests.helpers import write_class_folders
     from tests.tiny_backbone import tinycam_registered
-    from tfx_transfer.training.job import train
+    from tfx_transfer.runs.job import train
 
     class KillAt(keras.callbacks.Callback):
         """The process dies at the start of epoch 2 (the 2nd fine-tuning epoch)."""

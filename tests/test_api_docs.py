@@ -16,7 +16,7 @@ import pytest
 import tfx_transfer as tt
 
 # Wiring, not API: the CLI's argparse glue and the steps that ``train`` runs in order.
-_SKIP_PREFIXES = ("tfx_transfer.cli", "tfx_transfer.commands", "tfx_transfer.training.steps")
+_SKIP_PREFIXES = ("tfx_transfer.cli", "tfx_transfer.commands", "tfx_transfer.runs.steps")
 
 
 def _modules():

@@ -66,6 +66,34 @@ def test_register_rejects_duplicate_and_bad_mode():
         BackboneSpec("x", "VGG16", "bgr", 224, 32, ())
 
 
+def test_custom_builder_that_ignores_weights_refuses_imagenet(tmp_path, tinycam):
+    """A callable ignores ``weights`` unless registered with loads_weights=True: asking it for
+    ImageNet weights must fail, not silently build a random network."""
+    spec = get_backbone(tinycam)
+    assert (spec.loads_weights, get_backbone("vgg16").loads_weights) == (False, True)
+    with pytest.raises(ValueError, match=r"Backbone 'tinycam' cannot load weights='imagenet'.*"
+                                         r"tiny_cnn.*weights=None.*weights=PATH.*loads_weights=True"):
+        tt.build_transfer_model(tinycam, 2, input_shape=(32, 32, 3), weights="imagenet")
+    # a weights file is loaded by the kit, by layer name: it works for any builder
+    source = spec.build((32, 32, 3))
+    path = tmp_path / "tinycam.weights.h5"
+    source.save_weights(path)
+    model = tt.build_transfer_model(tinycam, 2, input_shape=(32, 32, 3), weights=path)
+    assert np.array_equal(tt.get_backbone_model(model).weights[0].numpy(), source.weights[0].numpy())
+
+
+def test_builder_registered_as_loading_weights_gets_them():
+    seen = []
+
+    def builder(include_top=False, weights=None, input_shape=(32, 32, 3)):
+        seen.append(weights)
+        return keras.applications.MobileNetV3Small(include_top=False, weights=None,
+                                                    input_shape=input_shape)
+
+    spec = BackboneSpec("loader", builder, "none", 32, 32, (("all", "."),), loads_weights=True)
+    spec.build((32, 32, 3), weights="imagenet")
+    assert seen == ["imagenet"]
+
 # The smallest member of each family, and EfficientNetV2 (same block regexes as EfficientNet,
 # other layers: fused MBConv, another default_unfreeze).
 FAMILIES = ("vgg16", "resnet50", "resnet50v2", "xception", "inceptionv3", "inceptionresnetv2",

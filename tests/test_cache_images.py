@@ -19,7 +19,7 @@ from tfx_transfer.data.image_cache import (  # noqa: E402
     parse_cache_images,
     resolve_cache_images,
 )
-from tfx_transfer.training.job import train, train_defaults  # noqa: E402
+from tfx_transfer.runs.job import train, train_defaults  # noqa: E402
 
 # Two head epochs on the images themselves (no feature cache): the 2nd epoch reads the images
 # again, from the cache if there is one.
@@ -155,3 +155,27 @@ def test_pretrain_with_cache_images_none_creates_no_folder(tinycam, tmp_path, mo
              cache_images="none", verbose=0)
     assert list(cwd.iterdir()) == []
     assert sorted(p.name for p in data.iterdir()) == ["blue", "red"]
+
+
+def test_one_default_for_cache_images_and_the_loaders_say_what_auto_chose(tmp_path):
+    import inspect
+    import shutil
+
+    import numpy as np
+
+    import tfx_transfer as tt
+
+    defaults = {f.__name__: inspect.signature(f).parameters["cache_images"].default
+                for f in (tt.train, tt.pretrain, tt.load_image_folder, tt.load_image_table)}
+    assert set(defaults.values()) == {"auto"}, defaults
+    assert build_parser().parse_args(["pretrain", "s", "--backbone", "vgg16", "--out", "o"]
+                                     ).cache_images == "auto"
+    data = write_class_folders(tmp_path / "data", classes=("red", "blue"), per_class=3, size=20)
+    folder = load_image_folder(data, image_size=8, batch_size=4, shuffle=False)
+    assert folder.cache_images_used == "memory" and "<= budget 2 GB" in folder.cache_images_reason
+    first = _batches(folder.train)
+    shutil.move(data, tmp_path / "hidden")  # the default's memory cache: no file read again
+    np.testing.assert_array_equal(_batches(folder.train)[0], first[0])
+    shutil.move(tmp_path / "hidden", data)
+    over = load_image_folder(data, image_size=8, batch_size=4, cache_budget_gb=1e-9)
+    assert over.cache_images_used == "none" and "streamed from disk" in over.cache_images_reason

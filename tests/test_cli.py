@@ -78,10 +78,10 @@ def _functions() -> dict[str, list]:
     from tfx_transfer.export.saved_model import export_saved_model
     from tfx_transfer.export.tflite import export_tflite
     from tfx_transfer.models.weights import fetch_weights
+    from tfx_transfer.runs.extend import add_classes_run
+    from tfx_transfer.runs.job import train
     from tfx_transfer.runs.report import evaluate_run
     from tfx_transfer.serving.app import ModelServer, serve
-    from tfx_transfer.training.extend import add_classes_run
-    from tfx_transfer.training.job import train
     from tfx_transfer.training.lr_finder import find_lr
     from tfx_transfer.training.pretraining import pretrain
 
@@ -127,7 +127,7 @@ def test_every_flag_default_comes_from_the_signature_of_the_function_it_calls():
 
 
 def test_find_lr_has_trains_build_flags_and_defaults():
-    from tfx_transfer.training.job import train_defaults
+    from tfx_transfer.runs.job import train_defaults
 
     parsers = _subparsers(build_parser(["find-lr", "train"]))
     find_lr = {a.dest: a for a in parsers["find-lr"]._actions}

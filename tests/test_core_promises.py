@@ -261,7 +261,7 @@ def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_
 @pytest.mark.slow
 def test_train_from_a_config_json_reproduces_its_settings(tmp_path, tiny_run, tinycam,
                                                          monkeypatch):
-    from tfx_transfer.training import steps
+    from tfx_transfer.runs import steps
 
     class Stop(Exception):
         pass
@@ -275,7 +275,7 @@ def test_train_from_a_config_json_reproduces_its_settings(tmp_path, tiny_run, ti
         main(["train", "--config", str(tiny_run.run / "config.json"),
               "--out", str(tmp_path / "again"), "--units", "64", "--verbose", "0"])
     again = json.loads((tmp_path / "again" / "config.json").read_text())
-    from tfx_transfer.training.job import RUN_SETTINGS
+    from tfx_transfer.runs.job import RUN_SETTINGS
     assert {k: again[k] for k in RUN_SETTINGS if k != "units"} == \
         {k: first[k] for k in RUN_SETTINGS if k != "units"}
     assert again["units"] == 64 and again["data_dir"] == first["data_dir"]

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 from tfx_transfer.cli import build_parser  # noqa: E402
-from tfx_transfer.training.job import RUN_SETTINGS, train_defaults  # noqa: E402
+from tfx_transfer.runs.job import RUN_SETTINGS, train_defaults  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scripts" / "demo.py"

@@ -46,3 +46,64 @@ def test_no_module_touches_pyplot_or_the_matplotlib_backend():
                  if re.search(r"^\s*(import matplotlib\.pyplot|from matplotlib import pyplot|"
                               r"matplotlib\.use\()", path.read_text(), re.MULTILINE)]
     assert not offenders, offenders
+
+
+# docs/DESIGN.md's layers, bottom to top: each may import the layers listed (and itself).
+# export sits below evaluation (evaluation scores exports), adaptation above runs (adapt_run
+# writes run folders); the package's __init__, cli.py and commands/ sit on top of everything.
+_BASE = {"base"}
+_LAYERS_BELOW = {
+    "base": set(),                                    # defaults.py, _compat.py, layout.py
+    "data": _BASE,
+    "models": _BASE | {"data"},
+    "export": _BASE | {"data", "models"},
+    "evaluation": _BASE | {"data", "models", "export"},
+    "training": _BASE | {"data", "models", "export", "evaluation"},
+    "serving": _BASE | {"data", "models", "export"},
+    "runs": _BASE | {"data", "models", "export", "evaluation", "training"},
+    "adaptation": _BASE | {"data", "models", "export", "evaluation", "training", "runs"},
+}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "tfx_transfer":
+        return None
+    if len(parts) == 1:
+        return "top"
+    if parts[1] in ("defaults", "_compat", "layout"):
+        return "base"
+    return "top" if parts[1] in ("cli", "commands") else parts[1]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = {alias.name for alias in node.names}
+            if node.module == "tfx_transfer" and names == {"__version__"}:
+                continue  # the version string, not the package's registrations
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return found
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    """DESIGN.md's diagram, checked on every import (lazy ones inside functions too)."""
+    package = ROOT / "tfx_transfer"
+    layers_in_tree = {p.parent.name for p in package.glob("*/__init__.py")} - {"commands"}
+    assert layers_in_tree == set(_LAYERS_BELOW) - {"base"}, "a new layer: place it in _LAYERS_BELOW"
+    wrong = []
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        mine = _layer(module)
+        if mine == "top":
+            continue
+        for line, imported in _imports(path):
+            other = _layer(imported)
+            if other not in (None, mine) and other not in _LAYERS_BELOW[mine]:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {imported} ({other})")
+    assert not wrong, "imports against DESIGN.md's layers:\n" + "\n".join(wrong)

@@ -10,8 +10,8 @@ import pytest
 
 from tests.helpers import write_class_folders
 from tfx_transfer.cli import main
+from tfx_transfer.runs.job import train
 from tfx_transfer.training.finetune import DEFAULT_FINE_TUNE_LR
-from tfx_transfer.training.job import train
 
 
 def _scalars(folder: Path) -> dict[str, dict[int, float]]:
@@ -83,7 +83,7 @@ def test_find_lr_cli_builds_what_train_builds(tinycam, data, tmp_path, capsys, m
     import tfx_transfer as tt
     import tfx_transfer.training.lr_finder as lr_finder
     from tfx_transfer.models.transfer_model import AUGMENT_NAME
-    from tfx_transfer.training.job import train_defaults
+    from tfx_transfer.runs.job import train_defaults
 
     built, real = [], lr_finder.find_head_lr
 

@@ -145,8 +145,8 @@ def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_ru
     assert main(["predict", str(onnx), str(tmp_path / "notes.jpg")]) == 2  # says what to use
     assert "is an ONNX file: predict takes a SavedModel export or a .tflite" in capsys.readouterr().err
     # train(tflite="float16") writes RUN/model.tflite the same way, next to the others' figures
+    from tfx_transfer.layout import RunFolder
     from tfx_transfer.runs.deploy import run_images, write_run_tflite
-    from tfx_transfer.runs.layout import RunFolder
 
     folder = run_images(run)
     reports = write_run_tflite(model, folder, RunFolder(run), "float16", verbose=0)

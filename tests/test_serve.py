@@ -31,6 +31,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import tfx_transfer as tt  # noqa: E402
 from tests.helpers import uvicorn_server  # noqa: E402
 from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
@@ -356,6 +357,76 @@ def test_page_in_headless_chromium_shows_the_top_class(api, signatures, tmp_path
     finally:
         driver.quit()
 
+
+@pytest.fixture(scope="module")
+def multi_label_export(tmp_path_factory):
+    """A multi-label export, top_k=1, whose thresholds put the top label and the LAST label of
+    one image above their thresholds, the middle one below: returns (export_dir, image, labels)."""
+    with tinycam_registered() as backbone:
+        keras.utils.set_random_seed(3)
+        model = build_transfer_model(backbone, len(CLASSES), input_shape=(SIZE, SIZE, 3),
+                                     weights=None, head="avg", multi_label=True)
+    pixels = np.random.default_rng(5).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    probabilities = model.predict(pixels[None].astype(np.float32), verbose=0)[0]
+    order = np.argsort(-probabilities)
+    assert probabilities[order[0]] - probabilities[order[-1]] > 1e-3  # a ranking to test
+    thresholds = [1.01] * len(CLASSES)
+    thresholds[order[0]] = thresholds[order[-1]] = 0.0
+    model.transfer_config = {**model.transfer_config, "thresholds": thresholds}
+    root = tmp_path_factory.mktemp("serve_multi") / "tags"
+    export_saved_model(model, root, CLASSES, top_k=1)
+    labels = [(CLASSES[i], float(probabilities[i])) for i in (order[0], order[-1])]
+    return root, encode(pixels), labels
+
+
+def test_multi_label_answer_lists_every_label_above_its_threshold(multi_label_export):
+    """above_threshold covers all C labels but class_names only the top k: the answer's
+    "labels" names every label above its threshold, also those outside the top k."""
+    from starlette.testclient import TestClient
+
+    root, data, labels = multi_label_export
+    with TestClient(ModelServer(root, "tags", poll_interval=0).app) as client:
+        row = client.post("/v1/models/tags:predict", json={"instances": [{"b64": b64(data)}]}
+                          ).json()["predictions"][0]
+        columnar = client.post("/v1/models/tags:predict",
+                               json={"inputs": {"images": [{"b64": b64(data)}]}}).json()["outputs"]
+    assert row["class_names"] == [labels[0][0]]  # top_k=1: the last label is not among them
+    assert [(label["class"], pytest.approx(label["score"], abs=1e-5)) for label in row["labels"]] \
+        == labels
+    assert sum(row["above_threshold"]) == 2 and columnar["labels"] == [row["labels"]]
+    exported = tt.load_exported(root).predict(data, top_k=1)[0]  # the Python API agrees
+    assert [name for name, _ in exported["labels"]] == [label["class"] for label in row["labels"]]
+
+
+def test_page_in_headless_chromium_marks_every_label_above_its_threshold(multi_label_export,
+                                                                       tmp_path):
+    browser, driver_path = _chromium()
+    if not (browser and driver_path):
+        pytest.skip("chromium/chromedriver not installed: the multi-label page is not tested")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, data, labels = multi_label_export
+    (tmp_path / "photo.png").write_bytes(data)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    with running(root, "tags", poll_interval=0) as (url, _):
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+        try:
+            driver.get(url + "/")
+            driver.find_element(By.ID, "file").send_keys(str(tmp_path / "photo.png"))
+            WebDriverWait(driver, 30).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, "#results .class"))
+            shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .class")]
+            heading = driver.find_element(By.CSS_SELECTOR, "#results .labels").text
+        finally:
+            driver.quit()
+    # the top label (top_k=1) and the last label, outside the top k, both marked
+    assert shown == [f"{name} \u2713" for name, _ in labels]
+    assert heading == "labels: " + ", ".join(name for name, _ in labels)
 
 def test_cli_serve_answers_then_finishes_in_flight_requests_on_sigterm(export_dir):
     port = free_port()

@@ -270,14 +270,16 @@ def test_multi_label_table_trains_evaluates_exports_predicts_and_serves(tmp_path
         answer = client.post("/v1/models/tags:predict",
                              json={"instances": [{"b64": base64.b64encode(image).decode()}]})
         assert answer.json()["predictions"][0]["above_threshold"] == above[0].tolist()
-        assert "above_threshold" in client.get("/").text
+        assert [label["class"] for label in answer.json()["predictions"][0]["labels"]] == \
+            [label["class"] for label in row["labels"]]  # the same labels as `predict --json`
+        assert "prediction.labels" in client.get("/").text
 
 
 def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
     """train()'s data step on a CSV gives the folder's ImageFolder (the rest of train is shared)."""
     from tfx_transfer.runs.config import new_config
-    from tfx_transfer.training.job import train_defaults
-    from tfx_transfer.training.steps import load_data
+    from tfx_transfer.runs.job import train_defaults
+    from tfx_transfer.runs.steps import load_data
 
     folder = write_class_folders(tmp_path / "photos", classes=("a", "b"), per_class=5, size=24)
     table = _write_csv(tmp_path / "labels.csv", ["filename", "class"],
@@ -288,7 +290,7 @@ def test_train_reads_a_single_label_csv_as_the_folder(tmp_path):
     loaded = [load_data(new_config(data, settings), verbose=0) for data in (table, folder)]
     assert loaded[0].files == loaded[1].files and loaded[0].class_names == ["a", "b"]
     _assert_same_data(*loaded)
-    from tfx_transfer.training.extend import _old_validation
+    from tfx_transfer.runs.extend import _old_validation
     # add-classes scores the old classes of a CSV run (its validation rows)
 
     config = {**new_config(table, settings), "class_names": ["a", "b"]}
@@ -319,3 +321,24 @@ def test_multi_label_validation_split_is_stratified_on_each_rows_rarest_label():
     train, val = _multi_label_split(files, 0.2, 1337, names)
     assert _multi_label_split(files, 0.2, 1337, names) == (train, val)  # seeded
     assert _multi_label_split(files, 0.2, 7, names) != (train, val)
+
+
+@pytest.mark.slow
+def test_a_csv_run_names_its_validation_rows_not_a_val_folder(tmp_path, capsys):
+    """Calibration, report and messages of a CSV run say which rows validated it: the table
+    has no val/ folder."""
+    folder = write_class_folders(tmp_path / "photos", classes=("a", "b"), per_class=6, size=32)
+    rows = [[p.relative_to(tmp_path).as_posix(), p.parent.name, i % 3 == 0]
+            for i, p in enumerate(sorted(folder.rglob("*.*")))]
+    table = _write_csv(tmp_path / "labels.csv", ["filename", "class", "is_valid"], rows)
+    run = tmp_path / "run"
+    with tinycam_registered():
+        assert main(["train", str(table), "--valid-col", "is_valid", "--head-epochs", "1",
+                     "--fine-tune-epochs", "0", "--out", str(run), *TINY[:-2], "--verbose", "1"]) == 0
+    out = capsys.readouterr().out
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["fitted_on"] == "the is_valid rows of labels.csv (4 images)"
+    assert calibration["measured_on"].startswith("the is_valid rows of labels.csv (4 images)")
+    assert "accepts 95% of the is_valid rows of labels.csv" in (run / "report.txt").read_text()
+    assert "validation (the is_valid rows of labels.csv):" in out
+    assert "val/" not in out + (run / "report.txt").read_text() + json.dumps(calibration)

@@ -17,8 +17,8 @@ from PIL import Image  # noqa: E402
 from tests.helpers import write_class_folders  # noqa: E402
 from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import build_parser, main  # noqa: E402
+from tfx_transfer.runs.job import train  # noqa: E402
 from tfx_transfer.training.finetune import DEFAULT_FINE_TUNE_LR, DEFAULT_HEAD_LR  # noqa: E402
-from tfx_transfer.training.job import train  # noqa: E402
 
 CLASSES = ("cats", "dogs", "foxes")
 TINY = ["--backbone", "tinycam", "--weights", "none", "--image-size", "32", "--head", "avg",
@@ -50,7 +50,7 @@ def assert_png(path: Path) -> None:
 
 def test_every_train_setting_is_a_flag_with_the_python_default(capsys):
     from tfx_transfer.commands.jobs import train_flags
-    from tfx_transfer.training.job import RUN_SETTINGS, train_defaults
+    from tfx_transfer.runs.job import RUN_SETTINGS, train_defaults
 
     assert set(RUN_SETTINGS) <= set(train_flags())
     args = build_parser().parse_args(["train", "data", "--out", "run"])
@@ -201,9 +201,20 @@ def test_evaluate_cli_on_a_run_and_on_an_export(trained, tmp_path, capsys, monke
     assert "missing' does not exist" in capsys.readouterr().err
 
 
+def test_weights_auto_with_a_builder_that_loads_no_weights_says_random_init(capsys, tinycam):
+    from tfx_transfer.runs.steps import build_model
+
+    config = dict(backbone=tinycam, weights="auto", image_size=[32, 32], head="avg",
+                  units=8, dropout=0.0, class_names=None, augmentation="none", seed=1)
+    build_model(config, 2, verbose=0)
+    out = capsys.readouterr().out
+    assert "WEIGHTS: RANDOM INITIALISATION" in out and "loads_weights=False" in out
+    assert (config["weights"], config["weights_requested"]) == ("none", "auto")
+    assert "loads_weights=False" in config["weights_note"]
+
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined")
 def test_weights_auto_offline_falls_back_to_random_init_loudly_and_records_it(capsys):
-    from tfx_transfer.training.steps import build_model
+    from tfx_transfer.runs.steps import build_model
 
     config = dict(backbone="mobilenetv3small", weights="auto", image_size=[32, 32], head="avg",
                   units=8, dropout=0.0, class_names=None, augmentation="none", seed=1)

@@ -112,6 +112,8 @@ def test_every_run_is_calibrated_and_says_none_of_these(tiny_run, tmp_path, caps
     run = tiny_run.run
     calibration = json.loads((run / "calibration.json").read_text())
     assert "the images the temperature was fitted on" in calibration["measured_on"]  # no test/
+    # a class folder split by validation_split has no val/: the report says what validated it
+    assert calibration["fitted_on"].startswith(f"a validation_split=0.34 share of {tiny_run.data.name}/")
     assert (run / "reliability.png").stat().st_size > 0
     assert "expected calibration error" in (run / "report.txt").read_text()
     settings = tt.transfer_config(tt.load_model(run / "model.keras"))
@@ -154,7 +156,7 @@ def test_serve_returns_unknown_and_overrides_the_threshold(tiny_run):
 
 def test_train_takes_the_unknown_tpr_and_checks_it_before_training(tmp_path):
     from tfx_transfer.cli import build_parser
-    from tfx_transfer.training.job import train
+    from tfx_transfer.runs.job import train
 
     args = build_parser().parse_args(["train", "d", "--out", "o", "--unknown-tpr", "0.9"])
     assert args.unknown_tpr == 0.9

@@ -89,7 +89,7 @@ _EXPORTS = {
     "fit_unknown": "evaluation.unknown_detection",
     "evaluate_unknown": "evaluation.unknown_detection",
     "unknown_scores": "models.unknown_score",
-    "train": "training.job",
+    "train": "runs.job",
     "RunFolderLockedError": "runs.lock",
     # scaling
     "get_strategy": "training.distribute",
@@ -118,13 +118,23 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-# Registers the kit's serializable objects (layers, TransferModel, FuseProbabilities,
-# DiscriminativeOptimizer, augmentation layers) for keras.saving.load_model. The
-# `tfx-transfer` script enters through the module tfx_transfer_cli, imported before this
+# The modules whose import registers the kit's serializable objects (augmentation layers,
+# Preprocess/Backbone, TransferModel, FuseProbabilities, DiscriminativeOptimizer) for
+# keras.saving.load_model; listed here, above every layer, so that no layer imports one above it.
+_REGISTERING = ("data.augmentation", "data.augmentation_layers", "models.layers",
+                "models.transfer_model", "models.ensembles", "training.optimizers")
+
+
+def _register_objects() -> None:
+    for module in _REGISTERING:
+        importlib.import_module(f"tfx_transfer.{module}")
+
+
+# The `tfx-transfer` script enters through the module tfx_transfer_cli, imported before this
 # package: then the command that runs registers them (tfx_transfer.cli.main), so that
 # `tfx-transfer --help` and `--version` answer without importing Keras and TensorFlow.
 if "tfx_transfer_cli" not in sys.modules:
-    importlib.import_module("tfx_transfer.models.saving")
+    _register_objects()
 
 
 def __getattr__(name: str) -> Any:

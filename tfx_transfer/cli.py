@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with quiet_native_log():
         args = build_parser(_command_in(argv)).parse_args(argv)
         # every custom object of the kit, so that keras.saving.load_model reads every .keras file
-        importlib.import_module("tfx_transfer.models.saving")
+        importlib.import_module("tfx_transfer")._register_objects()
         try:
             return int(args.func(args) or 0)
         except BrokenPipeError:  # `tfx-transfer predict ... | head`: the reader went away

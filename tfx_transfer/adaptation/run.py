@@ -24,7 +24,7 @@ from typing import Any
 
 from tfx_transfer.adaptation.adapt import DEFAULT_METHOD, adapt
 from tfx_transfer.data.files import split_folders, visible_dirs
-from tfx_transfer.runs.layout import CONFIG_FILE, EXPORT_DIR, MODEL_FILE
+from tfx_transfer.layout import CONFIG_FILE, EXPORT_DIR, MODEL_FILE
 
 
 def _labelled_classes(folder: Path) -> list[str]:

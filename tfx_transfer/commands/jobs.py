@@ -1,9 +1,9 @@
 """The commands that train: ``train``, ``find-lr``, ``pretrain``, ``adapt`` and ``add-classes``.
 
 Each calls one library function (:func:`tfx_transfer.train`,
-:func:`~tfx_transfer.training.job.find_lr_for_folder`, :func:`tfx_transfer.pretrain`,
+:func:`~tfx_transfer.runs.job.find_lr_for_folder`, :func:`tfx_transfer.pretrain`,
 :func:`~tfx_transfer.adaptation.run.adapt_run`,
-:func:`~tfx_transfer.training.extend.add_classes_run`) with the flags given; ``find-lr``
+:func:`~tfx_transfer.runs.extend.add_classes_run`) with the flags given; ``find-lr``
 takes ``train``'s build settings and defaults, so it builds what ``train`` builds.
 
 Example:
@@ -112,7 +112,7 @@ def train_flags() -> dict[str, dict[str, Any]]:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    from tfx_transfer.training.job import train_defaults
+    from tfx_transfer.runs.job import train_defaults
 
     p.add_argument("data_dir", nargs="?", default=None, metavar="DATA_DIR",
                    help="folder of class folders, or with train/ and val/ (and test/) folders of "
@@ -130,7 +130,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> None:
     from tfx_transfer.runs.config import settings_of
-    from tfx_transfer.training.job import train
+    from tfx_transfer.runs.job import train
 
     settings, data_dir = settings_of(args.config) if args.config else ({}, None)
     settings.update(given(args, train_flags()))
@@ -174,7 +174,7 @@ FIND_LR_RAMP = {
 
 
 def _add_find_lr(p: argparse.ArgumentParser) -> None:
-    from tfx_transfer.training.job import train_defaults
+    from tfx_transfer.runs.job import train_defaults
     from tfx_transfer.training.lr_finder import find_lr
 
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class folders (or train/ + val/)")
@@ -186,7 +186,7 @@ def _add_find_lr(p: argparse.ArgumentParser) -> None:
 
 
 def _run_find_lr(args: argparse.Namespace) -> None:
-    from tfx_transfer.training.job import find_lr_for_folder
+    from tfx_transfer.runs.job import find_lr_for_folder
 
     result, files = find_lr_for_folder(args.data_dir, args.out,
                                        **given(args, [*FIND_LR_SETTINGS, *FIND_LR_RAMP]))
@@ -273,7 +273,7 @@ ADAPT = Command(
 
 
 def _add_add_classes(p: argparse.ArgumentParser) -> None:
-    from tfx_transfer.training.extend import add_classes_run
+    from tfx_transfer.runs.extend import add_classes_run
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder of 'tfx-transfer train'")
     p.add_argument("data", metavar="NEW_FOLDER", help="a folder of the new classes' folders (a "
@@ -287,7 +287,7 @@ def _add_add_classes(p: argparse.ArgumentParser) -> None:
 
 
 def _run_add_classes(args: argparse.Namespace) -> None:
-    from tfx_transfer.training.extend import add_classes_run
+    from tfx_transfer.runs.extend import add_classes_run
 
     add_classes_run(args.run_dir, args.data, args.out, top_k=args.top_k, verbose=args.verbose)
 
@@ -344,7 +344,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from tfx_transfer.runs.layout import prepare_backup, pretrain_backup_dir
+    from tfx_transfer.layout import prepare_backup, pretrain_backup_dir
     from tfx_transfer.training.pretraining import output_paths, pretrain, read_pretrain_info
 
     backup = pretrain_backup_dir(output_paths(args.out, args.backbone)["weights"])

@@ -53,7 +53,7 @@ def _add_table_flags(p: argparse.ArgumentParser) -> None:
     """--images, --x-col, --y-col, --label-delim, --valid-col (train's; unset: the run's own)."""
     from tfx_transfer.commands.jobs import train_flags
     from tfx_transfer.runs.config import TABLE_SETTINGS
-    from tfx_transfer.training.job import train_defaults
+    from tfx_transfer.runs.job import train_defaults
 
     flags = train_flags()
     add_options(p, train_defaults(), {name: {**flags[name], "help": flags[name]["help"] +

@@ -79,6 +79,8 @@ class ImageFolder:
         multi_label: labels are sets of classes (:func:`tfx_transfer.load_image_table`):
             each label in ``files`` is a tuple of class indices, batches carry
             multi-hot ``float32`` ``(B, num_classes)`` rows.
+        cache_images_used: the decoded-image cache in use (``"memory"``, ``"none"`` or a
+            folder; what ``cache_images="auto"`` chose) and ``cache_images_reason`` why.
 
     Example:
         >>> import tempfile
@@ -104,6 +106,8 @@ class ImageFolder:
     crop_to_aspect_ratio: bool = False
     routes: dict[str, str] = field(default_factory=dict)
     multi_label: bool = False
+    cache_images_used: str = "none"
+    cache_images_reason: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -218,7 +222,7 @@ def load_image_folder(
     seed: int = DEFAULT_SEED,
     label_mode: str = "int",
     shuffle: bool = True,
-    cache_images: str | os.PathLike | None = None,
+    cache_images: str | os.PathLike | None = "auto",
     crop_to_aspect_ratio: bool = False,
     augmentation: Any = None,
     verify: bool = True,
@@ -237,12 +241,13 @@ def load_image_folder(
         label_mode: ``"int"`` (``int32`` labels) or ``"categorical"`` (one-hot
             ``float32``, needed by MixUp/CutMix and ``categorical_crossentropy``).
         shuffle: reshuffle ``train`` every epoch (``validation``/``test`` are never shuffled).
-        cache_images: ``None``/``"none"`` (decoded every epoch; no folder is
-            created), ``"memory"``, ``"auto"`` (memory when the decoded images fit
-            ``cache_budget_gb``, else none) or a folder for on-disk cache files of
-            the decoded, resized images (file names depend on the file list, so a
-            changed folder never replays a stale cache). See
-            :mod:`tfx_transfer.data.image_cache`.
+        cache_images: ``"auto"`` (the default, as in :func:`tfx_transfer.train`: in memory
+            when the decoded images fit ``cache_budget_gb``, 2 GB by default, else
+            decoded every epoch; ``ImageFolder.cache_images_used`` says which),
+            ``"memory"``, ``None``/``"none"`` (decoded every epoch; no folder is
+            created) or a folder for on-disk cache files of the decoded, resized
+            images (file names depend on the file list, so a changed folder never
+            replays a stale cache). See :mod:`tfx_transfer.data.image_cache`.
         crop_to_aspect_ratio: center-crop to the target aspect ratio before
             resizing instead of stretching (see :func:`tfx_transfer.data.decode.resize_image`).
         augmentation: ``None``, an :class:`~tfx_transfer.data.augmentation.Augmentation`,
@@ -339,7 +344,7 @@ def assemble_image_folder(
         ([[1.0, 0.0, 1.0]], {'a': 1, 'b': 0, 'c': 1})
     """
     counts = {split: {"images": len(pairs)} for split, pairs in files.items()}
-    cache, _ = resolve_cache_images(cache_images, counts, image_size, cache_budget_gb)
+    cache, why = resolve_cache_images(cache_images, counts, image_size, cache_budget_gb)
     common = dict(
         routes=routes, num_classes=len(class_names), image_size=image_size, batch_size=batch_size,
         label_mode=label_mode, seed=seed, cache=None if cache == "none" else cache,
@@ -363,6 +368,8 @@ def assemble_image_folder(
         crop_to_aspect_ratio=crop_to_aspect_ratio,
         routes={path: routes[path] for pairs in files.values() for path, _ in pairs},
         multi_label=multi_label,
+        cache_images_used=cache,
+        cache_images_reason=why,
     )
 
 

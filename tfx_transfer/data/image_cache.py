@@ -1,7 +1,7 @@
 """``cache_images``: where decoded, resized images are kept between epochs (one meaning everywhere).
 
-``load_image_folder``, ``train``, ``pretrain`` and the CLI's ``--cache-images``
-take the same values:
+``load_image_folder``, ``load_image_table``, ``train``, ``pretrain`` and the CLI's ``--cache-images``
+take the same values, with one default, ``"auto"``:
 
 * ``"auto"``: in memory when the decoded images fit a budget
   (:func:`choose_image_cache`), else streamed from disk;

@@ -153,7 +153,8 @@ def _folder(folder: Path, image_size: Sequence[int], class_names: Sequence[str] 
     plain = found.get("train") == folder  # class folders, no train/val/test layout
     trained_on_it = trained_on is not None and Path(trained_on).resolve() == folder.resolve()
     chosen = choose_split(list(found), split, plain=plain, what=str(folder), trained_on_it=trained_on_it)
-    loaded = load_image_folder(folder, image_size=image_size, batch_size=batch_size, shuffle=False)
+    loaded = load_image_folder(folder, image_size=image_size, batch_size=batch_size, shuffle=False,
+                               cache_images=None)  # read once: nothing to cache
     what = "every image (class folders, no split)" if plain else _SHOWN[chosen]
     return _from_folder(loaded, _parts(chosen, list(loaded.files)), class_names, image_size,
                         batch_size, str(folder), f"{folder}: {what}")

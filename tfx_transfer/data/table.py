@@ -216,7 +216,7 @@ class TableSpec:
         """The table's :class:`ImageFolder` (unshuffled; ``validation`` = the ``valid_col`` rows)."""
         return load_image_table(self.table, self.directory, self.x_col, self.y_col, self.label_delim,
                                 self.valid_col, image_size=image_size, batch_size=batch_size,
-                                shuffle=False)
+                                shuffle=False, cache_images=None)  # read once: nothing to cache
 
 
 def load_image_table(
@@ -232,7 +232,7 @@ def load_image_table(
     seed: int = DEFAULT_SEED,
     label_mode: str | None = None,
     shuffle: bool = True,
-    cache_images: str | os.PathLike | None = None,
+    cache_images: str | os.PathLike | None = "auto",
     crop_to_aspect_ratio: bool = False,
     augmentation: Any = None,
     verify: bool = True,

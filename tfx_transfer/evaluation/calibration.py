@@ -301,7 +301,8 @@ def format_calibration(result: dict[str, Any]) -> str:
     """The lines ``train`` prints and appends to ``report.txt`` (temperature, ECE, unknown threshold).
 
     Example:
-        >>> print(format_calibration({"temperature": 1.8, "fitted_on": "val/ (20 images)",
+        >>> print(format_calibration({"temperature": 1.8, "validation": "val/",
+        ...     "fitted_on": "val/ (20 images)",
         ...     "measured_on": "test/ (10 images)", "ece_before": 0.12, "ece_after": 0.03,
         ...     "unknown": {"threshold": 0.31, "tpr": 0.95, "num_references": 40}}))
         calibration: temperature 1.800 fitted on val/ (20 images)
@@ -315,4 +316,5 @@ def format_calibration(result: dict[str, Any]) -> str:
                    if "temperature" in result else f"calibration: {result['skipped']}")
     return (f"{calibration}\n"
             f"  unknown (\"none of these\"): score above {unknown['threshold']:.4f} (accepts "
-            f"{unknown['tpr']:.0%} of val/), {unknown['num_references']} reference images")
+            f"{unknown['tpr']:.0%} of {result.get('validation', 'the validation images')}), "
+            f"{unknown['num_references']} reference images")

@@ -26,8 +26,7 @@ from tfx_transfer.evaluation.metrics import as_int_labels, classification_metric
 from tfx_transfer.evaluation.multilabel import evaluate_multilabel, is_multi_label
 from tfx_transfer.evaluation.plots import plot_confusion_matrix, plot_predictions
 from tfx_transfer.evaluation.predictor import is_exported, model_image_size, predictor
-from tfx_transfer.models.saving import load_model
-from tfx_transfer.runs.layout import (
+from tfx_transfer.layout import (
     CONFIG_FILE,
     CONFUSION_PNG,
     METRICS_FILE,
@@ -35,6 +34,7 @@ from tfx_transfer.runs.layout import (
     PREDICTIONS_PNG,
     REPORT_FILE,
 )
+from tfx_transfer.models.saving import load_model
 
 
 def load_for_evaluation(model: Any) -> tuple[Any, list[str] | None]:

@@ -36,7 +36,7 @@ from tfx_transfer.evaluation.metrics import as_int_labels
 from tfx_transfer.evaluation.multilabel import is_multi_label, ranked_label_errors
 from tfx_transfer.evaluation.plots import save_figure
 from tfx_transfer.evaluation.predictor import model_image_size, predictor
-from tfx_transfer.runs.layout import TOP_LOSSES_CSV, TOP_LOSSES_PNG
+from tfx_transfer.layout import TOP_LOSSES_CSV, TOP_LOSSES_PNG
 
 CSV_COLUMNS = ("rank", "index", "path", "true_class", "predicted_class", "probability",
                "p_true", "loss")

@@ -30,32 +30,13 @@ from typing import Any
 import numpy as np
 
 from tfx_transfer.evaluation.plots import save_figure
+from tfx_transfer.models.transfer_model import (  # noqa: F401 - also read from here
+    DEFAULT_THRESHOLD,
+    is_multi_label,
+    model_thresholds,
+)
 
-DEFAULT_THRESHOLD = 0.5
 PER_LABEL_PNG = "per_label.png"
-
-
-def is_multi_label(model: Any) -> bool:
-    """Whether a Keras model or an export is multi-label (its settings or metadata say so).
-
-    Example:
-        >>> is_multi_label(lambda images: images)
-        False
-    """
-    settings = getattr(model, "transfer_config", None) or getattr(model, "metadata", None) or {}
-    return bool(settings.get("multi_label", False))
-
-
-def model_thresholds(model: Any, num_classes: int) -> np.ndarray:
-    """The per-label thresholds a model carries, else 0.5 for every label.
-
-    Example:
-        >>> model_thresholds(lambda images: images, 3).tolist()
-        [0.5, 0.5, 0.5]
-    """
-    settings = getattr(model, "transfer_config", None) or getattr(model, "metadata", None) or {}
-    saved = settings.get("thresholds")
-    return np.asarray(saved if saved else [DEFAULT_THRESHOLD] * num_classes, np.float64)
 
 
 def multilabel_training(model: Any, loss: Any, metrics: Sequence[Any]) -> tuple[Any, list[Any]]:
@@ -287,7 +268,7 @@ def evaluate_multilabel(model: Any, batches: Any, class_names: Sequence[str],
         (2, ['metrics', 'per_label', 'report'])
     """
     from tfx_transfer.evaluation.predictor import predictor
-    from tfx_transfer.runs.layout import METRICS_FILE, REPORT_FILE
+    from tfx_transfer.layout import METRICS_FILE, REPORT_FILE
 
     labels, probs = scores_and_labels(predictor(model), batches)
     names = list(class_names) or [str(i) for i in range(probs.shape[1])]

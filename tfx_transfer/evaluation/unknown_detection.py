@@ -23,18 +23,18 @@ from typing import Any
 import numpy as np
 
 from tfx_transfer.evaluation.plots import save_figure
+from tfx_transfer.layout import UNKNOWN_SCORES_PNG
 from tfx_transfer.models.unknown_score import (
     DEFAULT_MAX_REFERENCES,
     DEFAULT_TPR,
-    check_threshold,
     feature_model,
     knn_score,
+    model_threshold,
     set_references,
     unknown_scores,
     unknown_settings,
     unpack_array,
 )
-from tfx_transfer.runs.layout import UNKNOWN_SCORES_PNG
 
 
 def roc_auc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -176,22 +176,6 @@ def score_images(model: Any, images: np.ndarray, batch_size: int = 32) -> np.nda
         return np.concatenate([signature(pixels=tf.constant(images[i:i + batch_size], tf.float32))[
             "unknown_score"].numpy() for i in range(0, len(images), batch_size)]).astype(np.float64)
     return unknown_scores(model, images, batch_size)[1]
-
-
-def model_threshold(model: Any, unknown_threshold: float | None = None) -> float:
-    """``unknown_threshold`` when given, else the one saved in the model or export.
-
-    Example:
-        >>> model_threshold(None, 0.4)
-        0.4
-    """
-    if unknown_threshold is not None:
-        return check_threshold(unknown_threshold)
-    settings = (getattr(model, "metadata", None) or {}).get("unknown") or unknown_settings(model)
-    if not settings:
-        raise ValueError("The model has no unknown threshold; fit one with tt.fit_unknown or pass "
-                         "unknown_threshold=.")
-    return float(settings["threshold"])
 
 
 def _ood_images(ood: Any, image_size: tuple[int, int], batch_size: int) -> np.ndarray:

@@ -167,7 +167,7 @@ class ExportedModel:
         thresholds = self.metadata.get("thresholds") if self.metadata.get("multi_label") else None
         rows = [top_classes(row, self.class_names, top_k, thresholds) for row in out["probabilities"]]
         if self.has_unknown:
-            from tfx_transfer.evaluation.unknown_detection import model_threshold
+            from tfx_transfer.models.unknown_score import model_threshold
 
             flags = out["unknown"] if unknown_threshold is None else \
                 out["unknown_score"] > model_threshold(self, unknown_threshold)

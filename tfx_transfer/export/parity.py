@@ -37,7 +37,7 @@ def answer_thresholds(model: Any, num_classes: int) -> np.ndarray | None:
         >>> answer_thresholds(lambda images: images, 2) is None
         True
     """
-    from tfx_transfer.evaluation.multilabel import is_multi_label, model_thresholds
+    from tfx_transfer.models.transfer_model import is_multi_label, model_thresholds
 
     return model_thresholds(model, num_classes) if is_multi_label(model) else None
 

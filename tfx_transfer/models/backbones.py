@@ -44,12 +44,19 @@ class BackboneSpec:
         default_unfreeze: blocks unfrozen by default in phase 2; default: the top
             block.
         kwargs: extra constructor keyword arguments.
+        loads_weights: whether the constructor itself loads its ``weights`` argument
+            (``"imagenet"``). Default: ``True`` for a ``keras.applications`` name,
+            ``False`` for a callable (most custom builders take ``weights`` and ignore
+            it); pass ``True`` only when your callable really loads them. A backbone
+            that does not load weights is built only with ``weights=None``; asking it
+            for ``"imagenet"`` raises instead of silently building a random network
+            (a weights file still works: the kit loads it by layer name).
 
     Example:
         >>> spec = BackboneSpec("tinyvgg", "VGG16", "caffe", 224, 32,
         ...                     blocks=(("block4", r"^block4_"), ("block5", r"^block5_")))
-        >>> spec.block_names, spec.default_unfreeze
-        (('block4', 'block5'), ('block5',))
+        >>> spec.block_names, spec.default_unfreeze, spec.loads_weights
+        (('block4', 'block5'), ('block5',), True)
     """
 
     name: str
@@ -60,8 +67,11 @@ class BackboneSpec:
     blocks: tuple[tuple[str, str], ...]
     default_unfreeze: tuple[str, ...] = ()
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    loads_weights: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.loads_weights is None:
+            object.__setattr__(self, "loads_weights", isinstance(self.constructor, str))
         if self.preprocessing not in PREPROCESSING_MODES:
             raise ValueError(
                 f"BackboneSpec {self.name!r}: preprocessing={self.preprocessing!r} "
@@ -78,6 +88,10 @@ class BackboneSpec:
     def build(self, input_shape: Sequence[int], weights: str | None = None) -> Any:
         """Build the headless Keras model (``include_top=False``).
 
+        Raises:
+            ValueError: ``weights`` is not ``None`` and the constructor does not load
+                weights (``loads_weights=False``): it would build a random network.
+
         Example:
             >>> base = get_backbone("vgg16").build((32, 32, 3))
             >>> base.output.shape
@@ -85,6 +99,8 @@ class BackboneSpec:
         """
         from keras import applications
 
+        if weights is not None and not self.loads_weights:
+            raise ValueError(self._no_weights_message(weights))
         kwargs = dict(self.kwargs)
         ctor = self.constructor
         if isinstance(ctor, str):
@@ -92,6 +108,17 @@ class BackboneSpec:
         model = ctor(include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs)
         model.name = self.name  # a stable name for the nested model, whatever Keras calls it
         return model
+
+    def _no_weights_message(self, weights: Any) -> str:
+        builder = getattr(self.constructor, "__name__", repr(self.constructor))
+        return (
+            f"Backbone {self.name!r} cannot load weights={str(weights)!r}: its builder "
+            f"{builder} is registered with loads_weights=False (the default for a callable), "
+            "so it would build a randomly initialised network. Pass weights=None (random "
+            "initialisation, said as such), weights=PATH (a weights file of this backbone, "
+            "loaded by layer name), or register a builder that loads the weights itself "
+            "with BackboneSpec(..., loads_weights=True)."
+        )
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import keras
 
-# Importing these modules registers the kit's serializable objects.
+# Importing these registers the serializable objects of the layers below training
+# (`import tfx_transfer` registers every one, DiscriminativeOptimizer included).
 from tfx_transfer.data import augmentation, augmentation_layers  # noqa: F401
+from tfx_transfer.layout import MODEL_FILE
 from tfx_transfer.models import ensembles, layers, transfer_model  # noqa: F401
-from tfx_transfer.runs.layout import MODEL_FILE
-from tfx_transfer.training import optimizers  # noqa: F401
 
 
 def load_model(path: str | os.PathLike, compile: bool = True, safe_mode: bool = True) -> keras.Model:

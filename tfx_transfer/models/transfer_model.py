@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from tfx_transfer.models.backbones import BackboneSpec, get_backbone
 from tfx_transfer.models.heads import HEADS, build_head, default_head
@@ -355,3 +356,30 @@ def backbone_name(model: keras.Model) -> str:
         'vgg16'
     """
     return model_parts(model).backbone_name
+
+
+# Multi-label settings, read by evaluation and by exports.
+DEFAULT_THRESHOLD = 0.5  # a multi-label model's per-label threshold before one is chosen
+
+
+def is_multi_label(model: Any) -> bool:
+    """Whether a Keras model or an export is multi-label (its settings or metadata say so).
+
+    Example:
+        >>> is_multi_label(lambda images: images)
+        False
+    """
+    settings = getattr(model, "transfer_config", None) or getattr(model, "metadata", None) or {}
+    return bool(settings.get("multi_label", False))
+
+
+def model_thresholds(model: Any, num_classes: int) -> np.ndarray:
+    """The per-label thresholds a model carries, else 0.5 for every label.
+
+    Example:
+        >>> model_thresholds(lambda images: images, 3).tolist()
+        [0.5, 0.5, 0.5]
+    """
+    settings = getattr(model, "transfer_config", None) or getattr(model, "metadata", None) or {}
+    saved = settings.get("thresholds")
+    return np.asarray(saved if saved else [DEFAULT_THRESHOLD] * num_classes, np.float64)

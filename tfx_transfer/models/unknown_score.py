@@ -152,6 +152,22 @@ def check_threshold(threshold: Any) -> float:
     return value
 
 
+def model_threshold(model: Any, unknown_threshold: float | None = None) -> float:
+    """``unknown_threshold`` when given, else the one saved in the model or export.
+
+    Example:
+        >>> model_threshold(None, 0.4)
+        0.4
+    """
+    if unknown_threshold is not None:
+        return check_threshold(unknown_threshold)
+    settings = (getattr(model, "metadata", None) or {}).get("unknown") or unknown_settings(model)
+    if not settings:
+        raise ValueError("The model has no unknown threshold; fit one with tt.fit_unknown or pass "
+                         "unknown_threshold=.")
+    return float(settings["threshold"])
+
+
 def unknown_scores(model: keras.Model, images: np.ndarray, batch_size: int = 32,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (N, C), unknown scores (N,))`` of a fitted model on pixel batches.

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tfx_transfer.runs.layout import CONFIG_FILE, RunFolder
+from tfx_transfer.layout import CONFIG_FILE, RunFolder
 
 # The settings that define a run: train()'s arguments, the CLI's flags and config.json's keys.
 RUN_SETTINGS = ("backbone", "weights", "image_size", "head_epochs", "fine_tune_epochs", "blocks",
@@ -130,7 +130,7 @@ def new_config(data_dir: str | os.PathLike, settings: Mapping[str, Any]) -> dict
         settings: a value for every name of :data:`RUN_SETTINGS`.
 
     Example:
-        >>> from tfx_transfer.training.job import train_defaults
+        >>> from tfx_transfer.runs.job import train_defaults
         >>> config = new_config("photos", {**train_defaults(), "backbone": "VGG16", "image_size": None})
         >>> config["backbone"], config["image_size"], config["cache_features"]
         ('vgg16', [224, 224], 'auto')
@@ -145,7 +145,7 @@ def new_config(data_dir: str | os.PathLike, settings: Mapping[str, Any]) -> dict
     _check(config)
     config["data_dir"] = str(Path(data_dir).resolve())
     if not Path(data_dir).is_file():
-        from tfx_transfer.training.job import train_defaults
+        from tfx_transfer.runs.job import train_defaults
 
         defaults = train_defaults()
         given = [f"{n}={config[n]!r}" for n in TABLE_SETTINGS if config[n] != normalise(n, defaults[n])]
@@ -173,7 +173,7 @@ def resume_config(run: str | os.PathLike, settings: Mapping[str, Any],
 
     Example:
         >>> import tempfile
-        >>> from tfx_transfer.training.job import train_defaults
+        >>> from tfx_transfer.runs.job import train_defaults
         >>> run = RunFolder(tempfile.mkdtemp())
         >>> _ = run.write_config({"backbone": "vgg16", "head_epochs": 1})
         >>> resume_config(run.path, train_defaults(), train_defaults())["backbone"]
@@ -214,7 +214,7 @@ def run_config(data_dir: str | os.PathLike | None, run: str | os.PathLike, resum
 
     Example:
         >>> import tempfile
-        >>> from tfx_transfer.training.job import train_defaults
+        >>> from tfx_transfer.runs.job import train_defaults
         >>> run_config("photos", tempfile.mkdtemp(), False, train_defaults(), train_defaults())["head_epochs"]
         10
     """
@@ -248,3 +248,35 @@ def settings_of(config_file: str | os.PathLike) -> tuple[dict[str, Any], str | N
         raise FileNotFoundError(f"{str(path)!r} does not exist (a run's {CONFIG_FILE}).")
     saved = json.loads(path.read_text())
     return {name: saved[name] for name in RUN_SETTINGS if name in saved}, saved.get("data_dir")
+
+
+def validation_images(config: Mapping[str, Any]) -> str:
+    """What a run's validation images were, in the words its messages and reports use.
+
+    A folder's ``val/``, a ``validation_split`` share of a folder's or a table's images, or
+    a table's ``valid_col`` rows (read after :func:`~tfx_transfer.runs.steps.load_data`,
+    which records ``validation_split_used``).
+
+    Args:
+        config: the run's settings (``data_dir``, ``valid_col``, ``validation_split_used``).
+
+    Example:
+        >>> validation_images({"data_dir": "data/labels.csv", "valid_col": "is_valid",
+        ...                    "validation_split_used": None})
+        'the is_valid rows of labels.csv'
+        >>> validation_images({"data_dir": "photos", "validation_split_used": 0.2})
+        'a validation_split=0.2 share of photos/'
+        >>> validation_images({"data_dir": "photos", "validation_split_used": None})
+        'photos/val/'
+    """
+    root = Path(config["data_dir"])
+    split = config.get("validation_split_used")
+    table = root.suffix.lower() in (".csv", ".tsv", ".txt") or root.is_file()
+    if table and config.get("valid_col") and split is None:
+        return f"the {config['valid_col']} rows of {root.name}"
+    if split:
+        return f"a validation_split={split} share of {root.name}{'' if table else '/'}"
+    from tfx_transfer.data.files import split_folders
+
+    found = split_folders(root).get("validation") if root.is_dir() else None
+    return f"{root.name}/{found.name if found else 'val'}/"

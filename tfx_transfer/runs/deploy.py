@@ -17,13 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tfx_transfer.runs.layout import CONFIG_FILE, EXPORTS_FILE, MODEL_FILE, TFLITE_FILE, RunFolder
+from tfx_transfer.layout import CONFIG_FILE, EXPORTS_FILE, MODEL_FILE, TFLITE_FILE, RunFolder
 
 
 def run_images(run_dir: str | os.PathLike) -> Any:
     """The run's :class:`~tfx_transfer.ImageFolder` (its split, not decoded yet), or ``None``.
 
-    Read as the run read it (:func:`tfx_transfer.training.steps.load_data`: a folder
+    Read as the run read it (:func:`tfx_transfer.runs.steps.load_data`: a folder
     or a CSV table with the run's table settings). ``None`` when ``run_dir`` is not a
     run folder or its data is gone.
 
@@ -46,7 +46,7 @@ def config_images(config: dict[str, Any]) -> Any:
     """
     if not config.get("data_dir") or not Path(config["data_dir"]).exists():  # a folder or a CSV
         return None
-    from tfx_transfer.training.steps import load_data
+    from tfx_transfer.runs.steps import load_data
 
     return load_data({**config, "cache_images": "none"}, verbose=0)
 

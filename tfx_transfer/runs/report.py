@@ -8,7 +8,7 @@
 
 ``train`` writes it for the validation images into the run folder (and for
 ``test/`` into ``RUN/test/``); ``tfx-transfer evaluate RUN FOLDER`` into
-``RUN/evaluate-<FOLDER name>/`` (:func:`tfx_transfer.runs.layout.report_dir`).
+``RUN/evaluate-<FOLDER name>/`` (:func:`tfx_transfer.layout.report_dir`).
 
 Example:
     >>> import tempfile, numpy as np, tfx_transfer as tt
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tfx_transfer.runs.layout import report_dir
+from tfx_transfer.layout import report_dir
 
 
 def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
@@ -43,7 +43,7 @@ def evaluate_run(model: Any, data: Any, out: str | os.PathLike | None = None, *,
             :func:`tfx_transfer.evaluate_model` does), a dataset of ``(images,
             labels)`` batches or an ``(x, y)`` tuple of arrays.
         out: the report folder; default for an image folder:
-            :func:`~tfx_transfer.runs.layout.report_dir` (``RUN/evaluate-<name>/``
+            :func:`~tfx_transfer.layout.report_dir` (``RUN/evaluate-<name>/``
             for a run folder, else ``./evaluate-<name>/``).
         paths: the file of each image, in ``data``'s order (listed in
             ``top_losses.csv`` when ``data`` is not a folder).

@@ -13,6 +13,10 @@ machine with Python: no Docker, no ``tensorflow_model_server`` binary.
 ``GET  /``                                        a page: drop an image, see the top classes
 ================================================  ====================================
 
+A multi-label export's predictions also carry ``"labels"``: every label whose
+``above_threshold`` is set, best first, as ``{"class", "score"}`` (the export's
+``class_names`` list only the top ``k``; ``tfx-transfer predict --json`` prints the same).
+
 Binary values are ``{"b64": "..."}`` objects. Errors are ``{"error": "..."}``:
 400 for bad JSON, bad base64, bytes that are not an image, unknown or missing
 inputs; 404 for an unknown model, version or path; 413 past
@@ -257,7 +261,7 @@ class ModelServer:
             import numpy as np
 
             outputs = {**outputs, "unknown": np.asarray(outputs["unknown_score"]) > self.unknown_threshold}
-        return await run_in_threadpool(predict_response, outputs, row_form)
+        return await run_in_threadpool(predict_response, servable.add_labels(outputs), row_form)
 
     # the application
 

@@ -8,6 +8,9 @@ import json
 def page_html(model_name: str, version: int | None) -> str:
     """The page for ``model_name``: choose or drop an image, see the top classes as bars.
 
+    A multi-label export's answer adds every label above its threshold (``"labels"``,
+    :meth:`~tfx_transfer.serving.servable.Servable.add_labels`) to the top classes, marked.
+
     Example:
         >>> "<title>photos - tfx-transfer serve</title>" in page_html("photos", 1)
         True
@@ -65,20 +68,25 @@ function show(prediction) {
       "Looks like a known class") + " (unknown score " + prediction.unknown_score.toFixed(3) + ")";
     results.append(verdict);
   }
-  const multi = Array.isArray(prediction.above_threshold);  // a multi-label export
+  // multi-label: "labels" (every label above its threshold, best first) joins the top k
+  const multi = Array.isArray(prediction.labels);
+  const rows = prediction.class_names.map((name, i) => [name, prediction.scores[i]]);
+  const on = new Set();
   if (multi) {
-    const names = prediction.class_names.filter((_, i) => prediction.above_threshold[prediction.class_ids[i]]);
     const head = document.createElement("div"); head.className = "labels";
-    head.textContent = "labels: " + (names.length ? names.join(", ") : "none above its threshold");
+    head.textContent = "labels: " + (prediction.labels.length ?
+      prediction.labels.map(l => l.class).join(", ") : "none above its threshold");
     results.append(head);
+    prediction.labels.forEach(l => {
+      on.add(l.class);
+      if (!prediction.class_names.includes(l.class)) rows.push([l.class, l.score]);
+    });
   }
-  prediction.class_names.forEach((name, i) => {
-    const score = prediction.scores[i];
-    const on = multi && prediction.above_threshold[prediction.class_ids[i]];
+  rows.forEach(([name, score]) => {
     const row = document.createElement("div"); row.className = "row";
     const label = document.createElement("div"); label.className = "label";
     const n = document.createElement("span"); n.className = "class";
-    n.textContent = on ? name + " \u2713" : name;
+    n.textContent = on.has(name) ? name + " \u2713" : name;
     const s = document.createElement("span"); s.className = "score";
     s.textContent = (100 * score).toFixed(1) + " %";
     label.append(n, s);

@@ -102,10 +102,12 @@ class Servable:
         self.signature_defs = signature_defs(self.path)
         self.image_size: tuple[int, int] | None = None
         meta_file = self.path / "assets.extra" / METADATA_FILE
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        self.label_names: list[str] | None = (
+            list(meta["class_names"]) if meta.get("multi_label") and meta.get("class_names") else None)
         images = self.inputs.get(SIGNATURE_IMAGES, {})
-        if (meta_file.is_file() and SIGNATURE_PIXELS_UINT8 in self.signatures
+        if (meta and SIGNATURE_PIXELS_UINT8 in self.signatures
                 and list(images) == ["images"] and images["images"].dtype == tf.string):
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
             given = meta["image_size"] if "image_size" in meta else meta["input_size"]  # older exports
             size = (int(given[0]), int(given[1]))
             crop = bool(meta.get("crop_to_aspect_ratio", False))
@@ -138,6 +140,23 @@ class Servable:
                                         f"{decode_reason(err.message)}; send the file's bytes "
                                         f"of a {SERVING_FORMATS} image.") from None
         return SIGNATURE_PIXELS_UINT8, {"pixels": np.stack(pixels)}
+
+    def add_labels(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A multi-label export's outputs plus ``labels``: per image, every label whose
+        ``above_threshold`` is set, best first, as ``{"class", "score"}`` (what
+        ``tfx-transfer predict --json`` prints); other outputs are returned as they are.
+
+        ``above_threshold`` covers all C labels but ``class_names`` only the top ``k``: without
+        ``labels`` a label above its threshold outside the top ``k`` has no name in the answer.
+        """
+        if self.label_names is None or not {"above_threshold", "probabilities"} <= set(outputs):
+            return outputs
+        above, probabilities = np.asarray(outputs["above_threshold"]), np.asarray(outputs["probabilities"])
+        labels = np.empty(len(above), dtype=object)
+        for i, (flags, row) in enumerate(zip(above, probabilities)):
+            labels[i] = [{"class": self.label_names[j], "score": float(row[j])}
+                         for j in np.argsort(-row, kind="stable") if flags[j]]
+        return {**outputs, "labels": labels}
 
     def warm_up(self) -> None:
         """Run a tiny PNG through ``serving_default`` and the per-request route, so a broken

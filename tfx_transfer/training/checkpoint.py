@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from tfx_transfer.runs.layout import BEST_STATE_FILE
+from tfx_transfer.layout import BEST_STATE_FILE
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):

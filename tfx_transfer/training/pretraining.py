@@ -163,7 +163,7 @@ def pretrain(
     validation_split: float | None = 0.1,
     bn_momentum: float | None = 0.9,
     recalibrate_batches: int = 100,
-    cache_images: str | os.PathLike | None = None,
+    cache_images: str | os.PathLike | None = "auto",
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     backup_dir: str | os.PathLike | None = None,
     seed: int | None = DEFAULT_SEED,
@@ -200,8 +200,9 @@ def pretrain(
         recalibrate_batches: after training, recompute the BatchNorm moving
             statistics on up to this many un-augmented training batches
             (:func:`~tfx_transfer.training.scratch.recalibrate_batchnorm`; default 100, 0 to skip).
-        cache_images: decoded-image cache: ``None``/``"none"``, ``"memory"``, ``"auto"``
-            or a folder (:mod:`tfx_transfer.data.image_cache`).
+        cache_images: decoded-image cache: ``"auto"`` (the default, as in ``train``: in
+            memory within 2 GB of decoded pixels, else decoded every epoch), ``"memory"``,
+            ``None``/``"none"`` or a folder (:mod:`tfx_transfer.data.image_cache`).
         callbacks: extra Keras callbacks (``TerminateOnNaN`` is always added).
         backup_dir: folder for ``keras.callbacks.BackupAndRestore`` (weights,
             optimizer state, epoch; saved every epoch). An interrupted run called

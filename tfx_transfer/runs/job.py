@@ -6,7 +6,7 @@ load the folder (:func:`tfx_transfer.load_image_folder`), build the model
 blocks (:func:`tfx_transfer.fine_tune`, Keras progress bars), keep the best
 checkpoint, evaluate it on the validation split (:func:`tfx_transfer.runs.report.evaluate_run`)
 and export it (:func:`tfx_transfer.export_saved_model`). Its steps are in
-:mod:`tfx_transfer.training.steps`, the file names in :mod:`tfx_transfer.runs.layout`,
+:mod:`tfx_transfer.runs.steps`, the file names in :mod:`tfx_transfer.layout`,
 the settings in :mod:`tfx_transfer.runs.config`. The run folder::
 
     RUN/config.json             the resolved configuration (weights actually used, classes, ...)
@@ -52,11 +52,11 @@ import keras
 
 from tfx_transfer.defaults import DEFAULT_SEED
 from tfx_transfer.evaluation.calibration import format_calibration
+from tfx_transfer.layout import RunFolder
 from tfx_transfer.models.unknown_score import DEFAULT_TPR
-from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config
-from tfx_transfer.runs.layout import RunFolder
+from tfx_transfer.runs import steps
+from tfx_transfer.runs.config import RUN_SETTINGS, new_config, run_config, validation_images
 from tfx_transfer.runs.lock import lock_run_folder
-from tfx_transfer.training import steps
 from tfx_transfer.training.finetune import (
     DEFAULT_FINE_TUNE_EPOCHS,
     DEFAULT_FINE_TUNE_LR,
@@ -367,7 +367,8 @@ def _calibrate(final: keras.Model, folder: Any, config: dict[str, Any], run: Run
     from tfx_transfer.runs.calibration import calibrate_run
 
     result = calibrate_run(final, folder, run.path, batch_size=config["batch_size"],
-                           tpr=config.get("unknown_tpr", DEFAULT_TPR))  # (older runs: default)
+                           tpr=config.get("unknown_tpr", DEFAULT_TPR),  # (older runs: default)
+                           validation=validation_images(config))
     final.save(run.model)
     steps.say(verbose, format_calibration(result))
     return result

@@ -3,7 +3,7 @@
 A run folder is what ``tfx-transfer train --out RUN`` (:func:`tfx_transfer.train`)
 writes; ``tfx-transfer evaluate``, ``adapt`` and ``explain`` read it. Every module
 that names one of its files takes the name from here, never from a string
-literal. The folder (see :mod:`tfx_transfer.training.job` for what each file holds)::
+literal. The folder (see :mod:`tfx_transfer.runs.job` for what each file holds)::
 
     RUN/config.json  history.csv  best.keras  best.json  model.keras  skipped_files.txt
     RUN/metrics.json  report.txt  history.png  confusion_matrix.png  predictions.png

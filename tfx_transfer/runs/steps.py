@@ -25,7 +25,7 @@ from typing import Any
 
 import keras
 
-from tfx_transfer.runs.layout import (
+from tfx_transfer.layout import (
     HISTORY_PNG,
     LR_FINDER_CSV,
     LR_FINDER_PNG,
@@ -75,6 +75,12 @@ def load_data(config: dict[str, Any], verbose: Any = 1) -> Any:
         say(verbose, f"data: validation images from {splits['validation']} "
                      "(validation_split is not applied)")
         split = None
+    elif not split and table:
+        raise ValueError(
+            f"{root} has no validation rows (valid_col=None) and validation_split={split!r}: "
+            "training needs validation images (best checkpoint, metrics). Pass "
+            "validation_split=0.2 or valid_col=COLUMN (a column that is True for validation rows)."
+        )
     elif not split:
         raise ValueError(
             f"{root} has no val/ folder and validation_split={split!r}: training needs "
@@ -134,6 +140,7 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
                          "(a folder of images per class, or 2 or more values in the table's label "
                          "column).")
     from tfx_transfer.data.augmentation import Augmentation
+    from tfx_transfer.models.backbones import get_backbone
     from tfx_transfer.models.transfer_model import build_transfer_model
     from tfx_transfer.models.weights import WeightsUnavailableError
 
@@ -150,7 +157,17 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
 
     requested = config.get("weights_requested", config["weights"])
     weights = config["weights"]
-    if weights == "auto":
+    if weights == "auto" and not get_backbone(config["backbone"]).loads_weights:
+        config["weights"] = "none"
+        config["weights_note"] = ("the backbone's builder does not load ImageNet weights "
+                                  "(loads_weights=False); trained from random initialisation")
+        print(_banner(  # printed even when quiet: never a silent fallback
+            f"WEIGHTS: RANDOM INITIALISATION (weights=none) -- requested 'auto', but backbone "
+            f"{config['backbone']!r} is registered with loads_weights=False:\nits builder loads "
+            "no ImageNet weights. Pass weights=PATH (a weights file of this backbone) to start "
+            "from trained weights."), flush=True)
+        model = build(None)
+    elif weights == "auto":
         try:
             model = build("imagenet")
             config["weights"] = "imagenet"
@@ -342,7 +359,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
                       best_state: dict[str, Any], verbose: Any = 1,
                       exports: dict[str, dict] | None = None,
                       ) -> tuple[dict, dict | None, dict[str, Path]]:
-    """The run's report (validation, and ``test/`` when the folder has one), then its export.
+    """The run's report (validation images, and ``test/`` when the folder has one), then its export.
 
     ``exports``: reports of files written beside it (``{"tflite": ...}``), recorded in the
     export's metadata.
@@ -352,6 +369,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
     """
     from tfx_transfer.evaluation.plots import plot_history
     from tfx_transfer.export.saved_model import export_saved_model
+    from tfx_transfer.runs.config import validation_images
     from tfx_transfer.runs.report import evaluate_run
     from tfx_transfer.runs.report import format_metrics as format_report
 
@@ -389,7 +407,7 @@ def report_and_export(final: keras.Model, folder: Any, config: dict[str, Any], r
                 if report["path"]}}
     if not run.history.exists():
         del paths["history"], paths["history_png"]
-    say(verbose, "", f"validation ({config['data_dir']}):", format_report(metrics), "",
+    say(verbose, "", f"validation ({validation_images(config)}):", format_report(metrics), "",
         *(f"  {name:<17}{path}" for name, path in paths.items()))
     if test_metrics:
         say(verbose, "", "test:", format_report(test_metrics))

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tfx_transfer.runs.layout import CONFIG_FILE, EXPORT_DIR, MODEL_FILE
-from tfx_transfer.training import steps
+from tfx_transfer.layout import CONFIG_FILE, EXPORT_DIR, MODEL_FILE
+from tfx_transfer.runs import steps
 
 
 def _old_validation(config: dict[str, Any], verbose: Any) -> list[tuple[str, int]] | None:
