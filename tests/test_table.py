@@ -19,6 +19,7 @@ from tfx_transfer.data.folder import load_image_folder
 from tfx_transfer.data.table import load_image_table
 from tfx_transfer.evaluation.multilabel import (
     average_precision,
+    best_f1_cut,
     choose_thresholds,
     multilabel_metrics,
 )
@@ -175,13 +176,27 @@ def test_thresholds_maximise_f1_and_metrics_match_their_definitions():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, (40, 3))
     p = np.clip(y * 0.4 + rng.random((40, 3)) * 0.6, 0, 1)
+
+    def f1(t, c):
+        pred = p[:, c] >= t
+        tp = (pred & (y[:, c] == 1)).sum()
+        return 2 * tp / max(pred.sum() + y[:, c].sum(), 1)
+
+    own = choose_thresholds(y, p, prior_positives=0)
+    for c in range(3):  # no threshold on a 0.001 grid beats a label's own
+        assert f1(own[c], c) >= max(f1(t, c) for t in np.linspace(0, 1, 1001)) - 1e-12
+        assert not np.isin(own[c], p[:, c])  # between two scores, never on one
+    shared = best_f1_cut(y, p)
+    grid = np.linspace(0, 1, 1001)
+    micro = [2 * ((p >= t) & (y == 1)).sum() / ((p >= t).sum() + y.sum()) for t in grid]
+    assert 2 * ((p >= shared) & (y == 1)).sum() / ((p >= shared).sum() + y.sum()) >= max(micro) - 1e-12
+    n = y.sum(0)
+    np.testing.assert_allclose(choose_thresholds(y, p), (n * np.array(own) + 20 * shared) / (n + 20),
+                               atol=1e-6)
+    y4, p4 = np.c_[y, np.zeros(40)], np.c_[p, p[:, :1]]  # a label with no positive: the shared one
+    assert choose_thresholds(y4, p4)[3] == pytest.approx(best_f1_cut(y4, p4), abs=1e-6)
+    assert best_f1_cut([1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]) == 0.5  # plateau middle
     chosen = choose_thresholds(y, p)
-    for c in range(3):  # no threshold on a 0.01 grid beats the chosen one
-        def f1(t, c=c):
-            pred = p[:, c] >= t
-            tp = (pred & (y[:, c] == 1)).sum()
-            return 2 * tp / max(pred.sum() + y[:, c].sum(), 1)
-        assert f1(chosen[c]) >= max(f1(t) for t in np.linspace(0, 1, 101)) - 1e-12
     assert average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
     metrics = multilabel_metrics(y, p, ["a", "b", "c"], chosen)
     predicted = p >= np.array(chosen)
