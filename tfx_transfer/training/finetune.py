@@ -343,7 +343,7 @@ def fine_tune(
     finally:
         clear_initial_epoch(model)  # set by BackupAndRestore; would leak into a later fit
     if is_multi_label(model) and validation is not None:
-        fit_thresholds(model, validation)  # per-label thresholds maximising validation F1
+        fit_thresholds(model, validation)  # per-label thresholds chosen for validation F1
     return history
 
 
