@@ -97,24 +97,24 @@ def _check_blocks(spec: BackboneSpec, base: keras.Model) -> None:
 
 
 def _check_inference_mode(model: keras.Model, x: np.ndarray) -> None:
-    """Features (not probabilities: noise shows at full scale) and probabilities ignore
-    ``training``, while frozen and after ``unfreeze``."""
+    """Features (where noise shows at full scale) and probabilities ignore ``training``,
+    while frozen and after ``unfreeze``."""
     layer = get_backbone_layer(model)
     # features and probabilities from one call (an eager pass costs ~1 s on the large families)
     both = keras.Model(model.input, [layer.output, model.output])
     inner, preprocess = tt.get_backbone_model(model), model.get_layer("preprocess")
-    if any(isinstance(sub, keras.layers.Dropout) and sub.rate > 0
-           for sub in inner._flatten_layers()):  # drop-connect: the wrapper keeps it off
-        scaled = preprocess(x)
-        assert not np.allclose(np.asarray(inner(scaled, training=True)),
-                               np.asarray(inner(scaled, training=False)), rtol=1e-3, atol=0)
 
-    def check() -> None:
+    def check() -> np.ndarray:
         on, off = both(x, training=True), both(x, training=False)
         for name, a, b in zip(("features", "probabilities"), on, off):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+        return np.asarray(off[0])
 
-    check()
+    features = check()
+    if any(isinstance(sub, keras.layers.Dropout) and sub.rate > 0
+           for sub in inner._flatten_layers()):  # drop-connect: the wrapper keeps it off
+        assert not np.allclose(np.asarray(inner(preprocess(x), training=True)), features,
+                               rtol=1e-3, atol=0)
     tt.unfreeze(model, "all")
     assert layer.inference_mode and tt.get_backbone_model(model).trainable
     check()
