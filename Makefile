@@ -75,7 +75,7 @@ venvs:
 	@$(MAKE) --no-print-directory -j3 -k $(STAMP) $(JAX_STAMP) $(FLOOR_STAMP) || \
 		echo "venvs: one failed to build (pip's error is above); its tests will say so"
 
-## make test-jax: the core tests on KERAS_BACKEND=jax with no TensorFlow installed (~3 min alongside the suite)
+## make test-jax: the core tests on KERAS_BACKEND=jax with no TensorFlow installed (~2 min alongside the suite)
 ## (skipped, saying why, only when jax/keras cannot be installed and CI is not true). JAX's compilation
 ## cache, in a temporary folder for this run only: the tests build the same tiny models again and again,
 ## and XLA compiles each identical program once instead of per model (half the CPU time of test_finetune.py)
