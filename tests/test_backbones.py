@@ -125,23 +125,27 @@ def _check_blocks(spec: BackboneSpec, base: keras.Model) -> None:
 
 
 def _check_inference_mode(model: keras.Model, x: np.ndarray) -> None:
-    """Features (not probabilities: noise shows at full scale) ignore ``training``."""
+    """Features (where noise shows at full scale) and probabilities ignore ``training``,
+    while frozen and after ``unfreeze``."""
     layer = get_backbone_layer(model)
-    features = keras.Model(model.input, layer.output)
+    # features and probabilities from one call (an eager pass costs ~1 s on the large families)
+    both = keras.Model(model.input, [layer.output, model.output])
     inner, preprocess = tt.get_backbone_model(model), model.get_layer("preprocess")
+
+    def check() -> np.ndarray:
+        on, off = both(x, training=True), both(x, training=False)
+        for name, a, b in zip(("features", "probabilities"), on, off):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+        return np.asarray(off[0])
+
+    features = check()
     if any(isinstance(sub, keras.layers.Dropout) and sub.rate > 0
            for sub in inner._flatten_layers()):  # drop-connect: the wrapper keeps it off
-        scaled = preprocess(x)
-        assert not np.allclose(np.asarray(inner(scaled, training=True)),
-                               np.asarray(inner(scaled, training=False)), rtol=1e-3, atol=0)
-    np.testing.assert_array_equal(np.asarray(features(x, training=True)),
-                                  np.asarray(features(x, training=False)))
-    np.testing.assert_array_equal(np.asarray(model(x, training=True)),
-                                  np.asarray(model(x, training=False)))
+        assert not np.allclose(np.asarray(inner(preprocess(x), training=True)), features,
+                               rtol=1e-3, atol=0)
     tt.unfreeze(model, "all")
     assert layer.inference_mode and tt.get_backbone_model(model).trainable
-    np.testing.assert_array_equal(np.asarray(features(x, training=True)),
-                                  np.asarray(features(x, training=False)))
+    check()
 
 
 def _patch_images(side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +163,9 @@ def _patch_images(side: int) -> tuple[np.ndarray, np.ndarray]:
 def _check_gradcam(model: keras.Model, side: int) -> None:
     """Class i's weights point at image i's patch features: each heatmap must find its patch."""
     images, masks = _patch_images(side)
+    # the backbone's compiled predict step (gradcam() traces the same one: one trace, no eager pass)
     features = keras.ops.convert_to_numpy(
-        tt.get_backbone_model(model)(model.get_layer("preprocess")(images)))
+        tt.get_backbone_model(model).predict_on_batch(model.get_layer("preprocess")(images)))
     n, h, w, _ = features.shape
     cells = np.zeros((n, h, w), bool)  # feature cells whose centre lies in the patch
     rows, cols = ((np.arange(k) + 0.5) * side / k for k in (h, w))

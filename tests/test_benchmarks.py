@@ -223,11 +223,11 @@ def test_gpu_throughput(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_transfer_protocol(capsys):
-    out = run("transfer_protocol", capsys)
+    out = run("transfer_protocol", capsys)  # --smoke: the few-shot column only
+    assert "| method | 3 per class |" in out
     for method in load("transfer_protocol").METHODS.values():
-        cells = numbers(rf"^\| {re.escape(method)} \| {NUMBER} ± {NUMBER} \(.*\) \| "
-                        rf"{NUMBER} ± {NUMBER} \(.*\) \|$", out)
-        assert 0 <= cells[0] <= 1 and 0 <= cells[2] <= 1, method
+        cells = numbers(rf"^\| {re.escape(method)} \| {NUMBER} ± {NUMBER} \(.*\) \|$", out)
+        assert 0 <= cells[0] <= 1, method
 
 
 def test_export_formats(capsys):

@@ -294,3 +294,11 @@ def test_a_model_without_a_part_says_which():
         _ = dense.head
     with pytest.raises(ValueError, match="expected one Preprocess layer, found"):
         _ = tt.model_parts(dense).preprocess
+
+
+def test_a_missing_weights_file_fails_before_the_backbone_is_built(monkeypatch):
+    from tfx_transfer.models.backbones import BackboneSpec
+
+    monkeypatch.setattr(BackboneSpec, "build", lambda *a, **k: pytest.fail("the backbone was built"))
+    with pytest.raises(FileNotFoundError, match=r"weights='/nonexistent/w.h5': no such file"):
+        tt.build_transfer_model("inceptionresnetv2", 2, weights="/nonexistent/w.h5")

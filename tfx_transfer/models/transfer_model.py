@@ -27,7 +27,7 @@ from tfx_transfer.models.backbones import BackboneSpec, get_backbone
 from tfx_transfer.models.heads import HEADS, build_head, default_head
 from tfx_transfer.models.layers import Backbone, Preprocess
 from tfx_transfer.models.parts import ModelParts, model_parts
-from tfx_transfer.models.weights import guard_downloads, load_weights_by_name
+from tfx_transfer.models.weights import guard_downloads, load_weights_by_name, require_weights_file
 
 PREPROCESS_NAME = "preprocess"
 AUGMENT_NAME = "augmentation"
@@ -178,6 +178,7 @@ def _build_backbone(spec: BackboneSpec, input_shape: tuple, weights: Any) -> ker
         with guard_downloads(spec.name):
             return spec.build(input_shape, weights="imagenet")
     if isinstance(weights, (str, os.PathLike)):
+        require_weights_file(weights)  # before the build: a missing file fails at once
         backbone = spec.build(input_shape, weights=None)
         load_weights_by_name(backbone, weights)
         return backbone

@@ -196,15 +196,35 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, list[Any]]:
     )
 
 
-@contextlib.contextmanager
-def _open_h5(path: Path) -> Iterator[Any]:
-    import h5py
+def require_weights_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it is a file; else FileNotFoundError naming it and the way out.
 
+    :func:`tfx_transfer.build_transfer_model` calls it before building the backbone (a
+    large one builds for seconds; a mistyped path should fail at once).
+
+    Args:
+        path: a backbone weights file (``*_notop.h5`` from Keras, or a ``.weights.h5``).
+
+    Example:
+        >>> require_weights_file("/nonexistent/w.h5")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: weights='/nonexistent/w.h5': no such file. Pass 'imagenet', None, ...
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"weights={str(path)!r}: no such file. Pass 'imagenet', None, or the path of a "
             "backbone weights file (*_notop.h5 from Keras, or a .weights.h5 you saved)."
         )
+    return path
+
+
+@contextlib.contextmanager
+def _open_h5(path: Path) -> Iterator[Any]:
+    import h5py
+
+    require_weights_file(path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
