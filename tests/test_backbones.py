@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
+from tests.tiny_backbone import tiny_cnn
 from tfx_transfer.evaluation.gradcam import gradcam
 from tfx_transfer.models.backbones import (
     BackboneSpec,
@@ -87,8 +88,7 @@ def test_builder_registered_as_loading_weights_gets_them():
 
     def builder(include_top=False, weights=None, input_shape=(32, 32, 3)):
         seen.append(weights)
-        return keras.applications.MobileNetV3Small(include_top=False, weights=None,
-                                                    input_shape=input_shape)
+        return tiny_cnn(input_shape=input_shape)
 
     spec = BackboneSpec("loader", builder, "none", 32, 32, (("all", "."),), loads_weights=True)
     spec.build((32, 32, 3), weights="imagenet")

@@ -18,11 +18,11 @@ probe (``docs/tables.md``); it is the default head of a multi-label model.
 
 Example:
     >>> import numpy as np
-    >>> layer = SpatialClassifier(2, sharpness=1e-4, activation="linear")
+    >>> layer = SpatialClassifier(2, sharpness=0.01, activation="linear")
     >>> maps = np.random.default_rng(0).random((1, 3, 3, 4)).astype("float32")
     >>> pooled = layer(maps)  # sharpness ~ 0: the mean of the location scores ...
     >>> w, b = (keras.ops.convert_to_numpy(v) for v in (layer.kernel, layer.bias))
-    >>> bool(np.allclose(pooled, maps.mean(axis=(1, 2)) @ w + b, atol=1e-3))  # ... = the avg head
+    >>> bool(np.allclose(pooled, maps.mean(axis=(1, 2)) @ w + b, atol=0.01))  # ... = the avg head
     True
 """
 
