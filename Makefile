@@ -13,22 +13,23 @@ SUITE := tests tfx_transfer --doctest-modules
 # and so does a venv that cannot be built.
 CI ?=
 
-# The backend-neutral core under KERAS_BACKEND=jax, in a venv without TensorFlow. Deselected:
-# TensorFlow-only checks, real-backbone builds, and bookkeeping that no backend changes (counted
-# look-ups, trainable flags), which the main suite runs.
+# The backend-neutral core under KERAS_BACKEND=jax, in a venv without TensorFlow: whole files, and
+# the backend-dependent tests of test_model.py. Deselected (the main suite runs them): the
+# real-backbone family sweep and bookkeeping that no backend changes (counted look-ups,
+# trainable flags); TensorFlow-only tests skip themselves.
 JAX_VENV ?= .venv-jax
 JAX_STAMP := $(JAX_VENV)/.installed-stamp
 JAX_TESTS ?= tests/test_jax_backend.py tests/test_finetune.py tests/test_backbones.py \
 	tests/test_benchmarks.py::test_gpu_throughput \
 	tests/test_explain.py tests/test_lr_finder.py tests/test_tta.py tests/test_inference_mode.py \
 	tests/test_spatial_head.py \
-	--deselect tests/test_backbones.py::test_family_blocks_inference_mode_and_gradcam \
 	tests/test_model.py::test_frozen_backbone_and_bn_stats_unchanged_by_fit_head_trains \
 	tests/test_model.py::test_heads tests/test_model.py::test_errors \
 	tests/test_model.py::test_uint8_pixels_match_manual_preprocess_input \
 	tests/test_model.py::test_weights_file_from_backbone_loads_bit_identical \
 	tests/test_model.py::test_keras2_notop_h5_loads_bit_identical \
 	tests/test_model.py::test_import_registers_custom_objects_and_keeps_tensorflow_parts_lazy \
+	--deselect tests/test_backbones.py::test_family_blocks_inference_mode_and_gradcam \
 	--deselect tests/test_finetune.py::test_fine_tune_finds_the_model_parts_once \
 	--deselect tests/test_finetune.py::test_unfreeze_keeps_batchnorm_frozen_unless_asked
 

@@ -357,3 +357,21 @@ def test_a_csv_run_names_its_validation_rows_not_a_val_folder(tmp_path, capsys):
     assert "accepts 95% of the is_valid rows of labels.csv" in (run / "report.txt").read_text()
     assert "validation (the is_valid rows of labels.csv):" in out
     assert "val/" not in out + (run / "report.txt").read_text() + json.dumps(calibration)
+
+
+def test_a_test_table_whose_valid_col_marks_no_row_is_scored_whole(tmp_path):
+    """A test CSV carrying the run's valid_col, all 0 (the usual shape of a held-out table),
+    is scored row by row, and says so; the run's own table still is not (its split rules)."""
+    from tfx_transfer.data.labelled import labelled_batches
+    from tfx_transfer.data.table import NoValidationRowsError, TableSpec
+
+    rows = _tag_images(tmp_path / "img", n=6)
+    test = _write_csv(tmp_path / "test.csv", ["filename", "tags", "is_valid"],
+                      [[f"img/{f}", " ".join(tags), 0] for f, tags in rows])
+    spec = TableSpec(test, y_col="tags", label_delim=" ", valid_col="is_valid")
+    scored = labelled_batches(spec, (32, 32), caller="evaluate_model")
+    assert len(scored.paths) == 6 and "every row (its is_valid column marks none)" in scored.description
+    labels = np.concatenate([y for _, y in scored.batches])
+    assert labels.shape == (6, 3) and labels.sum() == 12  # two tags per image, every row
+    with pytest.raises(NoValidationRowsError, match="no validation rows"):
+        load_image_table(test, y_col="tags", label_delim=" ", valid_col="is_valid")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +163,25 @@ def _folder(folder: Path, image_size: Sequence[int], class_names: Sequence[str] 
 def _table(spec: Any, image_size: Sequence[int], class_names: Sequence[str] | None,
            batch_size: int, split: str | None, trained_on: str | os.PathLike | None) -> Labelled:
     """A table's rows: its ``valid_col`` rows, else every row (the folder rule)."""
+    from tfx_transfer.data.table import NoValidationRowsError
+
     what = str(spec.table) if isinstance(spec.table, (str, os.PathLike)) else "the table"
-    loaded = spec.load(image_size, batch_size)
+    unmarked = ""
+    try:
+        loaded = spec.load(image_size, batch_size)
+    except NoValidationRowsError:
+        if not spec.valid_col:
+            raise
+        # a test table with the run's valid_col, marking none: its rows are all to be scored
+        unmarked = f" (its {spec.valid_col} column marks none)"
+        spec = replace(spec, valid_col=None)
+        loaded = spec.load(image_size, batch_size)
     available = list(loaded.files)
     plain = "validation" not in available
     trained_on_it = trained_on is not None and isinstance(spec.table, (str, os.PathLike)) and \
         Path(trained_on).resolve() == Path(spec.table).resolve()
     chosen = choose_split(available, split, plain=plain, what=what, trained_on_it=trained_on_it)
-    shown = "every row" if plain or chosen == "all" else \
+    shown = f"every row{unmarked}" if plain or chosen == "all" else \
         {"validation": f"the {spec.valid_col} rows", "train": "the training rows"}[chosen]
     return _from_folder(loaded, _parts(chosen, available), class_names, image_size, batch_size,
                         what, f"{what}: {shown}")

@@ -187,13 +187,18 @@ def _multi_label_split(files: list[tuple[str, tuple[int, ...]]], fraction: float
     return ([(p, labels_of[p]) for p, _ in sorted(train)], [(p, labels_of[p]) for p, _ in sorted(val)])
 
 
+class NoValidationRowsError(ValueError):
+    """A table's ``valid_col`` marks no row, or ``validation_split`` leaves none."""
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A table of labelled images to score (what ``evaluate``, ``top_losses`` read a CSV with).
 
     A plain CSV path is read as ``TableSpec(path)``: ``x_col="filename"``,
     ``y_col="class"``. Scored like a folder: its ``valid_col`` rows when it has
-    them, else every row (a table a run trained on only when asked for).
+    them, else every row (a test table whose ``valid_col`` marks no row, too; a table
+    a run trained on only when asked for).
 
     Example:
         >>> TableSpec("labels.csv", y_col=["sky", "sea"]).multi_label
@@ -335,7 +340,7 @@ def load_image_table(
     if not multi_label:  # the folder loader's order: by class, then path (same shuffles)
         files = {split: sorted(pairs, key=lambda pair: (pair[1], pair[0])) for split, pairs in files.items()}
     if "validation" in files and not files["validation"]:
-        raise ValueError(f"{what}: no validation rows (valid_col={valid_col!r}, "
+        raise NoValidationRowsError(f"{what}: no validation rows (valid_col={valid_col!r}, "
                          f"validation_split={validation_split}); mark some or use a larger fraction.")
     seen = {lab for _, labels in files["train"] for lab in (labels if multi_label else [labels])}
     unseen = [name for i, name in enumerate(class_names) if i not in seen]
