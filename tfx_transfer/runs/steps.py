@@ -128,6 +128,14 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]], verbose: Any =
     return path
 
 
+def _random_init(config: dict[str, Any], why: str, message: str) -> None:
+    """weights='auto' resolved to random initialisation: recorded and printed, even when quiet."""
+    config["weights"] = "none"
+    config["weights_note"] = f"{why}; trained from random initialisation"
+    print(_banner(f"WEIGHTS: RANDOM INITIALISATION (weights=none) -- requested 'auto', but "
+                  f"{message}"), flush=True)  # never a silent fallback
+
+
 def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> keras.Model:
     """The run's transfer model; ``weights="auto"`` resolved (ImageNet, else random init, said loudly).
 
@@ -158,14 +166,11 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
     requested = config.get("weights_requested", config["weights"])
     weights = config["weights"]
     if weights == "auto" and not get_backbone(config["backbone"]).loads_weights:
-        config["weights"] = "none"
-        config["weights_note"] = ("the backbone's builder does not load ImageNet weights "
-                                  "(loads_weights=False); trained from random initialisation")
-        print(_banner(  # printed even when quiet: never a silent fallback
-            f"WEIGHTS: RANDOM INITIALISATION (weights=none) -- requested 'auto', but backbone "
-            f"{config['backbone']!r} is registered with loads_weights=False:\nits builder loads "
-            "no ImageNet weights. Pass weights=PATH (a weights file of this backbone) to start "
-            "from trained weights."), flush=True)
+        _random_init(config, "the backbone's builder does not load ImageNet weights "
+                     "(loads_weights=False)",
+                     f"backbone {config['backbone']!r} is registered with loads_weights=False:\nits "
+                     "builder loads no ImageNet weights. Pass weights=PATH (a weights file of this "
+                     "backbone) to start from trained weights.")
         model = build(None)
     elif weights == "auto":
         try:
@@ -175,17 +180,13 @@ def build_model(config: dict[str, Any], num_classes: int, verbose: Any = 1) -> k
             say(verbose, _banner(f"WEIGHTS: ImageNet ({config['backbone']}) -- requested 'auto', "
                                  "and the ImageNet weights were available."))
         except WeightsUnavailableError as err:
-            config["weights"] = "none"
-            config["weights_note"] = ("ImageNet weights neither cached nor downloadable; "
-                                      "trained from random initialisation")
-            print(_banner(  # printed even when quiet: never a silent fallback
-                f"WEIGHTS: RANDOM INITIALISATION (weights=none) -- requested 'auto', but the "
-                f"ImageNet weights of {config['backbone']!r}\nare not cached and cannot be "
-                "downloaded here. Expect far lower accuracy than with ImageNet weights.\n"
-                f"To use them: run `tfx-transfer weights fetch {config['backbone']}` where there is "
-                "network and copy the Keras cache here.\n"
-                + next((line.strip() for line in str(err).splitlines() if "missing file" in line), "")),
-                flush=True)
+            _random_init(config, "ImageNet weights neither cached nor downloadable",
+                         f"the ImageNet weights of {config['backbone']!r}\nare not cached and cannot "
+                         "be downloaded here. Expect far lower accuracy than with ImageNet weights.\n"
+                         f"To use them: run `tfx-transfer weights fetch {config['backbone']}` where "
+                         "there is network and copy the Keras cache here.\n"
+                         + next((line.strip() for line in str(err).splitlines()
+                                 if "missing file" in line), ""))
             model = build(None)
     else:
         model = build(None if weights == "none" else weights)
