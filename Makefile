@@ -77,7 +77,7 @@ venvs:
 	@$(MAKE) --no-print-directory -j3 -k $(STAMP) $(JAX_STAMP) $(FLOOR_STAMP) || \
 		echo "venvs: one failed to build (pip's error is above); its tests will say so"
 
-## make test-jax: the core tests on KERAS_BACKEND=jax with no TensorFlow installed (~2 min alongside the suite)
+## make test-jax: the core tests on KERAS_BACKEND=jax with no TensorFlow installed (2-4 min alongside the suite)
 ## (skipped, saying why, only when jax/keras cannot be installed and CI is not true). JAX's compilation
 ## cache, in a temporary folder for this run only: the tests build the same tiny models again and again,
 ## and XLA compiles each identical program once instead of per model (half the CPU time of test_finetune.py)
@@ -98,7 +98,7 @@ test-jax:
 		status=$$?; rm -rf "$$cache"; exit $$status; \
 	fi
 
-## make test-floor: the core and the training path on the oldest supported TensorFlow/Keras (~2 min alongside the suite)
+## make test-floor: the core and the training path on the oldest supported TensorFlow/Keras (2-4 min alongside the suite)
 test-floor: $(FLOOR_STAMP)
 	@echo "test-floor: $$($(FLOOR_VENV)/bin/python -c 'import keras, tensorflow as tf; print("keras", keras.__version__, "tensorflow", tf.__version__)' 2>/dev/null)"
 	$(FLOOR_VENV)/bin/python -m pytest -n $(PYTEST_N) --dist worksteal -q -p no:cacheprovider \
@@ -110,8 +110,9 @@ test-suite: $(STAMP)
 
 ## make test: the venvs (built at the same time), then the whole suite on the latest
 ## TensorFlow/Keras and, alongside it, the core on JAX and on the floor, one process each
-## (CPU, offline; fresh clone on 2 cores, 2026-12-02, nothing else running, warm pip cache: 8.8 to 9.9 min in all
-## as the machine's speed varied; the last: venvs ~1.5 min, suite 8.1 min, JAX 2.9 + floor 2.3 min alongside)
+## (CPU, offline; fresh clone on 2 cores, nothing else running, warm pip cache, 2026-12-02: 8.8 to 10.9 min
+## in the afternoon, 15.0, 15.0 and 16.8 min in the evening (24-31 min of CPU for nearly the same tests: the
+## machine's speed varies); CI's own machine: 535 s. The last: suite 14.4 min, JAX 3.8 + floor 4.6 alongside)
 test: venvs lint
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory test-jax test-floor PYTEST_N=0 >"$$side" 2>&1; \
