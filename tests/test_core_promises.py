@@ -230,29 +230,30 @@ _DETERMINISM_JOB = textwrap.dedent("""
 
     print("before train, in order:", in_order())  # the control: the same process, no flag yet
     with tinycam_registered():
-        tt.train(sys.argv[1], sys.argv[2], deterministic=True, **json.loads(sys.argv[3]))
+        for out in sys.argv[2:4]:  # two runs, one after the other
+            tt.train(sys.argv[1], out, deterministic=True, **json.loads(sys.argv[4]))
     print("after train, in order:", in_order())
 """)
 
 
 @pytest.mark.slow
 def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_them(tmp_path):
-    """Two ``deterministic=True`` runs write the same history.csv; the flag is what turns
-    TensorFlow's op determinism on: a parallel, unevenly slow tf.data map comes out of order
-    in the same process before ``train(deterministic=True)`` and in order after it.
+    """Two ``deterministic=True`` runs (one after the other in one process) write the same
+    history.csv; the flag is what turns TensorFlow's op determinism on: a parallel, unevenly
+    slow tf.data map comes out of order in the same process before ``train(deterministic=True)``
+    and in order after it.
 
     Runs without the flag are not compared: on CPU they differ only now and then (oneDNN
     threads: one of four tiny runs differed in the 6th digit), too rarely to test.
     """
     data = write_class_folders(tmp_path / "data", per_class=6)
-    jobs = {run: subprocess.Popen(  # separate processes: op determinism is process-wide
-        [sys.executable, "-c", _DETERMINISM_JOB, str(data), str(tmp_path / run), json.dumps(TINY)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for run in "ab"}
-    outputs = {run: job.communicate(timeout=600)[0] for run, job in jobs.items()}
-    for run, job in jobs.items():
-        assert job.returncode == 0, outputs[run][-3000:]
-        assert "before train, in order: False" in outputs[run], outputs[run][-3000:]
-        assert "after train, in order: True" in outputs[run], outputs[run][-3000:]
+    # a process of its own: op determinism is process-wide, and the control needs it off at first
+    done = subprocess.run([sys.executable, "-c", _DETERMINISM_JOB, str(data), str(tmp_path / "a"),
+                           str(tmp_path / "b"), json.dumps(TINY)], cwd=ROOT, timeout=600,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "before train, in order: False" in done.stdout, done.stdout[-3000:]
+    assert "after train, in order: True" in done.stdout, done.stdout[-3000:]
     assert _history(tmp_path / "a") == _history(tmp_path / "b")
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["deterministic"] is True and config["seed"] == 1337
