@@ -6,10 +6,15 @@ in the repository) or generated data, never ``../shared``, and trains
 :data:`BACKBONE`, three convolution blocks registered with
 :func:`tfx_transfer.register_backbone` like any user's backbone, instead of a
 ``keras.applications`` network (building and tracing those costs most of a smoke run).
+The training scripts' ``main`` is wrapped in :func:`eager_when_smoke`: with ``--smoke``
+their ``tf.function`` s run eagerly, which halves their smoke runs (tracing a training
+step costs more than a smoke run's few steps); every call of the script still runs.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
@@ -46,3 +51,33 @@ def register_backbone() -> str:
                                          blocks=(("b1", "^b1_"), ("b2", "^b2_"), ("b3", "^b3_"))),
                          overwrite=True)
     return BACKBONE
+
+
+def eager_when_smoke(main):
+    """``main(argv)`` with ``tf.config.run_functions_eagerly(True)`` when ``--smoke`` is in argv.
+
+    A smoke run takes a step or two per phase, so tracing the training step (seconds per
+    model, per phase) costs more than running it eagerly. Every kit and Keras call of the
+    script still runs (a renamed argument still fails); graph-only behaviour is what the
+    kit's own tests check. The previous setting comes back afterwards (the tests run the
+    scripts in their own process).
+    """
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None):
+        if "--smoke" not in (sys.argv[1:] if argv is None else argv):
+            return main(argv)
+        import warnings
+
+        import tensorflow as tf
+
+        before = tf.config.functions_run_eagerly()
+        tf.config.run_functions_eagerly(True)
+        try:
+            with warnings.catch_warnings():  # tf.data's map functions are traced as always
+                warnings.filterwarnings("ignore", message=".*does not apply to tf.data functions")
+                return main(argv)
+        finally:
+            tf.config.run_functions_eagerly(before)
+
+    return wrapper

@@ -159,6 +159,7 @@ def smoke_target(tmp: Path) -> str:
     return str(out)
 
 
+@_smoke.eager_when_smoke
 def main(argv=None) -> int:
     from tfx_transfer.adaptation.adapt import DEFAULT_METHOD
 
