@@ -33,9 +33,10 @@ Usage (from the repository root; the shared folders sit beside it)::
     python benchmarks/accuracy.py --data ../shared/datasets/caltech101 --image-size 128 \\
         --per-class 8,4 --recipes a,b,c --json /tmp/acc_caltech.json
     python benchmarks/accuracy.py --summarize /tmp/acc_hym.json /tmp/acc_caltech.json
-    python benchmarks/accuracy.py --smoke     # seconds: every recipe once on data_samples/, 32 px,
-                                              # random weights, one epoch per phase, the smoke modes'
-                                              # tiny backbone: runs, no figure
+    python benchmarks/accuracy.py --smoke     # seconds: every recipe once on data_samples/ (8 + 4
+                                              # images per class), 32 px, random weights, one epoch
+                                              # per phase, the smoke modes' tiny backbone: runs, no
+                                              # figure
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--summarize", type=Path, nargs="+", default=None,
                         help="only print the table of these JSON-lines files")
     parser.add_argument("--smoke", action="store_true",
-                        help="seconds: the chosen recipes once on data_samples/ at 32 px, random "
+                        help="seconds: the chosen recipes once on data_samples/ (8 + 4 images per class) at 32 px, random "
                         "weights, one epoch per phase, a tiny backbone (checks that it runs; the "
                         "figures mean nothing)")
     args = parser.parse_args(argv)
@@ -275,6 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@_smoke.eager_when_smoke
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
@@ -307,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.smoke:  # 8 + 4 images per class: one training step per epoch
+            args.data = _smoke.samples(tmp)
         for seed in args.seeds:
             data = split_folder(args.data.resolve(), per_class, seed, tmp)
             for recipe in [r for r in recipes if r != "e"] + (["a"] if tta and "a" not in recipes else []):

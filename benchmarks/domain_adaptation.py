@@ -26,7 +26,7 @@ Usage (from the repository root)::
     python benchmarks/make_shift.py ../shared/datasets/hymenoptera --shift color_cast
     python benchmarks/domain_adaptation.py --source ../shared/datasets/hymenoptera \\
         --target /tmp/tfx_shifts/hymenoptera-color_cast --json /tmp/da_color_cast.json
-    python benchmarks/domain_adaptation.py --smoke   # seconds: data_samples/ -> a color_cast copy
+    python benchmarks/domain_adaptation.py --smoke   # seconds: data_samples/ (8 + 4 per class) -> a color_cast copy
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="adabn_plain: AdaBN without the source images")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true",
-                        help="seconds: source data_samples/, target a color_cast copy of it (in a "
+                        help="seconds: source data_samples/ (8 + 4 images per class), target a color_cast copy of it (in a "
                         "temporary folder), 32 px, random weights, 1 epoch, seed 0 (checks that it "
                         "runs; the figures mean nothing)")
     args = parser.parse_args(argv)
@@ -147,18 +147,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def smoke_target(tmp: Path) -> str:
-    """A ``color_cast`` copy of data_samples/ in ``tmp`` (``make_shift.py``)."""
+def smoke_target(tmp: Path, source: Path = _smoke.SAMPLES) -> str:
+    """A ``color_cast`` copy of ``source`` (data_samples/) in ``tmp`` (``make_shift.py``)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("make_shift", Path(__file__).with_name("make_shift.py"))
     make_shift = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_shift)
     out = tmp / "target"
-    make_shift.make_shift(_smoke.SAMPLES, out, "color_cast")
+    make_shift.make_shift(source, out, "color_cast")
     return str(out)
 
 
+@_smoke.eager_when_smoke
 def main(argv=None) -> int:
     from tfx_transfer.adaptation.adapt import DEFAULT_METHOD
 
@@ -171,7 +172,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="domain_adaptation_") as tmp:
         if args.smoke:
             _smoke.register_backbone()
-            args.target = args.target or smoke_target(Path(tmp))
+            args.source = str(_smoke.samples(Path(tmp) / "source"))  # 8 + 4 images per class
+            args.target = args.target or smoke_target(Path(tmp), Path(args.source))
         per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
 
     import numpy as np

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace, cache: bool) -> tuple[list[float], float]:
     return timer.times, total - sum(timer.times)
 
 
+@_smoke.eager_when_smoke
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.smoke:

@@ -106,6 +106,7 @@ def kit(args, block: str) -> float:
     return time.perf_counter() - start
 
 
+@_smoke.eager_when_smoke
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.smoke:

@@ -152,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@_smoke.eager_when_smoke
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.smoke:

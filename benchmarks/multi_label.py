@@ -265,6 +265,7 @@ def table_vs_folders(photos: dict[str, list[Path]], args: argparse.Namespace, wo
     return results
 
 
+@_smoke.eager_when_smoke
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if not args.data.is_dir() or (args.weights is not None and not args.weights.is_file()):

@@ -329,6 +329,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@_smoke.eager_when_smoke
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     for name, folder in (("--source", args.source), ("--target", args.target)):

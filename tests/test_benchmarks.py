@@ -50,6 +50,10 @@ def _global_keras_state():
     backbones._REGISTRY.update(registry)
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()
+    if keras.backend.backend() == "tensorflow":  # --smoke runs tf.functions eagerly (_smoke.py)
+        import tensorflow as tf
+
+        assert not tf.config.functions_run_eagerly(), "a --smoke run left eager mode on"
 
 
 def run(name: str, capsys, *argv: str) -> str:
