@@ -120,8 +120,8 @@ test-suite: $(STAMP)
 
 ## make test: the whole suite on the latest TensorFlow/Keras and, alongside it, the core on JAX and on
 ## the floor, one process each; each venv is built (when missing) by the line of work that needs it, so
-## the suite starts as soon as .venv is ready. (CPU, offline; fresh clone, 2 cores, nothing else running:
-## see the closing figures in the Makefile's history and the README.)
+## the suite starts as soon as .venv is ready. (CPU, offline; fresh clone, 2 cores, nothing else running,
+## cold uv cache, 2026-12-03: 13.6 min, 25.5 min of CPU: the suite 11.9 min, JAX 2.6 + floor 3.8 alongside)
 test:
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory -k -j2 $(JAX_STAMP) $(FLOOR_STAMP) >"$$side" 2>&1; \
@@ -140,7 +140,7 @@ lint: $(STAMP)
 test-doctest: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_N) --dist worksteal -q --doctest-modules tfx_transfer $(PYTEST_ARGS)
 
-## make test-fast: everything but the end-to-end tests marked slow (the edit-test loop, < 3 min)
+## make test-fast: everything but the end-to-end tests marked slow (the edit-test loop: 2.9 min, 2026-12-03)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_N) --dist worksteal -q -m "not slow" tests $(PYTEST_ARGS)
 

@@ -94,6 +94,7 @@ def test_accuracy(capsys):
     assert out.count("| data_samples | 32 px |") == 5  # the summary table, one row per recipe
 
 
+@pytest.mark.slow
 def test_data_pipeline(capsys):
     out = run("data_pipeline", capsys)
     (legacy,) = numbers(rf"^legacy ImageDataGenerator.*: +{NUMBER} images/s", out)
@@ -132,18 +133,21 @@ def test_explain_cost(capsys):
     assert explain > 0 and tta > 0
 
 
+@pytest.mark.slow
 def test_feature_cache(capsys):
     out = run("feature_cache", capsys)
     (ratio,) = numbers(rf"^per-epoch speed-up after the first epoch: {NUMBER}x", out)
     assert ratio > 0 and math.isfinite(ratio)
 
 
+@pytest.mark.slow
 def test_fit_overhead(capsys):
     out = run("fit_overhead", capsys)
     (ratio,) = numbers(rf"ratio recipe/fine_tune {NUMBER} ", out)
     assert ratio > 0
 
 
+@pytest.mark.slow
 def test_head_sweep(capsys, tmp_path):
     out = run("head_sweep", capsys, "--json", str(tmp_path / "sweep.json"))
     result = json.loads((tmp_path / "sweep.json").read_text())
@@ -154,6 +158,7 @@ def test_head_sweep(capsys, tmp_path):
         assert name in out
 
 
+@pytest.mark.slow
 def test_few_shot(capsys, tmp_path):
     out = run("few_shot", capsys, "--json", str(tmp_path / "few_shot.jsonl"))
     records = [json.loads(line) for line in (tmp_path / "few_shot.jsonl").read_text().splitlines()]
@@ -194,6 +199,7 @@ def gpu_script_lines() -> tuple[list[str], list[list[str]]]:
     return common[:-2], lines
 
 
+@pytest.mark.slow
 def test_train_throughput(capsys, tmp_path):
     """The python lines of gpu_throughput.sh (their flags, then --smoke), in this process."""
     common, lines = gpu_script_lines()
@@ -234,6 +240,7 @@ def test_transfer_protocol(capsys):
         assert 0 <= cells[0] <= 1, method
 
 
+@pytest.mark.slow
 def test_export_formats(capsys):
     out = run("export_formats", capsys)
     rows = re.findall(rf"^\| (tflite \w+|ONNX \(onnxruntime\)|SavedModel) \| {NUMBER} \| {NUMBER} \| "
@@ -245,6 +252,7 @@ def test_export_formats(capsys):
     assert "int8 vs float32: accuracy" in out
 
 
+@pytest.mark.slow
 def test_unknown_classes(capsys):
     out = run("unknown_classes", capsys)
     for method in load("unknown_classes").METHODS:

@@ -55,6 +55,7 @@ def test_help_and_version_import_neither_tensorflow_nor_keras():
     assert "find-lr" in run_script("--help").stdout
 
 
+@pytest.mark.slow
 def test_commands_register_the_kits_keras_objects_when_they_run():
     module, _ = entry_point()
     code = (f"import sys, {module}, tfx_transfer\n"
@@ -201,6 +202,7 @@ def test_train_command_prints_no_native_tensorflow_log(tmp_path):
     assert not NATIVE_NOISE.search(done.stderr), done.stderr
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_the_command_quietly():
     """`tfx-transfer ... | head`: the reader going away is exit status 1, never a traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "tfx_transfer.cli", "weights", "where"],

@@ -63,6 +63,7 @@ def _saved_kinds(folder: Path) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.slow
 def test_every_saved_kind_loads_in_a_new_process_with_plain_keras_and_predicts_the_same(
         tmp_path, tinycam):
     files = _saved_kinds(tmp_path)

@@ -168,6 +168,7 @@ print(json.dumps({"probabilities": out["probabilities"].numpy().tolist(),
 """
 
 
+@pytest.mark.slow
 def test_loads_and_runs_in_a_process_without_keras_or_tfx_transfer(export_dir, model, pixels, tmp_path):
     # TensorFlow 2.21's own __init__ imports Keras when it is installed (it swallows the
     # ImportError when it is not), so "keras not in sys.modules" can only be shown by making
@@ -188,6 +189,7 @@ def test_loads_and_runs_in_a_process_without_keras_or_tfx_transfer(export_dir, m
     assert [row[0] for row in result["class_names"]] == [CLASSES[i] for i in expected.argmax(1)]
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_signatures_with_dtypes_and_shapes(export_dir):
     done = subprocess.run([str(BIN / "saved_model_cli"), "show", "--all", "--dir", str(export_dir / "1")],
                           capture_output=True, text=True, timeout=300,

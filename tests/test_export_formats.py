@@ -112,6 +112,7 @@ def test_tf_lite_interpreter_is_the_fallback_with_the_same_figures(trained, tmp_
     np.testing.assert_allclose(fallback.probabilities(x), litert, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_cli_exports_a_run_to_int8_and_onnx_and_predicts_with_the_tflite(tiny_run, tmp_path,
                                                                          capsys, monkeypatch):

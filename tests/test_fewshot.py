@@ -153,6 +153,7 @@ def test_add_classes_errors_name_the_fix(tinycam):
         tt.add_classes(model, (x, y), class_names=["blue"])
 
 
+@pytest.mark.slow
 def test_train_cosine_with_no_epochs_then_cli_add_classes(tinycam, tmp_path, tiny_run, capsys):
     from tfx_transfer.cli import main
 

@@ -201,6 +201,7 @@ def test_cached_imagenet_file_is_used_without_network(monkeypatch, tmp_path):
         np.testing.assert_array_equal(w_ref.numpy(), w.numpy())
 
 
+@pytest.mark.slow
 def test_import_registers_custom_objects_and_keeps_tensorflow_parts_lazy():
     import subprocess
     import sys

@@ -428,6 +428,7 @@ def test_page_in_headless_chromium_marks_every_label_above_its_threshold(multi_l
     assert shown == [f"{name} \u2713" for name, _ in labels]
     assert heading == "labels: " + ", ".join(name for name, _ in labels)
 
+@pytest.mark.slow
 def test_cli_serve_answers_then_finishes_in_flight_requests_on_sigterm(export_dir):
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -206,6 +206,7 @@ def test_thresholds_maximise_f1_and_metrics_match_their_definitions():
     assert metrics["mAP"] == pytest.approx(np.mean([average_precision(y[:, c], p[:, c]) for c in range(3)]))
 
 
+@pytest.mark.slow
 def test_multi_label_table_trains_evaluates_exports_predicts_and_serves(tmp_path, capsys):
     tf = pytest.importorskip("tensorflow")
     rows = _tag_images(tmp_path / "img")

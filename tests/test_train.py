@@ -212,6 +212,7 @@ def test_weights_auto_with_a_builder_that_loads_no_weights_says_random_init(caps
     assert (config["weights"], config["weights_requested"]) == ("none", "auto")
     assert "loads_weights=False" in config["weights_note"]
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined")
 def test_weights_auto_offline_falls_back_to_random_init_loudly_and_records_it(capsys):
     from tfx_transfer.runs.steps import build_model
