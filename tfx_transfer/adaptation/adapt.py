@@ -75,7 +75,7 @@ def copy_model(model: keras.Model) -> keras.Model:
 
     Example:
         >>> import tfx_transfer as tt
-        >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None)
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
         >>> copy_model(model).count_params() == model.count_params()
         True
     """

@@ -95,8 +95,7 @@ def build_alignment_model(model: keras.Model,
 
     Example:
         >>> import tfx_transfer as tt
-        >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32,
-        ...                                 weights=None, head="avg")
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
         >>> build_alignment_model(model).output.shape
         (None, 2)
     """

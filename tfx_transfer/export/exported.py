@@ -228,11 +228,11 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
     """Load an export for quick checks: ``path`` is an ``export_dir`` (newest version) or a version.
 
     Example:
-        >>> import tempfile, tfx_transfer as tt
+        >>> import shutil, tempfile, tfx_transfer as tt
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
         >>> flowers = tempfile.mkdtemp()
-        >>> _ = tt.export_saved_model(model, flowers, ["daisy", "rose"])  # version 1
-        >>> _ = tt.export_saved_model(model, flowers, ["daisy", "rose"])  # version 2
+        >>> first = tt.export_saved_model(model, flowers, ["daisy", "rose"])  # version 1
+        >>> _ = shutil.copytree(first, first.with_name("2"))  # as a second export would add it
         >>> exported = load_exported(flowers)  # the newest version
         >>> exported.metadata["backbone"], exported.path.name
         ('vgg16', '2')

@@ -78,8 +78,7 @@ def build_joint_model(
 
     Example:
         >>> import tfx_transfer as tt
-        >>> target = tt.build_transfer_model("mobilenetv2", 2, input_shape=32,
-        ...                                  weights=None, head="avg")
+        >>> target = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
         >>> joint = build_joint_model(target, num_source_classes=5)
         >>> sorted(joint.output.keys()), joint.output["source"].shape
         (['source', 'target'], (None, 5))

@@ -43,10 +43,10 @@ def load_model(path: str | os.PathLike, compile: bool = True, safe_mode: bool = 
 
     Example:
         >>> import os, tempfile, tfx_transfer as tt
-        >>> m = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None)
+        >>> m = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
         >>> p = os.path.join(tempfile.mkdtemp(), "m.keras"); m.save(p)
         >>> tt.load_model(p).name
-        'mobilenetv2_transfer'
+        'vgg16_transfer'
     """
     file = Path(path)
     if file.is_dir() and (file / MODEL_FILE).is_file():

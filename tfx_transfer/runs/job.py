@@ -218,7 +218,7 @@ def train(
         ...     Image.new("RGB", (40, 40), (20 * i, 90, 0)).save(label / f"{i}.png")
         >>> run = os.path.join(tempfile.mkdtemp(), "demo")
         >>> result = train(data, run, backbone="vgg16", weights=None, image_size=32,
-        ...                head_epochs=1, fine_tune_epochs=0, verbose=0)
+        ...                head_epochs=1, fine_tune_epochs=0, augmentation=None, verbose=0)
         >>> result["metrics"]["num_samples"], result["config"]["class_names"]  # 20% validation
         (2, ['circle', 'square'])
         >>> sorted(os.listdir(run))
