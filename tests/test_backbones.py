@@ -109,10 +109,6 @@ def test_the_sweep_covers_every_family():
     assert {family[name] for name in FAMILIES} == set(family.values())
 
 
-def _pixels(side: int, n: int = 2, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3)).astype("float32")
-
-
 def _check_blocks(spec: BackboneSpec, base: keras.Model) -> None:
     """Every non-input layer in exactly one block, in the spec's order; the top one trains."""
     blocks = backbone_blocks(spec, base)
@@ -122,30 +118,6 @@ def _check_blocks(spec: BackboneSpec, base: keras.Model) -> None:
     assert len(blocks) >= 4
     assert set(spec.default_unfreeze) & set(blocks)
     assert any(layer.weights for layer in blocks[list(blocks)[-1]])
-
-
-def _check_inference_mode(model: keras.Model, x: np.ndarray) -> None:
-    """Features (where noise shows at full scale) and probabilities ignore ``training``,
-    while frozen and after ``unfreeze``."""
-    layer = get_backbone_layer(model)
-    # features and probabilities from one call (an eager pass costs ~1 s on the large families)
-    both = keras.Model(model.input, [layer.output, model.output])
-    inner, preprocess = tt.get_backbone_model(model), model.get_layer("preprocess")
-
-    def check() -> np.ndarray:
-        on, off = both(x, training=True), both(x, training=False)
-        for name, a, b in zip(("features", "probabilities"), on, off):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
-        return np.asarray(off[0])
-
-    features = check()
-    if any(isinstance(sub, keras.layers.Dropout) and sub.rate > 0
-           for sub in inner._flatten_layers()):  # drop-connect: the wrapper keeps it off
-        assert not np.allclose(np.asarray(inner(preprocess(x), training=True)), features,
-                               rtol=1e-3, atol=0)
-    tt.unfreeze(model, "all")
-    assert layer.inference_mode and tt.get_backbone_model(model).trainable
-    check()
 
 
 def _patch_images(side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,12 +132,30 @@ def _patch_images(side: int) -> tuple[np.ndarray, np.ndarray]:
     return images, masks
 
 
-def _check_gradcam(model: keras.Model, side: int) -> None:
-    """Class i's weights point at image i's patch features: each heatmap must find its patch."""
-    images, masks = _patch_images(side)
-    # the backbone's compiled predict step (gradcam() traces the same one: one trace, no eager pass)
-    features = keras.ops.convert_to_numpy(
-        tt.get_backbone_model(model).predict_on_batch(model.get_layer("preprocess")(images)))
+def _check_frozen_inference_mode(model: keras.Model, both: keras.Model,
+                                 images: np.ndarray) -> list[np.ndarray]:
+    """Features (where noise shows at full scale) and probabilities ignore ``training``
+    while frozen; drop-connect stays off. Returns the features and probabilities."""
+    off = [np.asarray(out) for out in both(images, training=False)]
+    on = both(images, training=True)
+    for name, a, b in zip(("features", "probabilities"), on, off):
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=name)
+    inner = tt.get_backbone_model(model)
+    if any(isinstance(sub, keras.layers.Dropout) and sub.rate > 0
+           for sub in inner._flatten_layers()):  # drop-connect: the wrapper keeps it off
+        noisy = inner(model.get_layer("preprocess")(images), training=True)
+        assert not np.allclose(np.asarray(noisy), off[0], rtol=1e-3, atol=0)
+    return off
+
+
+def _check_gradcam(model: keras.Model, features: np.ndarray, images: np.ndarray,
+                   masks: np.ndarray, monkeypatch) -> None:
+    """Class i's weights point at image i's patch features: each heatmap must find its patch.
+
+    ``features``: the backbone's map of ``images`` (inference mode). One Grad-CAM pass:
+    ``explain`` runs it, and the maps it computes are checked on their way through.
+    """
+    side = images.shape[1]
     n, h, w, _ = features.shape
     cells = np.zeros((n, h, w), bool)  # feature cells whose centre lies in the patch
     rows, cols = ((np.arange(k) + 0.5) * side / k for k in (h, w))
@@ -175,14 +165,31 @@ def _check_gradcam(model: keras.Model, side: int) -> None:
                          for i in range(n)], axis=1)  # (channels, classes)
     tt.get_head(model).get_layer("predictions").kernel.assign(evidence.astype("float32"))
 
-    maps, _, classes = gradcam(model, images, class_index=[0, 1])
+    import tfx_transfer.evaluation.gradcam as module
+
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(gradcam(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(module, "gradcam", recording)
+    # gradcam() gets the features from the backbone's predict step: run eagerly here (one
+    # pass of the layers instead of tracing and optimising the graph of a large network)
+    base = tt.get_backbone_model(model)
+    base.run_eagerly, base.predict_function = True, None
+    heatmaps = tt.explain(model, images, class_index=[0, 1])
+    (maps, probabilities, classes), = calls
     assert classes.tolist() == [0, 1]
+    logits = np.einsum("nhwk,kc->nc", features, evidence) / (h * w)  # GAP head, zero bias
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(1, keepdims=True),
+                               rtol=1e-4, atol=1e-6)
     cam = np.maximum(np.einsum("nhwk,kn->nhw", features, evidence), 0)  # GAP head: the CAM
     cam /= cam.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(maps, cam, atol=1e-3)
     for low, patch in zip(maps, cells):  # the patch's cells are the hottest
         assert low[patch].min() > low[~patch].max(), low
-    heatmaps = tt.explain(model, images, class_index=[0, 1])
     assert heatmaps.shape == (2, side, side) and np.isfinite(heatmaps).all()
     for heatmap, mask in zip(heatmaps, masks):  # resized to the input: still on the patch
         assert heatmap.max() == pytest.approx(1, abs=1e-3)
@@ -192,7 +199,9 @@ def _check_gradcam(model: keras.Model, side: int) -> None:
 
 @pytest.mark.slow  # 13 backbone builds, the Inception ones slow on 2 CPU cores
 @pytest.mark.parametrize("name", SWEEP)
-def test_family_blocks_inference_mode_and_gradcam(name):
+def test_family_blocks_inference_mode_and_gradcam(name, monkeypatch):
+    """One build; every check on it. Eager passes of the whole network cost ~1 s on the large
+    families, so each one serves several checks: the frozen pass gives Grad-CAM its features."""
     spec = get_backbone(name)
     side = max(SIDES.get(name, 64), spec.min_size)
     keras.utils.set_random_seed(0)
@@ -200,5 +209,15 @@ def test_family_blocks_inference_mode_and_gradcam(name):
     base = tt.get_backbone_model(model)
     assert base.name == spec.name and len(base.output.shape) == 4
     _check_blocks(spec, base)
-    _check_gradcam(model, side)
-    _check_inference_mode(model, _pixels(side))
+    images, masks = _patch_images(side)
+    layer = get_backbone_layer(model)
+    # features and probabilities from one call
+    both = keras.Model(model.input, [layer.output, model.output])
+    off = _check_frozen_inference_mode(model, both, images)
+    # after unfreeze the training flag is still ignored: training=True gives exactly the
+    # frozen model's inference-mode features and probabilities
+    tt.unfreeze(model, "all")
+    assert layer.inference_mode and tt.get_backbone_model(model).trainable
+    for what, a, b in zip(("features", "probabilities"), both(images, training=True), off):
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=f"{what} after unfreeze")
+    _check_gradcam(model, off[0], images, masks, monkeypatch)

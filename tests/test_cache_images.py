@@ -83,12 +83,36 @@ def test_auto_keeps_images_in_memory_within_the_budget_and_streams_them_beyond(
     assert saved["cache_images_used"] == "none"
 
 
-@pytest.mark.slow  # one tiny end-to-end run
+class TrainingDone(Exception):
+    """Raised once fit() is over: what follows (report, export) does not touch the cache."""
+
+
+class StopAfterTraining(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_end(self, logs=None):
+        raise TrainingDone
+
+
+@pytest.mark.slow  # one tiny end-to-end run (up to the end of training)
 def test_a_cache_folder_holds_both_splits_and_epoch_two_reads_no_image(tmp_path, tinycam):
     data = write_class_folders(tmp_path / "data", classes=("red", "blue"), per_class=6, size=36)
-    cache = tmp_path / "cache"
-    result = _train_hiding_images(data, tmp_path / "run", cache_images=str(cache), verbose=0)
-    assert result["config"]["cache_images_used"] == str(cache)
+    cache, stop = tmp_path / "cache", StopAfterTraining()
+    hide = HideImagesAfterFirstEpoch(data)
+    try:
+        with pytest.raises(TrainingDone):
+            train(data, tmp_path / "run", callbacks=[hide, stop], **{**TINY, "verbose": 0,
+                                                                     "cache_images": str(cache)})
+    finally:
+        hide.restore()
+    assert stop.epochs == [0, 1]  # epoch 1 trained and validated without the files
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["cache_images_used"] == str(cache)
     files = {p.name.split("-")[0] for p in cache.iterdir() if p.name.endswith(".index")}
     assert files == {"train", "validation"}
 

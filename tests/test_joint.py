@@ -1,4 +1,9 @@
-"""Joint training: L_target + loss_weight * L_source on a shared backbone; the target model exports alone."""
+"""Joint training: L_target + loss_weight * L_source on a shared backbone; the target model exports alone.
+
+The backbone is tests/tiny_backbone.py's "tinycam" (three convolutions in blocks b1..b3): joint
+training is plumbing around whichever backbone it is given, and each fit traces a new train step
+(its cost grows with the layers).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import pytest
 
 import tfx_transfer as tt
 from tests.helpers import tiny_pixels, write_class_folders
+from tests.tiny_backbone import tinycam_registered
 from tfx_transfer.data.folder import load_image_folder
 from tfx_transfer.models.freezing import unfreeze
 from tfx_transfer.models.joint import SOURCE_HEAD_NAME, build_joint_model, fit_joint
@@ -20,6 +26,12 @@ def _snapshot(layer):
 
 def _changed(before, layer):
     return any(not np.array_equal(b, w.numpy()) for b, w in zip(before, layer.weights))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def backbone():
+    with tinycam_registered() as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +47,8 @@ def folders(tmp_path_factory):
 
 def _target_model():
     keras.utils.set_random_seed(0)
-    model = build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None, head="avg")
-    unfreeze(model, "block5")
+    model = build_transfer_model("tinycam", 2, input_shape=(32, 32, 3), weights=None, head="avg")
+    unfreeze(model, "b3")
     return model
 
 
@@ -53,7 +65,7 @@ def test_joint_training_updates_both_heads_and_the_backbone(folders, tmp_path):
     model = _target_model()
     head_file, start_source = _saved_source_head(model, tmp_path)
     start_target = _snapshot(get_head(model))
-    start_conv = _snapshot(get_backbone_model(model).get_layer("block5_conv3"))
+    start_conv = _snapshot(get_backbone_model(model).get_layer("b3_conv"))
 
     history = fit_joint(model, target_data.train, source_data.train, loss_weight=0.5, epochs=1,
                         source_head_weights=head_file, verbose=0)
@@ -62,7 +74,7 @@ def test_joint_training_updates_both_heads_and_the_backbone(folders, tmp_path):
     assert history.params["steps"] == 3  # the larger dataset: 12 source images / 4
     assert _changed(start_target, get_head(model))
     assert _changed(start_source, joint.get_layer(SOURCE_HEAD_NAME))
-    assert _changed(start_conv, get_backbone_model(model).get_layer("block5_conv3"))
+    assert _changed(start_conv, get_backbone_model(model).get_layer("b3_conv"))
     logs = {k: v[-1] for k, v in history.history.items()}
     assert {"target_loss", "source_loss", "target_accuracy", "source_accuracy"} <= set(logs)
     # the target model is the joint model's target branch: same variables, trained in place
@@ -70,10 +82,13 @@ def test_joint_training_updates_both_heads_and_the_backbone(folders, tmp_path):
 
 
 def test_loss_is_target_plus_loss_weight_times_source(folders):
+    """On a frozen backbone (the loss is the same sum): fit_joint warns, and still trains."""
     target_data, source_data = folders
-    model = _target_model()
-    history = fit_joint(model, target_data.train, source_data.train, loss_weight=0.25, epochs=1,
-                        steps_per_epoch=2, verbose=0)
+    model = build_transfer_model("tinycam", 2, input_shape=(32, 32, 3), weights=None, head="avg")
+    with pytest.warns(UserWarning, match="frozen"):
+        history = fit_joint(model, target_data.train, source_data.train, loss_weight=0.25,
+                            epochs=1, steps_per_epoch=2, verbose=0)
+    assert history.params["steps"] == 2
     logs = {k: v[-1] for k, v in history.history.items()}
     assert logs["loss"] == pytest.approx(logs["target_loss"] + 0.25 * logs["source_loss"], rel=1e-4)
 
@@ -111,15 +126,13 @@ def test_target_model_keeps_only_the_target_head_and_exports(folders, tmp_path):
 
 
 def test_errors(folders):
+    """(A frozen backbone's warning: test_loss_is_target_plus_loss_weight_times_source.)"""
     target_data, source_data = folders
-    model = build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights=None, head="avg")
+    model = build_transfer_model("tinycam", 2, input_shape=(32, 32, 3), weights=None, head="avg")
     with pytest.raises(ValueError, match="num_source_classes"):
         build_joint_model(model, 1)
     with pytest.raises(ValueError, match="num_source_classes"):
         fit_joint(model, source_data.train, target_data.train, epochs=1)  # int source labels
-    with pytest.warns(UserWarning, match="frozen"):
-        fit_joint(model, target_data.train, source_data.train, epochs=1, steps_per_epoch=1,
-                  verbose=0)
     with pytest.raises(ValueError, match="loss_weight"):
         fit_joint(model, target_data.train, source_data.train, loss_weight=-1)
 

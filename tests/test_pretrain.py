@@ -63,32 +63,35 @@ def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path, tin
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
-def test_scratch_model_trains_its_batchnorm():
+def test_scratch_model_trains_its_batchnorm(tinybn):
+    """tinybn (conv + BatchNorm, two blocks): the scratch model's wiring, whatever backbone
+    (tests/test_batchnorm.py finds the BatchNorm layers of real keras.applications networks)."""
     x = tiny_pixels(4, 32)
-    scratch = build_scratch_model("mobilenetv2", 2, input_shape=32)
+    scratch = build_scratch_model(tinybn, 2, input_shape=32)
     base = get_backbone_model(scratch)
     assert base.trainable and base.trainable_weights
-    bn = base.get_layer("bn_Conv1")
+    bn = base.get_layer("low_bn")
     before = bn.moving_mean.numpy().copy()
     scratch(x, training=False)
     np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
     scratch(x, training=True)  # as inside fit: batch statistics, moving averages updated
     assert not np.allclose(bn.moving_mean.numpy(), before)
-    transfer = build_transfer_model("mobilenetv2", 2, input_shape=(32, 32, 3), weights=None)
-    frozen_bn = get_backbone_model(transfer).get_layer("bn_Conv1")
+    transfer = build_transfer_model(tinybn, 2, input_shape=(32, 32, 3), weights=None)
+    frozen_bn = get_backbone_model(transfer).get_layer("low_bn")
     transfer(x, training=True)  # the transfer model pins its backbone to inference mode
     np.testing.assert_array_equal(frozen_bn.moving_mean.numpy(), 0.0)
     assert bn.momentum == 0.9  # short runs: moving averages must keep up
-    keep = build_scratch_model("mobilenetv2", 2, input_shape=32, bn_momentum=None)
-    assert get_backbone_model(keep).get_layer("bn_Conv1").momentum == 0.999  # Keras's own
+    assert frozen_bn.momentum == 0.99  # the backbone's own (Keras's default)
+    keep = build_scratch_model(tinybn, 2, input_shape=32, bn_momentum=None)
+    assert get_backbone_model(keep).get_layer("low_bn").momentum == 0.99  # kept
 
 
-def test_recalibrate_batchnorm_sets_the_average_batch_statistics():
-    model = build_scratch_model("mobilenetv2", 2, input_shape=32)
+def test_recalibrate_batchnorm_sets_the_average_batch_statistics(tinybn):
+    model = build_scratch_model(tinybn, 2, input_shape=32)
     base = get_backbone_model(model)
     batches = [tiny_pixels(4, 32, seed=s) for s in (1, 2)]
-    bn = base.get_layer("bn_Conv1")
-    conv = keras.Model(base.input, base.get_layer("Conv1").output)
+    bn = base.get_layer("low_bn")
+    conv = keras.Model(base.input, base.get_layer("low_conv").output)
     pre = model.get_layer("preprocess")
     stats = [np.asarray(conv(pre(x))) for x in batches]
     assert recalibrate_batchnorm(model, [(x, None) for x in batches] * 3, max_batches=2) == 2
