@@ -127,7 +127,8 @@ test-suite: $(STAMP)
 ## make test: the whole suite on the latest TensorFlow/Keras and, alongside it, the core on JAX and on
 ## the floor, one process each; each venv is built (when missing) by the line of work that needs it, so
 ## the suite starts as soon as .venv is ready. (CPU, offline; fresh clone, 2 cores, nothing else running,
-## cold uv cache, 2026-12-03: 13.6 min, 25.5 min of CPU: the suite 11.9 min, JAX 2.6 + floor 3.8 alongside)
+## cold uv cache, 2026-12-03: 13.6 min at 05:32 and 15.3 min at 08:25, on a machine whose speed for the
+## same Keras work differed 2-3x between those hours; CI's last run: 765 s)
 test:
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory -k -j2 $(JAX_STAMP) $(FLOOR_STAMP) >"$$side" 2>&1; \
