@@ -7,6 +7,7 @@ Under the TensorFlow backend every test here is skipped.
 """
 
 import importlib.util
+import os
 import sys
 
 import keras
@@ -97,8 +98,8 @@ def test_mixed_bfloat16_float32_outputs_and_trains(float32_after):
 @pytest.mark.slow
 def test_data_parallel_two_devices_matches_one_device_through_phase_switch(tmp_path):
     out = tmp_path / "data_parallel.npz"
-    run_job("data_parallel", out, KERAS_BACKEND="jax",
-            XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    run_job("data_parallel", out, KERAS_BACKEND="jax", XLA_FLAGS=flags.strip())
     info = assert_distributed_equals_single(out)
     assert info["kernel_devices"] == 2  # the head's kernel is replicated on both devices
     assert info["tensorflow_loaded"] is False
