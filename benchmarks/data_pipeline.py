@@ -97,12 +97,21 @@ def rate_and_cpu(batches, n_batches: int, warmup: int = 2) -> tuple[float, float
 
 def per_core(data: Path, size: int, batch_size: int, n_batches: int, target: float = 3000.0) -> dict:
     """Images/s per CPU core of the streaming and cached input paths (see the module docstring)."""
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    os.sched_setaffinity(0, {core})
+    try:
+        return _per_core_pinned(data, size, batch_size, n_batches, target, core)
+    finally:  # the process's cores come back (the tests run --per-core in their process)
+        os.sched_setaffinity(0, before)
+
+
+def _per_core_pinned(data: Path, size: int, batch_size: int, n_batches: int, target: float,
+                     core: int) -> dict:
     import tensorflow as tf
 
     from tfx_transfer import Augmentation, load_image_folder
 
-    core = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {core})
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
@@ -118,12 +127,22 @@ def per_core(data: Path, size: int, batch_size: int, n_batches: int, target: flo
         pass
     results["cached: uint8 batches from memory (augment on the accelerator)"] = rate_and_cpu(
         train.repeat(), n_batches)
-    print(f"per core (pinned to CPU {core}, 1 TensorFlow/tf.data thread), {size} px, batch {batch_size}, "
+    threads = ("1 TensorFlow/tf.data thread" if one_tensorflow_thread() else
+               "1 tf.data thread; TensorFlow's pools left as they were: it ran before --per-core")
+    print(f"per core (pinned to CPU {core}, {threads}), {size} px, batch {batch_size}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores:")
     for name, (wall, cpu) in results.items():
         print(f"  {name:66s} {wall:8.1f} img/s wall, {cpu:8.1f} img per CPU-second -> "
               f"{target / cpu:6.1f} cores for {target:,.0f} img/s ({target / wall:.1f} at the wall rate)")
     return results
+
+
+def one_tensorflow_thread() -> bool:
+    """Whether TensorFlow's inter- and intra-op pools are one thread each (``--per-core``)."""
+    import tensorflow as tf
+
+    return (tf.config.threading.get_inter_op_parallelism_threads() == 1
+            and tf.config.threading.get_intra_op_parallelism_threads() == 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -156,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     import tensorflow as tf
 
     if args.per_core:
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        tf.config.threading.set_intra_op_parallelism_threads(1)
+        try:  # before TensorFlow starts: a fresh process (the command line)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already initialised in this process (tests): leave it
+            pass
         with tempfile.TemporaryDirectory() as tmp:
             per_core(subset_folder(args.data.resolve(), args.images, tmp), args.size,
                      args.batch_size, args.batches)

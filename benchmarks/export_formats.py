@@ -172,11 +172,17 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+@_smoke.eager_when_smoke
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     one_thread()
     start = time.perf_counter()
-    rows = measure(args)
+    if args.smoke:  # 8 + 4 images per class: one batch each
+        with tempfile.TemporaryDirectory() as tmp:
+            args.data = str(_smoke.samples(tmp))
+            rows = measure(args)
+    else:
+        rows = measure(args)
     print(f"export formats: {args.backbone}, {args.image_size} px, {Path(args.data).name}, "
           f"seed {args.seed}, head {args.head_epochs} epochs, calibration {args.calibration_images} images, "
           f"one CPU thread, batch 1, median of {args.runs}")

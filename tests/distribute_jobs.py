@@ -9,6 +9,10 @@ so each job is a fresh process:
     XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax \\
         python -m tests.distribute_jobs data_parallel OUT.npz
 
+tests/test_distribute.py runs them with :func:`run_jobs`: forked from one fresh interpreter
+that has imported TensorFlow, Keras and the kit once, before any TensorFlow runtime starts
+(:class:`Forker`), so each job is a fresh TensorFlow process that skipped the import.
+
 Every job trains the same tiny model (tests/tiny_backbone.py's tinycam at 32 px, random init,
 pooled head without dropout) with :func:`tfx_transfer.fine_tune`: one epoch on the frozen
 backbone, then one epoch with the default top blocks unfrozen (a StagedUnfreeze
@@ -184,6 +188,145 @@ def run_job(job: str, target: Path, **env: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
+class Forker:
+    """A fresh interpreter that has imported TensorFlow, Keras and the kit once, before any
+    TensorFlow runtime starts, and forks one process per job on request (``forker``): each fork
+    is a fresh TensorFlow process that skipped the import (about 10 s of CPU per process, most
+    of a job's cost). Its own messages go to ``log``; it exits when its stdin closes."""
+
+    def __init__(self, log: Path):
+        import subprocess
+
+        self.log = log
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.distribute_jobs", "forker", "-"], cwd=ROOT,
+                env=job_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                start_new_session=True)
+
+    def run(self, jobs: list[tuple[str, Path, dict[str, str]]], logs: Path) -> str | None:
+        """``None`` when every job exited 0, else why not (the forker is killed on a timeout)."""
+        import select
+        import time
+
+        spec = [{"job": job, "target": str(target), "env": env, "log": str(logs / f"job_{i}.log")}
+                for i, (job, target, env) in enumerate(jobs)]
+        try:
+            self.proc.stdin.write(json.dumps(spec).encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return f"the forker is gone: {self.log.read_text()[-3000:]}"
+        reply, deadline, fd = b"", time.monotonic() + JOB_TIMEOUT_S, self.proc.stdout.fileno()
+        while not reply.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.close()
+                return f"timed out after {JOB_TIMEOUT_S} s"
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return f"the forker died: {self.log.read_text()[-3000:]}"
+            reply += chunk
+        reply = reply.decode().strip()
+        return None if reply == "ok" else reply
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """Stdin closed (it exits), then its process group killed: forks left over too."""
+        import signal
+        import subprocess
+
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+
+_FORKER: Forker | None = None
+
+
+def run_jobs(jobs: list[tuple[str, Path, dict[str, str]]], logs: Path) -> None:
+    """Run ``(job, target, extra environment)`` jobs at the same time, forked from this test
+    process's :class:`Forker` (started on first use, kept until :func:`close_forker`); fail
+    with the logs of the jobs."""
+    global _FORKER
+    if _FORKER is None or not _FORKER.alive():
+        _FORKER = Forker(logs / "forker.log")
+    problem = _FORKER.run(jobs, logs)
+
+    def tail(i: int) -> str:
+        path = logs / f"job_{i}.log"
+        return path.read_text()[-4000:] if path.exists() else "(no log)"
+
+    assert problem is None, problem + "".join(
+        f"\n--- {job} -> {target}:\n{tail(i)}" for i, (job, target, _) in enumerate(jobs))
+
+
+def close_forker() -> None:
+    global _FORKER
+    if _FORKER is not None:
+        _FORKER.close()
+        _FORKER = None
+
+
+def _forker() -> None:
+    """The :class:`Forker` process: imports once; per line of stdin (a JSON list of jobs), forks
+    one child per job and waits for all (when one fails the others are killed: a worker alone
+    waits for its peer forever), then answers ``ok`` or why not on stdout."""
+    import signal
+    import traceback
+
+    import keras  # noqa: F401  the costly imports, before any TensorFlow runtime starts
+    import tensorflow  # noqa: F401
+
+    import tfx_transfer.export.exported  # noqa: F401
+    import tfx_transfer.export.saved_model  # noqa: F401
+    import tfx_transfer.training.distribute  # noqa: F401
+    from tests.tiny_backbone import tinycam_registered
+
+    answer = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything printed here goes to the log; answers to the saved stdout
+    for line in sys.stdin:
+        children = {}
+        for job in json.loads(line):
+            pid = os.fork()
+            if pid == 0:  # the child: its own environment and log, the job, then exit
+                code = 1
+                try:
+                    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    os.dup2(log, 1)
+                    os.dup2(log, 2)
+                    answer.close()
+                    os.environ.update(job["env"])
+                    with tinycam_registered():
+                        JOBS[job["job"]](job["target"])
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            children[pid] = job
+        failed = []
+        while children:
+            pid, status = os.wait()
+            job, code = children.pop(pid), os.waitstatus_to_exitcode(status)
+            if code != 0:
+                failed.append(f"{job['job']} -> {job['target']}: exit {code}")
+                for other in children:
+                    os.kill(other, signal.SIGKILL)
+        answer.write(("failed: " + "; ".join(failed) if failed else "ok") + "\n")
+        answer.flush()
+
+
 def load_runs(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """``({run: {variable path: array}}, info)`` from a job's npz."""
     z = np.load(path)
@@ -211,9 +354,14 @@ def assert_distributed_equals_single(path: Path) -> dict:
     return info
 
 
-if __name__ == "__main__":
-    from tests.tiny_backbone import tinycam_registered
+JOBS = {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}
 
+if __name__ == "__main__":
     job, target = sys.argv[1], sys.argv[2]
-    with tinycam_registered():
-        {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}[job](target)
+    if job == "forker":
+        _forker()
+    else:
+        from tests.tiny_backbone import tinycam_registered
+
+        with tinycam_registered():
+            JOBS[job](target)

@@ -2,8 +2,6 @@
 
 import json
 import socket
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -11,17 +9,24 @@ import pytest
 
 import tfx_transfer as tt
 from tests.distribute_jobs import (
-    JOB_TIMEOUT_S,
-    ROOT,
     assert_distributed_equals_single,
-    job_env,
+    close_forker,
     load_runs,
-    run_job,
+    run_jobs,
 )
 from tfx_transfer.training.distribute import num_replicas, scaled_batch_size, strategy_scope
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="tf.distribute tests (jax: test_jax_backend.py)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_tensorflow_import_for_the_jobs():
+    """The jobs' processes fork from one interpreter that imported TensorFlow once (started on
+    the first job, stopped after this module's tests): a TensorFlow import per job process was
+    most of these tests' cost."""
+    yield
+    close_forker()
 
 
 @pytest.fixture
@@ -118,7 +123,7 @@ def test_xla_compiled_train_step_survives_phase_switch(tinycam):
 
 @pytest.mark.slow
 def test_mirrored_two_cpus_matches_one_device_through_phase_switch(tmp_path):
-    run_job("mirrored", tmp_path / "mirrored.npz")
+    run_jobs([("mirrored", tmp_path / "mirrored.npz", {})], tmp_path)
     assert_distributed_equals_single(tmp_path / "mirrored.npz")
 
 
@@ -132,21 +137,9 @@ def _free_port() -> int:
 def test_multiworker_two_local_workers_phase_switch_and_export(tmp_path):
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(2):
-        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.distribute_jobs", "worker", str(tmp_path)], cwd=ROOT,
-            env=job_env(TF_CONFIG=config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True))
-    try:
-        logs = [p.communicate(timeout=JOB_TIMEOUT_S)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-5000:]
+    run_jobs([("worker", tmp_path, {"TF_CONFIG": json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}})}) for index in range(2)],
+        tmp_path)
     (w0, info0), (w1, info1) = (load_runs(tmp_path / f"worker_{i}.npz") for i in range(2))
     assert info0["replicas"] == info1["replicas"] == 2
     assert info0["stage"] == info1["stage"] == [0, 1]
