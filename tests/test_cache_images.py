@@ -48,41 +48,6 @@ class HideImagesAfterFirstEpoch(keras.callbacks.Callback):
             self.hidden.rename(self.data)
 
 
-def _train_hiding_images(data: Path, run: Path, **kwargs) -> dict:
-    hide = HideImagesAfterFirstEpoch(data)
-    try:
-        return train(data, run, callbacks=[hide], **{**TINY, **kwargs})
-    finally:
-        hide.restore()
-
-
-def test_choose_image_cache_compares_decoded_bytes_with_the_budget():
-    counts = {"train": {"a": 600, "b": 400}, "validation": {"a": 100, "b": 100}}  # 1,200 images
-    need_gb = 1200 * 100 * 100 * 3 / 1e9  # 0.036 GB
-    used, why = choose_image_cache(counts, (100, 100), budget_gb=need_gb)
-    assert used == "memory" and "0.04 GB <= budget" in why
-    used, why = choose_image_cache(counts, (100, 100), budget_gb=need_gb * 0.99)
-    assert used == "none" and "streamed" in why and "cache_budget_gb" in why
-
-
-@pytest.mark.slow  # two tiny end-to-end runs
-def test_auto_keeps_images_in_memory_within_the_budget_and_streams_them_beyond(
-        tmp_path, capsys, tinycam):
-    data = write_class_folders(tmp_path / "data", classes=("red", "blue"), per_class=6, size=36)
-    result = _train_hiding_images(data, tmp_path / "memory", cache_budget_gb=2.0)
-    assert "data: cache_images=auto -> memory (decoded images 0.00 GB" in capsys.readouterr().out
-    saved = json.loads((tmp_path / "memory" / "config.json").read_text())
-    assert saved["cache_images"] == "auto" and saved["cache_images_used"] == "memory"
-    assert saved["cache_images_reason"] == result["config"]["cache_images_reason"]
-    assert len(result["metrics"]["per_class"]) == 2  # trained 2 epochs without the files
-
-    with pytest.raises(tf.errors.NotFoundError):  # streamed: epoch 1 reads the files again
-        _train_hiding_images(data, tmp_path / "streamed", cache_budget_gb=1e-6)
-    assert "data: cache_images=auto -> none (decoded images 0.00 GB" in capsys.readouterr().out
-    saved = json.loads((tmp_path / "streamed" / "config.json").read_text())
-    assert saved["cache_images_used"] == "none"
-
-
 class TrainingDone(Exception):
     """Raised once fit() is over: what follows (report, export) does not touch the cache."""
 
@@ -97,6 +62,45 @@ class StopAfterTraining(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         raise TrainingDone
+
+
+def _train_hiding_images(data: Path, run: Path, callbacks=(), **kwargs) -> dict:
+    hide = HideImagesAfterFirstEpoch(data)
+    try:
+        return train(data, run, callbacks=[hide, *callbacks], **{**TINY, **kwargs})
+    finally:
+        hide.restore()
+
+
+def test_choose_image_cache_compares_decoded_bytes_with_the_budget():
+    counts = {"train": {"a": 600, "b": 400}, "validation": {"a": 100, "b": 100}}  # 1,200 images
+    need_gb = 1200 * 100 * 100 * 3 / 1e9  # 0.036 GB
+    used, why = choose_image_cache(counts, (100, 100), budget_gb=need_gb)
+    assert used == "memory" and "0.04 GB <= budget" in why
+    used, why = choose_image_cache(counts, (100, 100), budget_gb=need_gb * 0.99)
+    assert used == "none" and "streamed" in why and "cache_budget_gb" in why
+
+
+@pytest.mark.slow  # two tiny runs, each up to the end of training (or its failure)
+def test_auto_keeps_images_in_memory_within_the_budget_and_streams_them_beyond(
+        tmp_path, capsys, tinycam):
+    data = write_class_folders(tmp_path / "data", classes=("red", "blue"), per_class=6, size=36)
+    stop = StopAfterTraining()  # what follows training (report, export) does not read the cache
+    with pytest.raises(TrainingDone):
+        _train_hiding_images(data, tmp_path / "memory", callbacks=[stop], cache_budget_gb=2.0)
+    printed = capsys.readouterr().out
+    assert "data: cache_images=auto -> memory (decoded images 0.00 GB" in printed
+    saved = json.loads((tmp_path / "memory" / "config.json").read_text())
+    assert saved["cache_images"] == "auto" and saved["cache_images_used"] == "memory"
+    # the reason saved is the one train() said
+    assert f"data: cache_images=auto -> memory ({saved['cache_images_reason']})\n" in printed
+    assert stop.epochs == [0, 1]  # trained and validated 2 epochs, the 2nd without the files
+
+    with pytest.raises(tf.errors.NotFoundError):  # streamed: epoch 1 reads the files again
+        _train_hiding_images(data, tmp_path / "streamed", cache_budget_gb=1e-6)
+    assert "data: cache_images=auto -> none (decoded images 0.00 GB" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "streamed" / "config.json").read_text())
+    assert saved["cache_images_used"] == "none"
 
 
 @pytest.mark.slow  # one tiny end-to-end run (up to the end of training)

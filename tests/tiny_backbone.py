@@ -125,3 +125,23 @@ def tinybnrelu_registered() -> Iterator[str]:
         yield "tinybnrelu"
     finally:
         backbones._REGISTRY.pop("tinybnrelu", None)
+
+
+def tiny_vgg16_standin(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    """VGG16 itself when weights are asked for (cached ImageNet weights, or the kit's
+    WeightsUnavailableError offline: the same path as the real backbone), "tinyvgg" for
+    random initialisation."""
+    if weights is not None:
+        return keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
+    return tiny_vgg_backbone(input_shape=input_shape)
+
+
+def register_vgg16_standin() -> None:
+    """Registers "vgg16" as :func:`tiny_vgg16_standin`, with VGG16's preprocessing, sizes and
+    blocks (for a process that runs code written for VGG16 where the backbone is not the
+    point, such as the quickstart notebook's kernel in tests/test_notebook.py)."""
+    vgg = tt.get_backbone("vgg16")
+    tt.register_backbone(tt.BackboneSpec("vgg16", tiny_vgg16_standin, vgg.preprocessing,
+                                         vgg.default_size, vgg.min_size, blocks=vgg.blocks,
+                                         default_unfreeze=vgg.default_unfreeze, loads_weights=True),
+                         overwrite=True)
