@@ -219,6 +219,15 @@ _DETERMINISM_JOB = textwrap.dedent("""
     import tensorflow as tf
     import tfx_transfer as tt
     from tests.tiny_backbone import tinycam_registered
+    from tfx_transfer.runs import steps
+
+    class Trained(Exception):
+        pass
+
+    def trained(*args, **kwargs):  # history.csv is whole when training ends: no report, no export
+        raise Trained
+
+    steps.final_model = trained
 
     def work(i):  # uneven: a parallel map finishes the odd elements first, unless kept in order
         time.sleep(0.03 if i % 2 == 0 else 0.0)
@@ -232,7 +241,10 @@ _DETERMINISM_JOB = textwrap.dedent("""
     print("before train, in order:", in_order())  # the control: the same process, no flag yet
     with tinycam_registered():
         for out in sys.argv[2:4]:  # two runs, one after the other
-            tt.train(sys.argv[1], out, deterministic=True, **json.loads(sys.argv[4]))
+            try:
+                tt.train(sys.argv[1], out, deterministic=True, **json.loads(sys.argv[4]))
+            except Trained:
+                print("trained", out)
     print("after train, in order:", in_order())
 """)
 
@@ -242,7 +254,8 @@ def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_
     """Two ``deterministic=True`` runs (one after the other in one process) write the same
     history.csv; the flag is what turns TensorFlow's op determinism on: a parallel, unevenly
     slow tf.data map comes out of order in the same process before ``train(deterministic=True)``
-    and in order after it.
+    and in order after it. Each run stops when its training ends (the report and the export
+    after it write nothing into history.csv).
 
     Runs without the flag are not compared: on CPU they differ only now and then (oneDNN
     threads: one of four tiny runs differed in the 6th digit), too rarely to test.
@@ -255,7 +268,9 @@ def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_
     assert done.returncode == 0, done.stdout[-3000:]
     assert "before train, in order: False" in done.stdout, done.stdout[-3000:]
     assert "after train, in order: True" in done.stdout, done.stdout[-3000:]
+    assert f"trained {tmp_path / 'b'}" in done.stdout, done.stdout[-3000:]  # both runs trained
     assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    assert len(_history(tmp_path / "a").splitlines()) == 3  # a header, the 2 epochs
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["deterministic"] is True and config["seed"] == 1337
 
