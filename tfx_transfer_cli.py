@@ -5,8 +5,8 @@ Importing :mod:`tfx_transfer` registers the kit's Keras objects (so that
 Keras and TensorFlow: seconds, before the first line of output. The script enters
 through this module, imported before the package: while it is loaded, the package
 leaves that registration to the command that runs (:func:`tfx_transfer.cli.main`
-registers before running any command), so ``tfx-transfer --help`` and
-``--version`` import neither Keras nor TensorFlow. Importing :mod:`tfx_transfer`
+registers before running any command that uses Keras), so ``tfx-transfer --help``,
+``--version`` and ``weights where`` import neither Keras nor TensorFlow. Importing :mod:`tfx_transfer`
 in any other program registers as documented.
 
 Example:

@@ -42,6 +42,11 @@ def test_no_public_function_is_shadowed_by_a_submodule():
     assert callable(tt.ensemble) and callable(tt.pretrain) and callable(tt.train)
 
 
+# the Keras objects `import tfx_transfer` registers (checked in a fresh process below)
+LAZY_IMPORT_KINDS = ("Preprocess", "Backbone", "TransferModel", "FuseProbabilities",
+                     "DiscriminativeOptimizer", "Augmentation")
+
+
 def _saved_kinds(folder: Path) -> dict[str, Path]:
     """One .keras file of every kind the kit writes (tinycam: the kinds, not the backbone)."""
     keras.utils.set_random_seed(0)
@@ -70,17 +75,24 @@ def test_every_saved_kind_loads_in_a_new_process_with_plain_keras_and_predicts_t
     np.save(tmp_path / "x.npy", X)
     code = textwrap.dedent("""
         import sys, keras, numpy as np, tfx_transfer
+        names = keras.saving.get_custom_objects()  # what `import tfx_transfer` did, and left lazy
+        print(all(f"tfx_transfer>{n}" in names for n in LAZY_IMPORT_KINDS),
+              "tfx_transfer.data.folder" in sys.modules,
+              "tfx_transfer.export.saved_model" in sys.modules)
         from tests.helpers import predict_any as _predict
         x = np.load(sys.argv[1])
         for path in sys.argv[2:]:
             model = keras.saving.load_model(path)
             print(type(model).__name__)
             np.save(path + ".npy", _predict(model, x))
-    """)
+    """).replace("LAZY_IMPORT_KINDS", repr(LAZY_IMPORT_KINDS))
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"),
                           *map(str, files.values())], check=True, capture_output=True, text=True,
                          cwd=ROOT).stdout.split()
-    assert out == ["TransferModel", "TransferModel", "Functional", "TransferModel"]
+    # test_model.py's lazy-import check (its own subprocess only off TensorFlow): importing the
+    # package registers every Keras object of the kit and imports neither the data nor the export
+    assert out[:3] == ["True", "False", "False"]
+    assert out[3:] == ["TransferModel", "TransferModel", "Functional", "TransferModel"]
     for path in files.values():  # the same predictions as the model in this process
         expected = predict_any(keras.saving.load_model(path), X)
         np.testing.assert_allclose(np.load(f"{path}.npy"), expected, atol=1e-6, err_msg=path.name)
@@ -219,6 +231,15 @@ _DETERMINISM_JOB = textwrap.dedent("""
     import tensorflow as tf
     import tfx_transfer as tt
     from tests.tiny_backbone import tinycam_registered
+    from tfx_transfer.runs import steps
+
+    class Trained(Exception):
+        pass
+
+    def trained(*args, **kwargs):  # history.csv is whole when training ends: no report, no export
+        raise Trained
+
+    steps.final_model = trained
 
     def work(i):  # uneven: a parallel map finishes the odd elements first, unless kept in order
         time.sleep(0.03 if i % 2 == 0 else 0.0)
@@ -232,7 +253,10 @@ _DETERMINISM_JOB = textwrap.dedent("""
     print("before train, in order:", in_order())  # the control: the same process, no flag yet
     with tinycam_registered():
         for out in sys.argv[2:4]:  # two runs, one after the other
-            tt.train(sys.argv[1], out, deterministic=True, **json.loads(sys.argv[4]))
+            try:
+                tt.train(sys.argv[1], out, deterministic=True, **json.loads(sys.argv[4]))
+            except Trained:
+                print("trained", out)
     print("after train, in order:", in_order())
 """)
 
@@ -242,7 +266,8 @@ def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_
     """Two ``deterministic=True`` runs (one after the other in one process) write the same
     history.csv; the flag is what turns TensorFlow's op determinism on: a parallel, unevenly
     slow tf.data map comes out of order in the same process before ``train(deterministic=True)``
-    and in order after it.
+    and in order after it. Each run stops when its training ends (the report and the export
+    after it write nothing into history.csv).
 
     Runs without the flag are not compared: on CPU they differ only now and then (oneDNN
     threads: one of four tiny runs differed in the 6th digit), too rarely to test.
@@ -255,7 +280,9 @@ def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_
     assert done.returncode == 0, done.stdout[-3000:]
     assert "before train, in order: False" in done.stdout, done.stdout[-3000:]
     assert "after train, in order: True" in done.stdout, done.stdout[-3000:]
+    assert f"trained {tmp_path / 'b'}" in done.stdout, done.stdout[-3000:]  # both runs trained
     assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    assert len(_history(tmp_path / "a").splitlines()) == 3  # a header, the 2 epochs
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["deterministic"] is True and config["seed"] == 1337
 

@@ -202,6 +202,11 @@ def test_cached_imagenet_file_is_used_without_network(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="for the other Keras backends (make test-jax runs it): on the "
+                    "TensorFlow backend, the fresh process of test_core_promises.py::"
+                    "test_every_saved_kind_loads_in_a_new_process_with_plain_keras_and_predicts"
+                    "_the_same checks the same (one process fewer to start)")
 def test_import_registers_custom_objects_and_keeps_tensorflow_parts_lazy():
     import subprocess
     import sys

@@ -7,7 +7,8 @@ say the same. A command's flags are declared only when that command is asked for
 (its library module is imported then), so ``tfx-transfer --help`` and ``--version`` import neither Keras nor
 TensorFlow and answer at once. The ``tfx-transfer`` script enters through
 :mod:`tfx_transfer_cli`, which has the package leave the registration of its Keras
-objects to the command that runs (:func:`main` registers them).
+objects to the command that runs (:func:`main` registers them before any command that
+uses Keras; ``weights where`` only prints a path, and imports neither).
 
 TensorFlow's native start-up log (the oneDNN, CUDA and absl lines) stays off the
 terminal: ``TF_CPP_MIN_LOG_LEVEL`` is set to 3 unless already set, and while a
@@ -195,8 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with quiet_native_log():
         args = build_parser(_command_in(argv)).parse_args(argv)
-        # every custom object of the kit, so that keras.saving.load_model reads every .keras file
-        importlib.import_module("tfx_transfer")._register_objects()
+        if getattr(args, "uses_keras", True):  # (`weights where` does not: it prints a path)
+            # every custom object of the kit, so that keras.saving.load_model reads every .keras file
+            importlib.import_module("tfx_transfer")._register_objects()
         try:
             return int(args.func(args) or 0)
         except BrokenPipeError:  # `tfx-transfer predict ... | head`: the reader went away

@@ -288,7 +288,8 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
     add_options(fetch, signature_defaults(fetch_weights), {"image_size": dict(
         type=optional(int), help="square input side (only MobileNet variants have "
         "size-specific files; none: the backbone's default)")})
-    wsub.add_parser("where", help="print the Keras cache folder")
+    # a path, printed without Keras: `weights where` answers at once (main registers nothing)
+    wsub.add_parser("where", help="print the Keras cache folder").set_defaults(uses_keras=False)
 
 
 def _run_weights(args: argparse.Namespace) -> None:
