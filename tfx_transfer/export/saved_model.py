@@ -290,7 +290,8 @@ def write_signatures(path: str | os.PathLike, endpoints: dict[str, tuple[Any, tf
                 seen.add(id(variable))
     root._all_variables = trainable + other
     root._misc_assets = []
-    tf.saved_model.save(root, os.fspath(path), signatures=concrete, options=options)
+    # the functions (as ExportArchive passes them): the save looks up the traces above
+    tf.saved_model.save(root, os.fspath(path), signatures=functions, options=options)
 
 
 # -- public API ------------------------------------------------------------------------
