@@ -20,9 +20,10 @@ from tests.helpers import tiny_pixels  # noqa: E402
 from tests.tiny_backbone import tinyvgg_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.data.decode import TENSORFLOW_DECODES_WEBP, decode_and_resize  # noqa: E402
+from tfx_transfer.export import saved_model  # noqa: E402
 from tfx_transfer.export.exported import load_exported, predict_files  # noqa: E402
 from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
-from tfx_transfer.export.signatures import SERVING_FORMATS  # noqa: E402
+from tfx_transfer.export.signatures import SERVING_FORMATS, Serving  # noqa: E402
 from tfx_transfer.export.tflite import export_tflite  # noqa: E402
 from tfx_transfer.models.transfer_model import build_transfer_model, get_backbone_model, get_head  # noqa: E402
 
@@ -68,8 +69,19 @@ def model():
 @pytest.fixture(scope="module")
 def export_dir(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports") / "flowers"
-    path = export_saved_model(model, root, CLASSES, metadata={"metrics": {"val_accuracy": 0.5}})
+    traced, outputs = [], Serving._outputs
+
+    def counted(self, pixels):  # runs once per trace of a signature's graph
+        traced.append(pixels.dtype)
+        return outputs(self, pixels)
+
+    Serving._outputs = counted
+    try:
+        path = export_saved_model(model, root, CLASSES, metadata={"metrics": {"val_accuracy": 0.5}})
+    finally:
+        Serving._outputs = outputs
     assert path == root / "1"
+    assert len(traced) == 3  # each of the 3 signatures traced once (the save does not trace again)
     return root
 
 
@@ -287,13 +299,12 @@ def test_failure_mid_save_leaves_no_version_and_no_litter(model, tmp_path, monke
         (root / "1").mkdir(parents=True)
         (root / "1" / "keep.txt").write_text("old")
 
-    def crash(self, filepath, **kwargs):  # dies half-way through writing the SavedModel
+    def crash(filepath, endpoints):  # dies half-way through writing the SavedModel
         Path(filepath, "variables").mkdir(parents=True)
         Path(filepath, "saved_model.pb").write_bytes(b"half written")
         raise OSError("disk full (simulated)")
 
-    # keras.export.ExportArchive() returns an instance of the backend's class: patch that one
-    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", crash)
+    monkeypatch.setattr(saved_model, "write_signatures", crash)
     with pytest.raises(OSError, match="simulated"):
         export_saved_model(model, root, CLASSES, version=1, overwrite=overwrite)
     if overwrite:  # the old version is untouched

@@ -12,18 +12,17 @@ here so a Keras upgrade checks them too:
 * ``finetune.StagedBackupAndRestore`` overrides ``BackupAndRestore._load_model``
   to apply the unfreezing stages before the optimizer state is restored; 3.8-3.15.
 
-One TensorFlow module that is not public API, used where TensorFlow is imported anyway:
+Two TensorFlow modules that are not public API, used where TensorFlow is imported anyway:
 ``export/tflite_metadata.py`` reads and re-writes ``.tflite`` flatbuffers with
 ``tensorflow.lite.python.schema_py_generated`` (the TFLite schema that TensorFlow's own
 TFLite tools use; ``tflite-support``, which ships it publicly, cannot be installed beside
-TensorFlow >= 2.18); TensorFlow 2.18-2.21.
+TensorFlow >= 2.18); TensorFlow 2.18-2.21. :func:`save_tracing` (below) enters
+``tensorflow.python.saved_model.save_context``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,17 +120,20 @@ def has_seed_generators(layer: Any) -> bool:
     return bool(getattr(layer, "_seed_generators", None))
 
 
-def write_archive(archive: Any, path: str) -> None:
-    """``ExportArchive.write_out`` without its printout.
+@contextlib.contextmanager
+def save_tracing(options: Any) -> Iterator[None]:
+    """Trace tf.functions as ``tf.saved_model.save(..., options=options)`` looks them up.
 
-    Public method; Keras < 3.10 prints "Saved artifact at ..." whatever ``verbose`` says
-    (and has no ``verbose`` before 3.6), so stdout is captured around the call.
+    Private ``tensorflow.python.saved_model.save_context.save_context``: a function's trace
+    cache key holds the save options' variable policy while ``tf.saved_model.save`` runs, so a
+    function traced before the save is traced again by it. Traced inside this context, the
+    save finds the trace and writes it as is: one trace per signature instead of two (the
+    public API has no way to trace for a save); TensorFlow 2.18-2.21.
     """
-    with contextlib.redirect_stdout(io.StringIO()):
-        if "verbose" in inspect.signature(archive.write_out).parameters:
-            archive.write_out(path, verbose=False)
-        else:
-            archive.write_out(path)
+    from tensorflow.python.saved_model import save_context
+
+    with save_context.save_context(options):
+        yield
 
 
 # What Model.compile sets (public and private attributes); find_lr saves them before its

@@ -246,7 +246,13 @@ def calibrate(model: keras.Model, validation: Any, *, batch_size: int = 32,
         >>> result["nll_after"] <= result["nll_before"], tt.transfer_config(model)["temperature"] > 0
         (True, True)
     """
-    probabilities, labels = labelled_probabilities(model, validation, batch_size, split)
+    return calibrate_on(model, *labelled_probabilities(model, validation, batch_size, split))
+
+
+def calibrate_on(model: keras.Model, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """:func:`calibrate` on the held-out images' ``probabilities`` (``(N, C)``, the model's, already
+    predicted) and ``labels`` (``(N,)``): the same temperature, folded into ``model``, the same result.
+    """
     logits = log_probabilities(probabilities)
     temperature = fit_temperature(logits, labels)
     fold_temperature(model, temperature)

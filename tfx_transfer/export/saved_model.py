@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfx_transfer._compat import write_archive
+from tfx_transfer._compat import save_tracing
 from tfx_transfer.defaults import default_top_k
 from tfx_transfer.export.signatures import (
     SERVING_FORMATS,
@@ -250,6 +250,50 @@ def _unknown_outputs(model: Any, threshold: float | None) -> tuple | None:
             settings)
 
 
+def write_signatures(path: str | os.PathLike, endpoints: dict[str, tuple[Any, tf.TensorSpec]]) -> None:
+    """Save ``{name: (function, input spec)}`` as a SavedModel's signatures, each traced once.
+
+    The SavedModel is the one ``keras.export.ExportArchive`` writes for these endpoints (the
+    same object graph: an ``AutoTrackable`` with the variables the signatures use and one
+    ``tf.function`` per endpoint, also an attribute of the loaded object), but each function
+    is traced once, for the save (:func:`tfx_transfer._compat.save_tracing`), not a second time
+    by it.
+
+    Example:
+        >>> import tempfile
+        >>> scale = tf.Variable(2.0)
+        >>> path = Path(tempfile.mkdtemp()) / "double"
+        >>> write_signatures(path, {"serving_default": (lambda x: {"y": x * scale},
+        ...                                              tf.TensorSpec([None], tf.float32, "x"))})
+        >>> tf.saved_model.load(str(path)).signatures["serving_default"](x=tf.ones([2]))["y"].numpy()
+        array([2., 2.], dtype=float32)
+    """
+    options = tf.saved_model.SaveOptions()
+    root = tf.__internal__.tracking.AutoTrackable()  # attributes in ExportArchive's order
+    root.variables, root.trainable_variables, root.non_trainable_variables = [], [], []
+    functions = {}
+    for name, (function, spec) in endpoints.items():
+        functions[name] = tf.function(function, input_signature=[spec], autograph=False)
+        setattr(root, name, functions[name])
+    with save_tracing(options):
+        concrete = {name: function.get_concrete_function() for name, function in functions.items()}
+    trainable, other, seen = [], [], set()  # no archive.track(model): only the variables used
+    for function in concrete.values():
+        for variable in function.trainable_variables:
+            if id(variable) not in seen:
+                trainable.append(variable)
+                seen.add(id(variable))
+    for function in concrete.values():
+        for variable in function.variables:
+            if id(variable) not in seen:
+                other.append(variable)
+                seen.add(id(variable))
+    root._all_variables = trainable + other
+    root._misc_assets = []
+    # the functions (as ExportArchive passes them): the save looks up the traces above
+    tf.saved_model.save(root, os.fspath(path), signatures=functions, options=options)
+
+
 # -- public API ------------------------------------------------------------------------
 
 
@@ -305,8 +349,6 @@ def export_saved_model(
         >>> sorted(p.name for p in path.iterdir())
         ['assets', 'assets.extra', 'fingerprint.pb', 'saved_model.pb', 'variables']
     """
-    import keras
-
     if class_names is None:
         class_names = (getattr(model, "transfer_config", None) or {}).get("class_names")
         if not class_names:
@@ -351,16 +393,13 @@ def export_saved_model(
         serving = Serving(model, tf.constant(names), image_size, top_k, crop_to_aspect_ratio,
                           unknown[:3] if unknown else None,
                           thresholds=_thresholds(model, len(names)))
-        archive = keras.export.ExportArchive()
-        # No archive.track(model): with it every weight is stored twice (keras-team/keras#23553);
-        # the endpoints' captured variables are tracked by the archive anyway.
-        archive.add_endpoint(SIGNATURE_IMAGES, serving.images,
-                             [tf.TensorSpec([None], tf.string, name="images")])
-        archive.add_endpoint(SIGNATURE_PIXELS, serving.pixels,
-                             [tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
-        archive.add_endpoint(SIGNATURE_PIXELS_UINT8, serving.pixels,
-                             [tf.TensorSpec([None, None, None, 3], tf.uint8, name="pixels")])
-        write_archive(archive, str(tmp))
+        write_signatures(tmp, {
+            SIGNATURE_IMAGES: (serving.images, tf.TensorSpec([None], tf.string, name="images")),
+            SIGNATURE_PIXELS: (serving.pixels,
+                               tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")),
+            SIGNATURE_PIXELS_UINT8: (serving.pixels,
+                                     tf.TensorSpec([None, None, None, 3], tf.uint8, name="pixels")),
+        })
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / LABELS_FILE).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
         (tmp / "assets.extra").mkdir(exist_ok=True)

@@ -17,8 +17,6 @@ Example (any Keras classifier with a fixed pixel input; a tiny one here):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -40,7 +38,7 @@ from tfx_transfer.export.sample_images import (
     labelled_sample,
     sample_images,
 )
-from tfx_transfer.export.saved_model import model_image_size, tensorflow_backend
+from tfx_transfer.export.saved_model import model_image_size, tensorflow_backend, write_signatures
 from tfx_transfer.export.single_file import model_class_names, write_file
 from tfx_transfer.export.tflite_metadata import add_metadata
 from tfx_transfer.export.tflite_runtime import TFLiteModel
@@ -56,15 +54,12 @@ CHECK_IMAGES = 500  # most validation images a parity check runs
 
 
 def _converter(model: Any, saved_model_dir: str, size: tuple[int, int]) -> Any:
-    import keras
-
-    # Keras 3's own route (keras/src/export/litert.py): ExportArchive -> SavedModel -> converter.
+    # Keras 3's own route (keras/src/export/litert.py): SavedModel -> converter, the SavedModel
+    # as keras.export.ExportArchive writes it, traced once (write_signatures).
     # (from_concrete_functions keeps Keras variables as uninitialised resources: NaN outputs.)
-    archive = keras.export.ExportArchive()
-    archive.add_endpoint("serving_default", lambda pixels: model(pixels, training=False),
-                         [tf.TensorSpec([None, *size, 3], tf.float32, name="pixels")])
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras 3.8 prints despite verbose=False
-        archive.write_out(saved_model_dir, verbose=False)
+    write_signatures(saved_model_dir, {"serving_default": (
+        lambda pixels: model(pixels, training=False),
+        tf.TensorSpec([None, *size, 3], tf.float32, name="pixels"))})
     return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
 
 

@@ -62,7 +62,9 @@ def calibrate_run(model: Any, folder: Any, run_path: str | Path, batch_size: int
         return {**result, "files": {"calibration": file}}
     measured_on = "test" if folder.files.get("test") else "val"
     before = cal.labelled_probabilities(model, folder, batch_size, measured_on)
-    fit = cal.calibrate(model, folder, batch_size=batch_size, split="val")
+    # the temperature on the validation images' probabilities (predicted once when ECE is on them)
+    fit = cal.calibrate_on(model, *(before if measured_on == "val" else
+                                    cal.labelled_probabilities(model, folder, batch_size, "val")))
     # what the folded classifier now gives (softmax ignores the constant of log p)
     after = (cal.softmax(cal.log_probabilities(before[0]) / fit["temperature"]), before[1])
     result = {

@@ -335,7 +335,8 @@ def _train_locked(data_dir: Any, run: RunFolder, resume: bool, given: dict[str, 
         run.best_state.write_text(json.dumps(
             {**json.loads(run.best_state.read_text()), "finished": True}, indent=2))
     best_state = json.loads(run.best_state.read_text())
-    final = steps.final_model(run, model, folder)
+    # model.keras is written once: by _calibrate, which changes the model, when it runs
+    final = steps.final_model(run, model, folder, save=not folder.files.get("validation"))
     when = "the imprinted head, before any epoch" if best_state["epoch"] < 0 else \
         f"epoch {best_state['epoch'] + 1}"
     steps.say(verbose, f"final model: best {best_state['monitor']} {best_state['value']:.4f} at "

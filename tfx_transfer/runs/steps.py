@@ -99,6 +99,7 @@ def load_data(config: dict[str, Any], verbose: Any = 1) -> Any:
                 image_size=config["image_size"], batch_size=config["batch_size"],
                 validation_split=split, seed=config["seed"],
                 cache_images=None if cache == "none" else cache,
+                **({"cache_budget_gb": config["cache_budget_gb"]} if cache == "auto" else {}),
                 label_mode=None if multi else "categorical" if heavy else "int",
                 augmentation=Augmentation(preset="heavy", seed=config["seed"]) if heavy else None,
             )
@@ -111,12 +112,14 @@ def load_data(config: dict[str, Any], verbose: Any = 1) -> Any:
     if mode != "auto":
         config["cache_images_used"] = mode
         return load(mode)
-    folder = load("none")  # datasets are lazy: this lists (and verifies) the files only
+    folder = load("auto")  # the loader lists (and verifies) the files, then chooses the cache
+    # the run's choice, on folder.counts: the same as the loader's on its image count, but a
+    # multi-label table counts an image once per label; loaded again only when they differ
     used, reason = choose_image_cache(folder.counts, config["image_size"],
                                       config["cache_budget_gb"])
     config["cache_images_used"], config["cache_images_reason"] = used, reason
     say(verbose, f"data: cache_images=auto -> {used} ({reason})")
-    return folder if used == "none" else load(used)
+    return folder if used == folder.cache_images_used else load(used)
 
 
 def write_skipped(path: Path, skipped: Sequence[tuple[str, str]], verbose: Any = 1) -> Path:
@@ -334,10 +337,12 @@ def _int_labels(dataset: Any) -> Any:
     return dataset.map(fix)
 
 
-def final_model(run: RunFolder, model: keras.Model, folder: Any = None) -> keras.Model:
+def final_model(run: RunFolder, model: keras.Model, folder: Any = None,
+                save: bool = True) -> keras.Model:
     """The best checkpoint, loaded, saved again as ``model.keras`` without optimizer state.
 
     A multi-label model's thresholds are chosen again for it on ``folder``'s validation images.
+    ``save=False``: not written yet (``train`` writes it once calibrated).
     """
     from tfx_transfer.evaluation.multilabel import fit_thresholds, is_multi_label
     from tfx_transfer.models.saving import load_model
@@ -346,7 +351,8 @@ def final_model(run: RunFolder, model: keras.Model, folder: Any = None) -> keras
     best.transfer_config = dict(model.transfer_config)  # class names may have been added since
     if is_multi_label(best) and folder is not None and folder.validation is not None:
         fit_thresholds(best, folder)
-    best.save(run.model)
+    if save:
+        best.save(run.model)
     return best
 
 
