@@ -250,8 +250,20 @@ def calibrate(model: keras.Model, validation: Any, *, batch_size: int = 32,
 
 
 def calibrate_on(model: keras.Model, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """:func:`calibrate` on the held-out images' ``probabilities`` (``(N, C)``, the model's, already
-    predicted) and ``labels`` (``(N,)``): the same temperature, folded into ``model``, the same result.
+    """:func:`calibrate` on held-out images the model has already predicted: same temperature, same result.
+
+    Args:
+        model: the classifier; the fitted temperature is folded into it.
+        probabilities: ``(N, C)`` the model's probabilities for the held-out images.
+        labels: ``(N,)`` their class indices.
+
+    Example:
+        >>> import numpy as np, tfx_transfer as tt
+        >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+        >>> p = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], "float32")
+        >>> result = calibrate_on(model, p, np.array([0, 1, 1, 0]))
+        >>> result["nll_after"] <= result["nll_before"]
+        True
     """
     logits = log_probabilities(probabilities)
     temperature = fit_temperature(logits, labels)

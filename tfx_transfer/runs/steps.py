@@ -112,9 +112,9 @@ def load_data(config: dict[str, Any], verbose: Any = 1) -> Any:
     if mode != "auto":
         config["cache_images_used"] = mode
         return load(mode)
-    folder = load("auto")  # the loader lists (and verifies) the files, then chooses the cache
-    # the run's choice, on folder.counts: the same as the loader's on its image count, but a
-    # multi-label table counts an image once per label; loaded again only when they differ
+    # the loader chooses on its image count, the run on folder.counts (a multi-label table counts
+    # an image once per label): loaded again only when the two choices differ
+    folder = load("auto")
     used, reason = choose_image_cache(folder.counts, config["image_size"],
                                       config["cache_budget_gb"])
     config["cache_images_used"], config["cache_images_reason"] = used, reason
@@ -337,13 +337,10 @@ def _int_labels(dataset: Any) -> Any:
     return dataset.map(fix)
 
 
-def final_model(run: RunFolder, model: keras.Model, folder: Any = None,
-                save: bool = True) -> keras.Model:
-    """The best checkpoint, loaded, saved again as ``model.keras`` without optimizer state.
-
-    A multi-label model's thresholds are chosen again for it on ``folder``'s validation images.
-    ``save=False``: not written yet (``train`` writes it once calibrated).
-    """
+def final_model(run: RunFolder, model: keras.Model, folder: Any = None, save: bool = True) -> keras.Model:
+    """The best checkpoint, loaded, saved again (unless ``save=False``: ``train`` saves it once
+    calibrated) as ``model.keras`` without optimizer state; a multi-label model's thresholds
+    chosen again for it on ``folder``'s validation images."""
     from tfx_transfer.evaluation.multilabel import fit_thresholds, is_multi_label
     from tfx_transfer.models.saving import load_model
 
