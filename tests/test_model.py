@@ -158,8 +158,9 @@ def test_offline_imagenet_fails_fast_with_the_way_out(monkeypatch, tmp_path):
     from keras.src.backend import config
     monkeypatch.setattr(config, "keras_home", lambda: str(tmp_path))
 
-    def hang(*args, **kwargs):
+    def hang(*args, **kwargs):  # as a black hole does: no answer, then a timeout
         time.sleep(60)
+        raise TimeoutError("timed out")
 
     monkeypatch.setattr(weights_mod.socket, "create_connection", hang)
     start = time.monotonic()
