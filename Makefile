@@ -137,7 +137,7 @@ test-suite: $(STAMP)
 ## the floor, one process each; each venv is built (when missing) by the line of work that needs it, so
 ## the suite starts as soon as .venv is ready. (CPU, offline; fresh clone, 2 cores, nothing else running,
 ## cold uv cache, 2026-12-03: 15.3 min at 08:25; 12.7 min at 10:20 and 13.9 min at 10:44 after the cuts, on a machine whose speed for the
-## same Keras work differed 2-3x between those hours; CI's last run: 765 s)
+## same Keras work differed 2-3x between those hours; CI's last run: 945 s)
 test:
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory -k -j2 $(JAX_STAMP) $(FLOOR_STAMP) >"$$side" 2>&1; \
