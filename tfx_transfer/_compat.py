@@ -120,6 +120,18 @@ def has_seed_generators(layer: Any) -> bool:
     return bool(getattr(layer, "_seed_generators", None))
 
 
+def trackable_root() -> Any:
+    """An empty ``AutoTrackable``, the root object ``keras.export.ExportArchive`` saves.
+
+    ``tf.__internal__.tracking.AutoTrackable`` is not public API: ``tf.Module`` would add
+    attributes of its own to the saved object graph, which then differs from the graph
+    ExportArchive writes; TensorFlow 2.18-2.21.
+    """
+    import tensorflow as tf
+
+    return tf.__internal__.tracking.AutoTrackable()
+
+
 @contextlib.contextmanager
 def save_tracing(options: Any) -> Iterator[None]:
     """Trace tf.functions as ``tf.saved_model.save(..., options=options)`` looks them up.

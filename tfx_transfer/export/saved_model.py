@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfx_transfer._compat import save_tracing
+from tfx_transfer._compat import save_tracing, trackable_root
 from tfx_transfer.defaults import default_top_k
 from tfx_transfer.export.signatures import (
     SERVING_FORMATS,
@@ -269,7 +269,7 @@ def write_signatures(path: str | os.PathLike, endpoints: dict[str, tuple[Any, tf
         array([2., 2.], dtype=float32)
     """
     options = tf.saved_model.SaveOptions()
-    root = tf.__internal__.tracking.AutoTrackable()  # attributes in ExportArchive's order
+    root = trackable_root()  # attributes in ExportArchive's order
     root.variables, root.trainable_variables, root.non_trainable_variables = [], [], []
     functions = {}
     for name, (function, spec) in endpoints.items():
