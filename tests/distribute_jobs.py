@@ -1,4 +1,5 @@
-"""Training jobs that tests/test_distribute.py and tests/test_jax_backend.py run in subprocesses.
+"""Jobs that tests run in fresh processes: training jobs (tests/test_distribute.py,
+tests/test_jax_backend.py) and ``tfx-transfer`` commands (``cli``: tests/test_serve.py).
 
 Device layouts (two logical CPUs, two forced XLA host devices) and
 ``MultiWorkerMirroredStrategy`` must be set up before the framework initializes,
@@ -11,7 +12,8 @@ so each job is a fresh process:
 
 tests/test_distribute.py runs them with :func:`run_jobs`: forked from one fresh interpreter
 that has imported TensorFlow, Keras and the kit once, before any TensorFlow runtime starts
-(:class:`Forker`), so each job is a fresh TensorFlow process that skipped the import.
+(:class:`Forker`), so each job is a fresh TensorFlow process that skipped the import. One
+forker per test process (:func:`forker`) serves every test there that needs such a process.
 
 Every job trains the same tiny model (tests/tiny_backbone.py's tinycam at 32 px, random init,
 pooled head without dropout) with :func:`tfx_transfer.fine_tune`: one epoch on the frozen
@@ -21,6 +23,7 @@ phase switch), and saves its weights for the test to compare.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -203,12 +206,11 @@ class Forker:
                 [sys.executable, "-m", "tests.distribute_jobs", "forker", "-"], cwd=ROOT,
                 env=job_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                 start_new_session=True)
+        self._reply = b""
 
-    def run(self, jobs: list[tuple[str, Path, dict[str, str]]], logs: Path) -> str | None:
-        """``None`` when every job exited 0, else why not (the forker is killed on a timeout)."""
-        import select
-        import time
-
+    def start(self, jobs: list[tuple[str, str | Path, dict[str, str]]], logs: Path
+              ) -> list[int] | str:
+        """Fork the jobs (each writes ``logs/job_<i>.log``): their process ids, else why not."""
         spec = [{"job": job, "target": str(target), "env": env, "log": str(logs / f"job_{i}.log")}
                 for i, (job, target, env) in enumerate(jobs)]
         try:
@@ -216,18 +218,48 @@ class Forker:
             self.proc.stdin.flush()
         except BrokenPipeError:
             return f"the forker is gone: {self.log.read_text()[-3000:]}"
-        reply, deadline, fd = b"", time.monotonic() + JOB_TIMEOUT_S, self.proc.stdout.fileno()
-        while not reply.endswith(b"\n"):
+        answer = self._answer(JOB_TIMEOUT_S)
+        return answer if isinstance(answer, str) else answer["pids"]
+
+    def running(self) -> bool:
+        """Whether the jobs started last are still running (their exit codes not yet sent)."""
+        import select
+
+        return self.alive() and not select.select([self.proc.stdout.fileno()], [], [], 0)[0]
+
+    def wait(self, timeout: float = JOB_TIMEOUT_S) -> list[int] | str:
+        """The exit codes of the jobs started last (``-N``: killed by signal N), else why not."""
+        answer = self._answer(timeout)
+        return answer if isinstance(answer, str) else answer["codes"]
+
+    def run(self, jobs: list[tuple[str, str | Path, dict[str, str]]], logs: Path) -> str | None:
+        """``None`` when every job exited 0, else why not (the forker is killed on a timeout)."""
+        codes = self.start(jobs, logs)
+        if not isinstance(codes, str):
+            codes = self.wait()
+        if isinstance(codes, str):
+            return codes
+        failed = [f"{job} -> {target}: exit {code}"
+                  for (job, target, _), code in zip(jobs, codes) if code != 0]
+        return "failed: " + "; ".join(failed) if failed else None
+
+    def _answer(self, timeout: float) -> dict | str:
+        """The forker's next answer line (JSON), else why not (the forker is killed on a timeout)."""
+        import select
+        import time
+
+        deadline, fd = time.monotonic() + timeout, self.proc.stdout.fileno()
+        while not self._reply.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 self.close()
-                return f"timed out after {JOB_TIMEOUT_S} s"
-            chunk = os.read(fd, 4096)
+                return f"timed out after {timeout} s"
+            chunk = os.read(fd, 1)  # byte by byte: never past this answer's line
             if not chunk:
                 return f"the forker died: {self.log.read_text()[-3000:]}"
-            reply += chunk
-        reply = reply.decode().strip()
-        return None if reply == "ok" else reply
+            self._reply += chunk
+        line, self._reply = self._reply, b""
+        return json.loads(line)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -252,14 +284,21 @@ class Forker:
 _FORKER: Forker | None = None
 
 
-def run_jobs(jobs: list[tuple[str, Path, dict[str, str]]], logs: Path) -> None:
-    """Run ``(job, target, extra environment)`` jobs at the same time, forked from this test
-    process's :class:`Forker` (started on first use, kept until :func:`close_forker`); fail
-    with the logs of the jobs."""
+def forker(logs: Path) -> Forker:
+    """This test process's :class:`Forker`: started on first use (its messages in
+    ``logs/forker.log``), then kept, for every test of this process that needs a fresh
+    TensorFlow process, until :func:`close_forker` or this process's exit."""
     global _FORKER
     if _FORKER is None or not _FORKER.alive():
         _FORKER = Forker(logs / "forker.log")
-    problem = _FORKER.run(jobs, logs)
+        atexit.register(close_forker)
+    return _FORKER
+
+
+def run_jobs(jobs: list[tuple[str, Path, dict[str, str]]], logs: Path) -> None:
+    """Run ``(job, target, extra environment)`` jobs at the same time, forked from this test
+    process's :func:`forker`; fail with the logs of the jobs."""
+    problem = forker(logs).run(jobs, logs)
 
     def tail(i: int) -> str:
         path = logs / f"job_{i}.log"
@@ -278,14 +317,16 @@ def close_forker() -> None:
 
 def _forker() -> None:
     """The :class:`Forker` process: imports once; per line of stdin (a JSON list of jobs), forks
-    one child per job and waits for all (when one fails the others are killed: a worker alone
-    waits for its peer forever), then answers ``ok`` or why not on stdout."""
+    one child per job, answers ``{"pids": [...]}`` on stdout, waits for all (when one fails the
+    others are killed: a worker alone waits for its peer forever), then answers
+    ``{"codes": [...]}`` (exit codes in job order, ``-N`` for a death by signal N)."""
     import signal
     import traceback
 
     import keras  # noqa: F401  the costly imports, before any TensorFlow runtime starts
     import tensorflow  # noqa: F401
 
+    import tfx_transfer.cli  # noqa: F401
     import tfx_transfer.export.exported  # noqa: F401
     import tfx_transfer.export.saved_model  # noqa: F401
     import tfx_transfer.training.distribute  # noqa: F401
@@ -293,9 +334,14 @@ def _forker() -> None:
 
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything printed here goes to the log; answers to the saved stdout
+
+    def reply(**message: object) -> None:
+        answer.write(json.dumps(message) + "\n")
+        answer.flush()
+
     for line in sys.stdin:
         children = {}
-        for job in json.loads(line):
+        for i, job in enumerate(json.loads(line)):
             pid = os.fork()
             if pid == 0:  # the child: its own environment and log, the job, then exit
                 code = 1
@@ -306,25 +352,24 @@ def _forker() -> None:
                     answer.close()
                     os.environ.update(job["env"])
                     with tinycam_registered():
-                        JOBS[job["job"]](job["target"])
-                    code = 0
+                        code = JOBS[job["job"]](job["target"]) or 0
                 except BaseException:
                     traceback.print_exc()
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(code)
-            children[pid] = job
-        failed = []
+            children[pid] = i
+        reply(pids=list(children))
+        codes: list[int | None] = [None] * len(children)
         while children:
             pid, status = os.wait()
-            job, code = children.pop(pid), os.waitstatus_to_exitcode(status)
-            if code != 0:
-                failed.append(f"{job['job']} -> {job['target']}: exit {code}")
+            i = children.pop(pid)
+            codes[i] = os.waitstatus_to_exitcode(status)
+            if codes[i] != 0:  # a worker alone would wait for its peer forever
                 for other in children:
                     os.kill(other, signal.SIGKILL)
-        answer.write(("failed: " + "; ".join(failed) if failed else "ok") + "\n")
-        answer.flush()
+        reply(codes=codes)
 
 
 def load_runs(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
@@ -354,7 +399,15 @@ def assert_distributed_equals_single(path: Path) -> dict:
     return info
 
 
-JOBS = {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel}
+def cli(argv: str) -> int:
+    """``tfx-transfer ARGV...`` (``argv``: a JSON list), as ``python -m tfx_transfer.cli`` runs
+    it: its exit status (or its death by a signal, e.g. the SIGTERM ``serve`` re-raises)."""
+    from tfx_transfer.cli import main
+
+    return main(json.loads(argv))
+
+
+JOBS = {"mirrored": mirrored, "worker": worker, "data_parallel": data_parallel, "cli": cli}
 
 if __name__ == "__main__":
     job, target = sys.argv[1], sys.argv[2]
@@ -364,4 +417,4 @@ if __name__ == "__main__":
         from tests.tiny_backbone import tinycam_registered
 
         with tinycam_registered():
-            JOBS[job](target)
+            sys.exit(JOBS[job](target))

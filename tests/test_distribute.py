@@ -8,25 +8,11 @@ import numpy as np
 import pytest
 
 import tfx_transfer as tt
-from tests.distribute_jobs import (
-    assert_distributed_equals_single,
-    close_forker,
-    load_runs,
-    run_jobs,
-)
+from tests.distribute_jobs import assert_distributed_equals_single, load_runs, run_jobs
 from tfx_transfer.training.distribute import num_replicas, scaled_batch_size, strategy_scope
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="tf.distribute tests (jax: test_jax_backend.py)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_tensorflow_import_for_the_jobs():
-    """The jobs' processes fork from one interpreter that imported TensorFlow once (started on
-    the first job, stopped after this module's tests): a TensorFlow import per job process was
-    most of these tests' cost."""
-    yield
-    close_forker()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """`tfx-transfer serve`: TF Serving's REST API over a real HTTP stack, batching, versions, page.
 
 Everything runs on loopback: an in-process uvicorn server (a thread) for the API tests, one
-``tfx-transfer serve`` subprocess for the CLI and SIGTERM, and headless Chromium for the page.
+``tfx-transfer serve`` process for the CLI and SIGTERM (forked by tests/distribute_jobs.py's
+forker: a fresh TensorFlow process that skipped the import), and headless Chromium for the page.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tfx_transfer as tt  # noqa: E402
+from tests import distribute_jobs  # noqa: E402
 from tests.helpers import uvicorn_server  # noqa: E402
 from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
@@ -42,7 +44,6 @@ from tfx_transfer.serving.batching import MicroBatcher  # noqa: E402
 
 CLASSES = ["daisy", "rose", "tulip"]
 SIZE = 32
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -429,19 +430,23 @@ def test_page_in_headless_chromium_marks_every_label_above_its_threshold(multi_l
     assert heading == "labels: " + ", ".join(name for name, _ in labels)
 
 @pytest.mark.slow
-def test_cli_serve_answers_then_finishes_in_flight_requests_on_sigterm(export_dir):
+def test_cli_serve_answers_then_finishes_in_flight_requests_on_sigterm(export_dir, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    # A long batch wait keeps a request in flight when SIGTERM arrives.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tfx_transfer.cli", "serve", str(export_dir), "--model-name", "flowers",
-         "--port", str(port), "--batch-timeout-ms", "2000", "--poll-interval", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # `tfx-transfer serve` in a process of its own, which gets a real SIGTERM: a fresh process
+    # forked from the test process's forker, an interpreter that imported TensorFlow and the kit
+    # but started no TensorFlow runtime (what `python -m tfx_transfer.cli serve ...` is, less the
+    # import). A long batch wait keeps a request in flight when SIGTERM arrives.
+    forker = distribute_jobs.forker(tmp_path)
+    argv = ["serve", str(export_dir), "--model-name", "flowers", "--port", str(port),
+            "--batch-timeout-ms", "2000", "--poll-interval", "0"]
+    started = forker.start([("cli", json.dumps(argv), {})], tmp_path)
+    assert not isinstance(started, str), started
+    (pid,), log_file, codes = started, tmp_path / "job_0.log", None
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert forker.running(), (forker.wait(), log_file.read_text())
             assert time.monotonic() < deadline, "tfx-transfer serve did not come up"
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/v1/models/flowers").status_code == 200:
@@ -452,15 +457,17 @@ def test_cli_serve_answers_then_finishes_in_flight_requests_on_sigterm(export_di
                                json={"instances": [{"b64": b64(images(1)[0])}]})
             time.sleep(0.7)
             assert not sent.done(), "the request should still be waiting for its batch"
-            proc.send_signal(signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
             response = sent.result()
         assert response.status_code == 200 and len(response.json()["predictions"]) == 1
         # uvicorn re-raises the SIGTERM it caught once shut down: the conventional exit status.
-        assert proc.wait(60) in (0, -signal.SIGTERM)
+        codes = forker.wait(60)
+        assert codes in ([0], [-signal.SIGTERM]), (codes, log_file.read_text())
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = proc.stdout.read()
+        if codes is None and forker.running():
+            os.kill(pid, signal.SIGKILL)
+            forker.wait(60)
+    log = log_file.read_text()
     assert "serving version 1" in log and "Finished server process" in log
 
 
