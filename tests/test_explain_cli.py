@@ -3,6 +3,7 @@ evaluate --tta, explain, find-lr (one tiny run, 32 px)."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,16 @@ def test_run_folder_gets_top_losses_auto_lr_and_tensorboard(tinycam, data, tmp_p
     with open(out / "top_losses.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12  # the whole folder (--split all)
 
-    # explain: one PNG per image and a contact sheet
+    # explain: one PNG per image (of a folder given, and of a file) and a contact sheet
+    few = tmp_path / "few_cats"  # a folder of two of the cats (every image costs a Grad-CAM plot)
+    few.mkdir()
+    for name in ("cats_0.jpg", "cats_1.png"):
+        shutil.copy(data / "cats" / name, few / name)
     explained = tmp_path / "explained"
-    assert main(["explain", str(run), str(data / "cats"), str(data / "dogs" / "dogs_0.jpg"),
+    assert main(["explain", str(run), str(few), str(data / "dogs" / "dogs_0.jpg"),
                  "--out", str(explained)]) == 0
     pngs = sorted(p.name for p in explained.glob("*.png"))
-    assert len(pngs) == 8 and "contact_sheet.png" in pngs and "dogs_0.png" in pngs
+    assert pngs == ["cats_0.png", "cats_1.png", "contact_sheet.png", "dogs_0.png"]
 
 
 def test_find_lr_cli_builds_what_train_builds(tinycam, data, tmp_path, capsys, monkeypatch):
