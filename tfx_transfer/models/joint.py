@@ -30,7 +30,7 @@ Example (in practice ``weights=`` and ``source_head_weights=`` are the files
     >>> joint = build_joint_model(model, num_source_classes=3)  # what fit_joint trains
     >>> sorted(joint.input), sorted(joint.output)
     (['source', 'target'], ['source', 'target'])
-    >>> joint.get_layer(SOURCE_HEAD_NAME).output.shape, model.output.shape
+    >>> joint.get_layer("source_head").output.shape, model.output.shape
     ((None, 3), (None, 2))
 """
 
