@@ -31,15 +31,10 @@ Methods:
   measurements on shifted real photos (``docs/adaptation.md``): it gained on the
   shifts measured, more than CORAL, at a fraction of the cost.
 
-Example:
-    >>> import numpy as np, tfx_transfer as tt
-    >>> from tfx_transfer.adaptation.adapt import adapt
-    >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32,
-    ...                                 weights=None, head="avg")
-    >>> target = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype="uint8")
-    >>> adapted = adapt(model, target, method="adabn")
-    >>> adapted.output.shape
-    (None, 2)
+Example (the methods; :func:`adapt`'s example adapts a model with AdaBN):
+    >>> from tfx_transfer.adaptation.adapt import DEFAULT_METHOD, METHODS
+    >>> METHODS, DEFAULT_METHOD
+    (('adabn', 'coral', 'adabn+coral'), 'adabn')
 """
 
 from __future__ import annotations
@@ -154,13 +149,13 @@ def adapt(
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32,
+        >>> model = tt.build_transfer_model("mobilenet", 2, input_shape=32,
         ...                                 weights=None, head="avg")
         >>> rng = np.random.default_rng(0)
         >>> source = rng.integers(0, 255, (8, 32, 32, 3), dtype="uint8")
         >>> adapted = adapt(model, source // 2, "adabn", source, batch_size=4)
-        >>> adapted._tfx_adaptation
-        {'method': 'adabn', 'target_images': 8}
+        >>> adapted._tfx_adaptation, adapted.output.shape  # an adapted copy of model
+        ({'method': 'adabn', 'target_images': 8}, (None, 2))
     """
     chosen = DEFAULT_METHOD if method == "default" else method
     if chosen not in METHODS:

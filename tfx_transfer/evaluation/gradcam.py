@@ -223,7 +223,7 @@ def explain(model: keras.Model, images: Any, class_index: Any = None,
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("mobilenetv2", 3, input_shape=(32, 32, 3),
+        >>> model = tt.build_transfer_model("mobilenet", 3, input_shape=(32, 32, 3),
         ...                                 weights=None, head="avg")
         >>> tt.explain(model, np.zeros((2, 32, 32, 3), "uint8"), class_index=[0, 2]).shape
         (2, 32, 32)

@@ -15,13 +15,11 @@ and at momentum 0, so that after each batch a layer's moving statistics are that
 batch's; nothing else changes (no gradient step, every flag restored, the old
 statistics put back if anything fails).
 
-Example:
-    >>> import numpy as np, tfx_transfer as tt
-    >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None)
+Example (:func:`recompute_batchnorm`'s example re-estimates them):
+    >>> import tfx_transfer as tt
+    >>> model = tt.build_transfer_model("mobilenet", 2, input_shape=32, weights=None)
     >>> len(batchnorm_layers(model))
-    52
-    >>> recompute_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 2)  # images used
-    8
+    27
 """
 
 from __future__ import annotations
@@ -109,10 +107,10 @@ def batchnorm_input_stats(model: keras.Model, images: Iterable[Any],
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None)
+        >>> model = tt.build_transfer_model("mobilenet", 2, input_shape=32, weights=None)
         >>> stats = batchnorm_input_stats(model, [np.zeros((2, 32, 32, 3), "uint8")])
         >>> len(stats), stats[0][0].shape
-        (52, (32,))
+        (27, (32,))
     """
     backbone, preprocess, layers = _backbone_batchnorm(model)
     try:
@@ -207,8 +205,8 @@ def recompute_batchnorm(
 
     Example:
         >>> import numpy as np, tfx_transfer as tt
-        >>> model = tt.build_transfer_model("mobilenetv2", 2, input_shape=32, weights=None)
-        >>> recompute_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 3, max_batches=2)
+        >>> model = tt.build_transfer_model("mobilenet", 2, input_shape=32, weights=None)
+        >>> recompute_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 3, max_batches=2)  # images used
         8
     """
     if pool not in POOLS:

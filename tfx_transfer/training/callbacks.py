@@ -10,14 +10,20 @@ fresh optimizer of the same configuration at the stage's learning rate, built on
 the new trainable variables (exactly what recompiling does in the two-``compile``
 recipe) and (4) rebuilds the train function.
 
-Example:
-    >>> import numpy as np, tfx_transfer as tt
+Example (what ``fit`` does at the start of epoch 1; :class:`StagedUnfreeze`'s own
+example runs it inside ``model.fit``):
+    >>> import tfx_transfer as tt
     >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
     >>> model.compile("adam", "sparse_categorical_crossentropy")
-    >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
     >>> stage = tt.StagedUnfreeze({1: "block5"}, learning_rates={1: 1e-5}, verbose=0)
-    >>> model.fit(x, y, epochs=2, callbacks=[stage], verbose=0).history["stage"]
-    [0, 1]
+    >>> stage.set_model(model)
+    >>> before = model.optimizer
+    >>> stage.apply_through(1)  # unfreeze, fresh optimizer, rebuilt train function
+    True
+    >>> model.optimizer is before
+    False
+    >>> len(model.trainable_weights), round(current_learning_rate(model), 10)  # head + block5
+    (8, 1e-05)
 """
 
 from __future__ import annotations

@@ -6,12 +6,11 @@ on at a much lower rate, the backbone still in inference mode. Both phases are o
 ``model.fit`` with :class:`tfx_transfer.StagedUnfreeze`; phase 1 can train on
 backbone features computed once (``cache_features``).
 
-Example:
-    >>> import numpy as np, tfx_transfer as tt
-    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
-    >>> x, y = np.zeros((4, 32, 32, 3), "uint8"), np.array([0, 1, 0, 1])
-    >>> tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=1, verbose=0).history["stage"]
-    [0, 1]
+Example (the recipe's defaults; :func:`fine_tune`'s example trains through both phases):
+    >>> DEFAULT_HEAD_EPOCHS, DEFAULT_HEAD_LR  # phase 1: the head
+    (10, 0.003)
+    >>> DEFAULT_FINE_TUNE_EPOCHS, DEFAULT_FINE_TUNE_LR  # phase 2: the top block(s) too
+    (10, 1e-05)
 """
 
 from __future__ import annotations
@@ -285,8 +284,8 @@ def fine_tune(
         ...                                 weights=None, head="avg")
         >>> x = np.random.randint(0, 255, (8, 32, 32, 3), "uint8"); y = np.arange(8) % 2
         >>> h = tt.fine_tune(model, (x, y), head_epochs=1, fine_tune_epochs=1,
-        ...                  blocks="block5", verbose=0)
-        >>> h.history["stage"]
+        ...                  blocks="block5", verbose=0)  # VGG16's default blocks
+        >>> h.history["stage"]  # phase 1 (head), then phase 2 (block5 + head)
         [0, 1]
     """
     callbacks = list(callbacks or [])

@@ -10,14 +10,12 @@ random-layer seeds) and of its optimizer is exactly as before: the ramp runs on 
 copy of the optimizer, and the model's own compile state (optimizer, loss, metrics)
 is put back.
 
-Example:
-    >>> import numpy as np, tfx_transfer as tt
-    >>> model = tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3),
-    ...                                 weights=None, head="avg")
-    >>> x = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype="uint8")
-    >>> result = tt.find_lr(model, (x, np.arange(16) % 2), num_steps=20, batch_size=8)
-    >>> 1e-7 <= result.suggestion <= 10, len(result.lrs) <= 20
-    (True, True)
+Example (the "valley" rule on a recorded curve; :func:`find_lr`'s example runs the
+ramp on a model and checks the model is unchanged):
+    >>> lrs = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10]
+    >>> losses = [0.70, 0.70, 0.69, 0.60, 0.45, 0.35, 0.30, 0.90, 4.0]  # falls, then diverges
+    >>> valley(lrs, losses)
+    0.0001
 """
 
 from __future__ import annotations
@@ -200,8 +198,11 @@ def find_lr(
         >>> import numpy as np, tfx_transfer as tt
         >>> model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, head="avg")
         >>> x, y = np.zeros((8, 32, 32, 3), "uint8"), np.arange(8) % 2
+        >>> before = model.get_weights()
         >>> result = find_lr(model, (x, y), num_steps=10, batch_size=4)
-        >>> 1e-7 <= result.suggestion <= 10.0  # the rate to train the head with
+        >>> 1e-7 <= result.suggestion <= 10.0, len(result.lrs) <= 10  # the rate to train the head with
+        (True, True)
+        >>> all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # model unchanged
         True
     """
     from tfx_transfer.training.optimizers import copy_optimizer

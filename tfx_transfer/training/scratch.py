@@ -12,7 +12,7 @@ from-scratch recipe, usable on their own:
 
 Example:
     >>> import numpy as np
-    >>> model = build_scratch_model("mobilenetv2", 2, input_shape=32)
+    >>> model = build_scratch_model("mobilenet", 2, input_shape=32)
     >>> model.compile(optimizer=scratch_optimizer(total_steps=10), loss="categorical_crossentropy")
     >>> recalibrate_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")])
     1
@@ -75,10 +75,12 @@ def build_scratch_model(
         name: model name; default ``"<backbone>_scratch"``.
 
     Example:
-        >>> import numpy as np
-        >>> model = build_scratch_model("mobilenetv2", 3, input_shape=32)
-        >>> model.predict(np.zeros((2, 32, 32, 3), "uint8"), verbose=0).shape
-        (2, 3)
+        >>> from tfx_transfer.models.batchnorm import batchnorm_layers
+        >>> model = build_scratch_model("mobilenet", 3, input_shape=32)
+        >>> model.output.shape, {bn.momentum for bn in batchnorm_layers(model)}
+        ((None, 3), {0.9})
+        >>> all(layer.trainable for layer in batchnorm_layers(model))  # the whole backbone trains
+        True
     """
     if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
         raise ValueError(f"bn_momentum={bn_momentum!r} must be in [0, 1), e.g. 0.9.")
@@ -169,7 +171,7 @@ def recalibrate_batchnorm(model: keras.Model, data: Any, max_batches: int | None
 
     Example:
         >>> import numpy as np
-        >>> model = build_scratch_model("mobilenetv2", 2, input_shape=32)
+        >>> model = build_scratch_model("mobilenet", 2, input_shape=32)
         >>> recalibrate_batchnorm(model, [np.zeros((4, 32, 32, 3), "uint8")] * 3)
         3
     """
