@@ -177,8 +177,14 @@ def test_offline_flag_skips_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TFX_TRANSFER_OFFLINE", "1")
     from keras.src.backend import config
     monkeypatch.setattr(config, "keras_home", lambda: str(tmp_path))
+    connections = []  # the probe would run in a thread: record, do not raise there
+    monkeypatch.setattr(weights_mod.socket, "create_connection",
+                        lambda *args, **kwargs: connections.append(args))
+    # VGG16: any keras.applications backbone takes this path (the file is asked for after the
+    # architecture is built), and VGG16 builds in a fraction of ResNet50's time
     with pytest.raises(tt.WeightsUnavailableError, match="TFX_TRANSFER_OFFLINE is set"):
-        tt.build_transfer_model("resnet50", 2, input_shape=(32, 32, 3), weights="imagenet")
+        tt.build_transfer_model("vgg16", 2, input_shape=(32, 32, 3), weights="imagenet")
+    assert connections == []  # not even a probe
 
 
 def test_cached_imagenet_file_is_used_without_network(monkeypatch, tmp_path):
