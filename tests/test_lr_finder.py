@@ -50,7 +50,7 @@ def test_compiled_model_weights_and_optimizer_state_exactly_as_before(tinycam):
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     optimizer = model.optimizer
     before_model, before_optimizer = _state(model)
-    result = tt.find_lr(model, (x, y), num_steps=8, batch_size=8)
+    result = tt.find_lr(model, (x, y), num_steps=30, batch_size=8)
     after_model, after_optimizer = _state(model)
     assert len(before_model) == len(after_model) and len(before_optimizer) == len(after_optimizer)
     for a, b in zip(before_model + before_optimizer, after_model + after_optimizer):

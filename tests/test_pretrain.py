@@ -53,6 +53,7 @@ def resumed_pretraining(tmp_path_factory):
         backbones._REGISTRY.pop("tinybn", None)
 
 
+@pytest.mark.slow  # the shared pretraining run (interrupted and resumed)
 def test_pretrain_writes_weights_that_transfer_loads_bit_identical(resumed_pretraining, tinybn):
     path, out, keep = (resumed_pretraining[k] for k in ("path", "out", "keep"))
     assert path == out / "tinybn.weights.h5" and path.is_file()
@@ -171,6 +172,7 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
         raise RuntimeError("simulated interruption")
 
 
+@pytest.mark.slow  # the shared pretraining run (interrupted and resumed)
 def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(resumed_pretraining):
     out, backup, path = (resumed_pretraining[k] for k in ("out", "backup", "path"))
     # the interrupted run left its backup and no weights or description
