@@ -215,7 +215,8 @@ def test_presets():
             Augmentation(preset="heavy", mixing="cutmix")
 
 
-def test_as_augmentation_is_the_one_coercion_of_every_caller(tmp_path):
+def test_as_augmentation_is_the_one_coercion_of_every_caller(tmp_path, tinycam):
+    """(tinycam, tests/tiny_backbone.py: the coercion is the same for every backbone.)"""
     import tfx_transfer as tt
     from tfx_transfer.training.pretraining import pretrain
 
@@ -230,13 +231,13 @@ def test_as_augmentation_is_the_one_coercion_of_every_caller(tmp_path):
     with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
         as_augmentation(42)
     # the model, the folder loader and pretrain give the same answers and the same errors
-    model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None,
+    model = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None,
                                     augmentation={"horizontal_flip": True})
     assert model.get_layer("augmentation").settings["horizontal_flip"] is True
-    plain = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, augmentation="none")
+    plain = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, augmentation="none")
     assert "augmentation" not in [layer.name for layer in plain.layers]
     with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
-        tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None, augmentation=42)
+        tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, augmentation=42)
     folder = tmp_path / "photos"
     for name in ("a", "b"):
         (folder / name).mkdir(parents=True)
@@ -244,7 +245,7 @@ def test_as_augmentation_is_the_one_coercion_of_every_caller(tmp_path):
     with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
         tt.load_image_folder(folder, image_size=8, augmentation=42)
     with pytest.raises(TypeError, match=r"augmentation=42: pass an Augmentation"):
-        pretrain(folder, "vgg16", tmp_path / "out", image_size=32, epochs=1, augmentation=42)
+        pretrain(folder, tinycam, tmp_path / "out", image_size=32, epochs=1, augmentation=42)
 
 
 def test_heavy_as_model_layer_skips_mixing_with_one_warning():

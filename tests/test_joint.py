@@ -137,8 +137,27 @@ def test_errors(folders):
         fit_joint(model, target_data.train, source_data.train, loss_weight=-1)
 
 
+class _StopBeforeTraining(keras.callbacks.Callback):
+    """Records the source head's start at on_train_begin, then stops fit before it traces."""
+
+    class Stop(Exception):
+        pass
+
+    def on_train_begin(self, logs=None):
+        self.start = _snapshot(self.model.get_layer(SOURCE_HEAD_NAME))
+        raise self.Stop
+
+
+class _RecordStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.start = _snapshot(self.model.get_layer(SOURCE_HEAD_NAME))
+
+
 def test_seed_makes_joint_training_repeatable():
-    """Same seed, same source-head start and training; the default seed is DEFAULT_SEED."""
+    """Same seed, same source-head start and training; the default seed is DEFAULT_SEED.
+
+    Two trainings with seed 7 (same start, same trained head); seed 8 stops at the start of
+    fit (no train step traced): its source head starts elsewhere."""
     import inspect
 
     import tensorflow as tf
@@ -151,11 +170,17 @@ def test_seed_makes_joint_training_repeatable():
     source = tf.data.Dataset.from_tensor_slices((x, [0, 1, 2, 0])).batch(2)
 
     def source_head(seed):
-        model = _target_model()
+        model, record = _target_model(), _RecordStart()
         history = fit_joint(model, target, source, num_source_classes=3, epochs=1,
-                            steps_per_epoch=1, seed=seed, verbose=0)
-        return _snapshot(history.model.get_layer(SOURCE_HEAD_NAME))
+                            steps_per_epoch=1, seed=seed, callbacks=[record], verbose=0)
+        return record.start, _snapshot(history.model.get_layer(SOURCE_HEAD_NAME))
 
-    first, again, other = source_head(7), source_head(7), source_head(8)
+    (first_start, first), (again_start, again) = source_head(7), source_head(7)
+    assert all(np.array_equal(a, b) for a, b in zip(first_start, again_start))
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    assert not all(np.array_equal(a, b) for a, b in zip(first_start, first))  # it trained
+    stop = _StopBeforeTraining()
+    with pytest.raises(_StopBeforeTraining.Stop):
+        fit_joint(_target_model(), target, source, num_source_classes=3, epochs=1,
+                  steps_per_epoch=1, seed=8, callbacks=[stop], verbose=0)
+    assert not all(np.array_equal(a, b) for a, b in zip(first_start, stop.start))

@@ -25,14 +25,38 @@ class KeepModel(keras.callbacks.Callback):
         self.trained = self.model
 
 
-@pytest.mark.slow  # one tiny pretraining run (tinybn: conv + BatchNorm, as a real backbone)
-def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path, tinybn):
+@pytest.fixture(scope="module")
+def resumed_pretraining(tmp_path_factory):
+    """One tiny pretraining run (tinybn: conv + BatchNorm, as a real backbone; 2 epochs,
+    validation and augmentation), interrupted after its first epoch and run again with the
+    same arguments: it resumes. Shared by the resume test and the bit-identical test."""
+    from tests.tiny_backbone import tiny_bn_backbone
+    from tfx_transfer.models import backbones
+    from tfx_transfer.models.backbones import BackboneSpec, register_backbone
+
+    register_backbone(BackboneSpec("tinybn", tiny_bn_backbone, "tf", 32, 8,
+                                   blocks=(("low", "^low_"), ("top", "^top_"))), overwrite=True)
+    tmp_path = tmp_path_factory.mktemp("pretrain")
     source = write_class_folders(tmp_path / "src", classes=("a", "b", "c"), per_class=4, size=36)
-    keep = KeepModel()
-    path = pretrain(source, tinybn, tmp_path / "out", image_size=32, epochs=1,
-                    batch_size=4, validation_split=0.25, augmentation="light", callbacks=[keep],
-                    verbose=0)
-    assert path == tmp_path / "out" / "tinybn.weights.h5" and path.is_file()
+    out, backup = tmp_path / "out", tmp_path / "out" / ".backup"
+    kwargs = dict(image_size=32, epochs=2, batch_size=4, validation_split=0.25,
+                  augmentation="light", backup_dir=backup, verbose=0)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            pretrain(source, "tinybn", out, callbacks=[StopAfterFirstEpoch()], **kwargs)
+        interrupted = {"backup": backup.is_dir(), "outputs": sorted(
+            p.name for p in [*out.glob("*.weights.h5"), *out.glob("*.json")])}
+        keep = KeepModel()
+        path = pretrain(source, "tinybn", out, callbacks=[keep], **kwargs)
+        yield dict(path=path, out=out, backup=backup, interrupted=interrupted, keep=keep)
+    finally:
+        backbones._REGISTRY.pop("tinybn", None)
+
+
+@pytest.mark.slow  # the shared pretraining run (interrupted and resumed)
+def test_pretrain_writes_weights_that_transfer_loads_bit_identical(resumed_pretraining, tinybn):
+    path, out, keep = (resumed_pretraining[k] for k in ("path", "out", "keep"))
+    assert path == out / "tinybn.weights.h5" and path.is_file()
 
     trained = get_backbone_model(keep.trained)
     fresh = build_scratch_model(tinybn, 3, input_shape=32)
@@ -51,14 +75,14 @@ def test_pretrain_writes_weights_that_transfer_loads_bit_identical(tmp_path, tin
 
     info = read_pretrain_info(path)
     assert info["backbone"] == tinybn and info["image_size"] == [32, 32]
-    assert info["class_names"] == ["a", "b", "c"] and info["recipe"]["epochs"] == 1
+    assert info["class_names"] == ["a", "b", "c"] and info["recipe"]["epochs"] == 2
     assert info["counts"] == {"train": 9, "validation": 3}
     assert {"loss", "accuracy", "val_accuracy", "final_val_accuracy"} <= set(info["metrics"])
     assert info["versions"]["tfx_transfer"]
-    assert json.loads((tmp_path / "out" / "tinybn.json").read_text()) == info
+    assert json.loads((out / "tinybn.json").read_text()) == info
 
     head = get_head(build_scratch_model(tinybn, 3, input_shape=32))
-    head.load_weights(tmp_path / "out" / "tinybn.head.weights.h5")
+    head.load_weights(out / "tinybn.head.weights.h5")
     for got, want in zip(head.weights, get_head(keep.trained).weights):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
@@ -148,17 +172,12 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
         raise RuntimeError("simulated interruption")
 
 
-@pytest.mark.slow  # two tiny pretraining runs
-def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(tmp_path, tinybn):
-    source = write_class_folders(tmp_path / "src", classes=("a", "b"), per_class=4, size=36)
-    out, backup = tmp_path / "out", tmp_path / "out" / ".backup"
-    kwargs = dict(image_size=32, epochs=2, batch_size=4, validation_split=None, augmentation=None,
-                  backup_dir=backup, verbose=0)
-    with pytest.raises(RuntimeError, match="simulated"):
-        pretrain(source, tinybn, out, callbacks=[StopAfterFirstEpoch()], **kwargs)
-    assert backup.is_dir() and not list(out.glob("*.weights.h5")) and not list(out.glob("*.json"))
+@pytest.mark.slow  # the shared pretraining run (interrupted and resumed)
+def test_interrupted_pretraining_resumes_and_leaves_no_partial_files(resumed_pretraining):
+    out, backup, path = (resumed_pretraining[k] for k in ("out", "backup", "path"))
+    # the interrupted run left its backup and no weights or description
+    assert resumed_pretraining["interrupted"] == {"backup": True, "outputs": []}
 
-    path = pretrain(source, tinybn, out, **kwargs)
     info = read_pretrain_info(path)
     assert info["recipe"]["epochs_run"] == 1  # continued at epoch 2 of 2
     assert not backup.exists()  # Keras removes the backup when training completes

@@ -49,7 +49,7 @@ def test_a_mislabeled_image_comes_first(tinycam):
     x = np.clip(x + rng.integers(0, 30, x.shape), 0, 255).astype(np.uint8)
     model = _model(trainable=True)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=15, verbose=0)
+    model.fit(x, y, epochs=12, verbose=0)  # p(red) of image 6: 0.92 at epoch 9, 0.99 at 12
     noisy = y.copy()
     noisy[6] = 1  # a red image labelled green
     rows = tt.top_losses(model, (x, noisy), k=3, class_names=["red", "green"])

@@ -60,13 +60,13 @@ def test_calibrate_folds_the_temperature_into_the_dense_classifier(tinycam):
     assert tt.transfer_config(model)["temperature"] == pytest.approx(t, rel=1e-5)
 
 
-def test_fold_temperature_names_an_unsupported_classifier():
+def test_fold_temperature_names_an_unsupported_classifier(tinycam):
     inputs = keras.Input((4,))
     model = tt.TransferModel(inputs, keras.layers.Activation("softmax", name="predictions")(inputs),
                              transfer_config={"num_classes": 4})
     with pytest.raises(ValueError, match="no classifier layer"):
         fold_temperature(model, 2.0)
-    model = tt.build_transfer_model("vgg16", 2, input_shape=32, weights=None)
+    model = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None)
     head = model.get_layer("head")
     head.layers[-1].activation = keras.activations.sigmoid
     with pytest.raises(ValueError, match="activation 'sigmoid'"):
