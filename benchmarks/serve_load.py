@@ -13,6 +13,10 @@ latency, and the ratios server / in process. The issue's target: at
 concurrency 16 the server's throughput is at least the in-process batch-1
 throughput (concurrency 1), i.e. batching pays for HTTP and JSON.
 
+With ``--smoke`` the server runs in this process instead (the same ``serve`` flags, read
+by the CLI's own parser, the same application under uvicorn, in a thread): a second
+process would cost a TensorFlow import, more than the rest of a smoke run.
+
 Images: JPEG photos from ``--data`` (default ``../shared/datasets/hymenoptera/val``);
 when that folder is absent, random-noise JPEGs of 320x240 (said in the output).
 The model is a random-init backbone (timing does not depend on the weights).
@@ -60,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
     parser.add_argument("--smoke", action="store_true",
                         help="seconds: data_samples/ JPEGs, a tiny backbone at 32 px, 8 requests at "
-                        "concurrency 1 and 2 (checks that it runs; the figures mean nothing)")
+                        "concurrency 1 and 2, the server in this process (checks that it runs; the "
+                        "figures mean nothing)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.data, args.backbone, args.image_size = str(_smoke.SAMPLES / "val"), _smoke.BACKBONE, 32
@@ -125,6 +130,51 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class InProcessServer:
+    """``tfx-transfer serve ARGV`` in this process (``--smoke``), with ``subprocess.Popen``'s
+    ``poll`` / ``send_signal`` / ``wait`` / ``kill``: the flags are parsed by the CLI's own
+    parser and handed over as its ``serve`` command does; the server's log goes to ``log``."""
+
+    def __init__(self, serve_argv: list[str], log) -> None:
+        import logging
+
+        import uvicorn
+
+        from tfx_transfer.cli import build_parser
+        from tfx_transfer.commands.flags import given
+        from tfx_transfer.commands.use import SERVER_OPTIONS
+        from tfx_transfer.serving.app import ModelServer
+
+        args = build_parser(["serve"]).parse_args(serve_argv)
+        model_server = ModelServer(args.export_dir, args.model_name, **given(args, SERVER_OPTIONS))
+        self.handler = logging.StreamHandler(log)
+        self.handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        self.logger = logging.getLogger("tfx_transfer.serving")
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        self.http = uvicorn.Server(uvicorn.Config(model_server.app, host=args.host, port=args.port,
+                                                  log_level="warning", log_config=None))
+        self.thread = threading.Thread(target=self.http.run, daemon=True)
+        self.thread.start()
+
+    def poll(self):
+        return None if self.thread.is_alive() else 0
+
+    def send_signal(self, _signal) -> None:
+        self.http.should_exit = True
+
+    def wait(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        if self.thread.is_alive():
+            raise subprocess.TimeoutExpired("tfx-transfer serve (in process)", timeout)
+
+    def kill(self) -> None:
+        self.http.force_exit = True
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import httpx
@@ -142,11 +192,15 @@ def main(argv=None) -> int:
     export_dir = tt.export_saved_model(model, work / "bench", ["a", "b"]).parent
     port = free_port()
     server_log = open(work / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tfx_transfer.cli", "serve", str(export_dir), "--model-name",
-         "bench", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
-         "--batch-timeout-ms", str(args.batch_timeout_ms), "--poll-interval", "0"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=server_log, stderr=subprocess.STDOUT)
+    serve_argv = ["serve", str(export_dir), "--model-name", "bench", "--port", str(port),
+                  "--max-batch-size", str(args.max_batch_size),
+                  "--batch-timeout-ms", str(args.batch_timeout_ms), "--poll-interval", "0"]
+    if args.smoke:
+        server = InProcessServer(serve_argv, server_log)
+    else:
+        server = subprocess.Popen([sys.executable, "-m", "tfx_transfer.cli", *serve_argv],
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=server_log,
+                                  stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
     try:
         signature = tf.saved_model.load(str(export_dir / "1")).signatures["serving_default"]

@@ -101,8 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "fraction_of_peak, ...)")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds: a tiny backbone instead of --backbone, 32 px, batch 2, 1 "
-                        "warm-up and 1 timed step, 10 classes, no XLA on TensorFlow (checks that it "
-                        "runs; the figures mean nothing)")
+                        "warm-up and 1 timed step, 10 classes, no XLA and no tracing (run_eagerly) on "
+                        "TensorFlow (checks that it runs; the figures mean nothing)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.image_size, args.batch_size, args.steps, args.warmup = 32, [2], 1, 1
@@ -206,8 +206,10 @@ def run_phase(model, batch_size: int, args) -> float:
     """Compile, warm up, time ``args.steps`` steps of ``batch_size``; returns images/s."""
     import keras
 
+    # --smoke on TensorFlow: steps run eagerly (tracing a step costs more than a smoke run's two)
+    eager = args.smoke and keras.backend.backend() == "tensorflow"
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy",
-                  jit_compile=args.jit)
+                  jit_compile=args.jit, run_eagerly=eager)
     size = args.image_size
     model.fit(_data(batch_size, size, args.num_classes, args.warmup), epochs=1,
               shuffle=False, verbose=0)

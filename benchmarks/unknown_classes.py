@@ -342,6 +342,7 @@ def print_row(row: dict) -> None:
           f"{cost['statistics_bytes'] / 1e3:.0f} kB; {row['seconds']} s")
 
 
+@_smoke.eager_when_smoke
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.smoke:

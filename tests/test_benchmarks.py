@@ -187,12 +187,16 @@ def test_make_shift(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_serve_load(capsys):
+    """--smoke serves in this process (the CLI's `serve` flags, its parser): every request and
+    warm-up call reached the server, whose batching figure is logged on shutdown."""
     out = run("serve_load", capsys)
     for level in (1, 2):
         row = numbers(rf"^ +{level} \| +{NUMBER} +{NUMBER} +{NUMBER} \| +{NUMBER} +{NUMBER} "
                       rf"+{NUMBER} \|", out)
         assert all(v > 0 for v in row), (level, row)
-    assert "server (all levels and warm-up):" in out
+    rows, calls = numbers(rf"^server \(all levels and warm-up\): served {NUMBER} row\(s\) in "
+                          rf"{NUMBER} model call\(s\)", out)
+    assert rows == 2 * 8 + 3 and 1 <= calls <= rows, (rows, calls)  # 8 requests a level, 3 warm-up
 
 
 def gpu_script_lines() -> tuple[list[str], list[list[str]]]:

@@ -3,7 +3,8 @@
 * Python blocks run in order, one namespace per markdown file, in a temporary working
   folder, on ``data_samples/`` at small settings: ``SUBSTITUTIONS`` below replaces the
   placeholders a block names (``photos/``, ``image_size=224``, ``weights="imagenet"``,
-  epochs, ...). A block that cannot run here is preceded by ``<!-- not-run: reason -->``;
+  epochs, ...), their ``tf.function`` s run eagerly (no tracing of a step or two per phase:
+  ``_functions_run_eagerly``). A block that cannot run here is preceded by ``<!-- not-run: reason -->``;
   ``NOT_RUN`` counts them per file, so adding one is a visible change to this file.
 * Shell blocks: every ``tfx-transfer ...`` command is parsed by the CLI's own parser,
   every ``python benchmarks/X.py ...`` by that script's, every ``make T`` names a
@@ -159,6 +160,33 @@ def placeholder(request) -> Callable[[str], str]:
 # -- Python blocks ----------------------------------------------------------------------
 
 
+def _functions_run_eagerly():
+    """``tf.function`` s run eagerly until ``.close()`` (then as before), on Keras + TensorFlow.
+
+    The blocks train for a step or two per phase at 32 px, so tracing each training, predict
+    and evaluation step costs more than running it (a third of these tests): every call of a
+    block still runs, with every argument checked; graph-only behaviour is what the kit's own
+    tests check (as for the benchmarks' ``--smoke``, benchmarks/_smoke.py). Exports still trace.
+    """
+    import contextlib
+    import warnings
+
+    import keras
+
+    stack = contextlib.ExitStack()
+    if keras.backend.backend() != "tensorflow":
+        return stack
+    import tensorflow as tf
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    stack.callback(tf.config.run_functions_eagerly, before)
+    stack.enter_context(warnings.catch_warnings())
+    warnings.filterwarnings("ignore", message=".*does not apply to tf.data functions")
+    warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+    return stack
+
+
 def _doc_param(path: Path):
     marks = [pytest.mark.slow] if rel(path) in SLOW else []
     return pytest.param(path, id=rel(path), marks=marks)
@@ -176,6 +204,7 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, placeholder, tinycam):
     registry = dict(backbones._REGISTRY)
     namespace: dict = {"__name__": f"docs.{path.stem}"}
     ran = 0
+    eager = _functions_run_eagerly()
     try:
         for block in blocks(path):
             if block.language != "python" or block.not_run:
@@ -190,6 +219,7 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, placeholder, tinycam):
                                      f"(as run, after the substitutions):\n{code}") from exc
             ran += 1
     finally:
+        eager.close()
         backbones._REGISTRY.clear()
         backbones._REGISTRY.update(registry)
         keras.config.set_dtype_policy("float32")
