@@ -4,10 +4,13 @@ no silent fallbacks, reproducible runs, a killed run resumes, JAX end to end."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import fcntl
 import importlib
 import json
 import os
 import pkgutil
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,27 +71,79 @@ def _saved_kinds(folder: Path) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.slow
-def test_every_saved_kind_loads_in_a_new_process_with_plain_keras_and_predicts_the_same(
-        tmp_path, tinycam):
-    files = _saved_kinds(tmp_path)
-    np.save(tmp_path / "x.npy", X)
-    code = textwrap.dedent("""
-        import sys, keras, numpy as np, tfx_transfer
+# One fresh process serves two tests (TensorFlow's import alone is ~8 s of CPU a process): it
+# first checks `import tfx_transfer` and loads the saved kinds with plain Keras (KINDS_PART), then
+# runs the determinism job (_DETERMINISM_JOB), whose control needs op determinism still off: loading
+# and predicting turn nothing on. Each part reports its own failure ("... failed:" + traceback).
+KINDS_PART = textwrap.dedent("""
+    import sys, traceback
+    try:
+        import keras, numpy as np, tfx_transfer
         names = keras.saving.get_custom_objects()  # what `import tfx_transfer` did, and left lazy
-        print(all(f"tfx_transfer>{n}" in names for n in LAZY_IMPORT_KINDS),
+        print("kinds:", all(f"tfx_transfer>{n}" in names for n in LAZY_IMPORT_KINDS),
               "tfx_transfer.data.folder" in sys.modules,
-              "tfx_transfer.export.saved_model" in sys.modules)
+              "tfx_transfer.export.saved_model" in sys.modules, flush=True)
         from tests.helpers import predict_any as _predict
         x = np.load(sys.argv[1])
-        for path in sys.argv[2:]:
+        for path in sys.argv[2].split("|"):
             model = keras.saving.load_model(path)
-            print(type(model).__name__)
+            print("kinds:", type(model).__name__, flush=True)
             np.save(path + ".npy", _predict(model, x))
-    """).replace("LAZY_IMPORT_KINDS", repr(LAZY_IMPORT_KINDS))
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"),
-                          *map(str, files.values())], check=True, capture_output=True, text=True,
-                         cwd=ROOT).stdout.split()
+    except Exception:
+        print("kinds part failed:", traceback.format_exc(), flush=True)
+""").replace("LAZY_IMPORT_KINDS", repr(LAZY_IMPORT_KINDS))
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshProcess:
+    """What the shared fresh process did (:func:`fresh_process`)."""
+
+    root: Path  # x.npy, the .keras files (each with its predictions, FILE.npy), data/, a/, b/
+    files: dict  # {kind: .keras file}
+    returncode: int
+    output: str  # stdout and stderr
+
+
+@pytest.fixture(scope="session")
+def fresh_process(tmp_path_factory) -> FreshProcess:
+    """The saved kinds and the determinism job in one fresh process, once per ``pytest`` session
+    (shared by the xdist workers through a file lock, as conftest.py's ``tiny_run``)."""
+    from tests.tiny_backbone import tinycam_registered
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "fresh_process"
+    root.mkdir(exist_ok=True)
+    info = root / "fresh_process.json"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not info.exists():
+            for stale in ("kinds", "data", "a", "b"):  # a worker that failed half-way
+                shutil.rmtree(root / stale, ignore_errors=True)
+            (root / "kinds").mkdir()
+            with tinycam_registered():
+                files = _saved_kinds(root / "kinds")
+            np.save(root / "x.npy", X)
+            data = write_class_folders(root / "data", per_class=6)
+            done = subprocess.run(
+                [sys.executable, "-c", KINDS_PART + _DETERMINISM_JOB, str(root / "x.npy"),
+                 "|".join(map(str, files.values())), str(data), str(root / "a"), str(root / "b"),
+                 json.dumps(TINY)], cwd=ROOT, timeout=600, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True)
+            info.write_text(json.dumps({"files": {k: str(v) for k, v in files.items()},
+                                        "returncode": done.returncode, "output": done.stdout}))
+    saved = json.loads(info.read_text())
+    return FreshProcess(root, {k: Path(v) for k, v in saved["files"].items()},
+                        saved["returncode"], saved["output"])
+
+
+@pytest.mark.slow
+def test_every_saved_kind_loads_in_a_new_process_with_plain_keras_and_predicts_the_same(
+        tmp_path, tinycam, fresh_process):
+    files = fresh_process.files
+    assert fresh_process.returncode == 0, fresh_process.output[-3000:]
+    assert "kinds part failed" not in fresh_process.output, fresh_process.output[-3000:]
+    out = [word for line in fresh_process.output.splitlines() if line.startswith("kinds: ")
+           for word in line.split()[1:]]
     # test_model.py's lazy-import check (its own subprocess only off TensorFlow): importing the
     # package registers every Keras object of the kit and imports neither the data nor the export
     assert out[:3] == ["True", "False", "False"]
@@ -105,6 +160,69 @@ def test_every_saved_kind_loads_in_a_new_process_with_plain_keras_and_predicts_t
         tt.load_model(tmp_path / "x.h5")
     with pytest.raises(FileNotFoundError, match="missing.keras"):
         tt.load_model(tmp_path / "missing.keras")
+
+
+def _history(run: Path) -> str:
+    return (run / "history.csv").read_text()
+
+
+_DETERMINISM_JOB = textwrap.dedent("""
+    import json, sys, time
+    import tensorflow as tf
+    import tfx_transfer as tt
+    from tests.tiny_backbone import tinycam_registered
+    from tfx_transfer.runs import steps
+
+    class Trained(Exception):
+        pass
+
+    def trained(*args, **kwargs):  # history.csv is whole when training ends: no report, no export
+        raise Trained
+
+    steps.final_model = trained
+
+    def work(i):  # uneven: a parallel map finishes the odd elements first, unless kept in order
+        time.sleep(0.03 if i % 2 == 0 else 0.0)
+        return i
+
+    def in_order():
+        probe = tf.data.Dataset.range(12).map(lambda i: tf.numpy_function(work, [i], tf.int64),
+                                              num_parallel_calls=4, deterministic=False)
+        return [int(i) for i in probe] == list(range(12))
+
+    print("before train, in order:", in_order())  # the control: the same process, no flag yet
+    with tinycam_registered():
+        for out in sys.argv[4:6]:  # two runs, one after the other
+            try:
+                tt.train(sys.argv[3], out, deterministic=True, **json.loads(sys.argv[6]))
+            except Trained:
+                print("trained", out)
+    print("after train, in order:", in_order())
+""")
+
+
+@pytest.mark.slow
+def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_them(fresh_process):
+    """Two ``deterministic=True`` runs (one after the other in one process) write the same
+    history.csv; the flag is what turns TensorFlow's op determinism on: a parallel, unevenly
+    slow tf.data map comes out of order in the same process before ``train(deterministic=True)``
+    and in order after it. Each run stops when its training ends (the report and the export
+    after it write nothing into history.csv).
+
+    Runs without the flag are not compared: on CPU they differ only now and then (oneDNN
+    threads: one of four tiny runs differed in the 6th digit), too rarely to test.
+    """
+    # a process of its own (shared with the saved kinds above, which run first and turn nothing
+    # on): op determinism is process-wide, and the control needs it off at first
+    tmp_path, out = fresh_process.root, fresh_process.output
+    assert fresh_process.returncode == 0, out[-3000:]
+    assert "before train, in order: False" in out, out[-3000:]
+    assert "after train, in order: True" in out, out[-3000:]
+    assert f"trained {tmp_path / 'b'}" in out, out[-3000:]  # both runs trained
+    assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    assert len(_history(tmp_path / "a").splitlines()) == 3  # a header, the 2 epochs
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["deterministic"] is True and config["seed"] == 1337
 
 
 def test_cli_export_of_a_saved_ensemble(tmp_path, tinycam):
@@ -220,71 +338,6 @@ def test_predict_prints_rows_and_plain_skip_lines_then_exits_1(tmp_path, capfd, 
     out, err = capfd.readouterr()
     assert "cats_0.jpg" in out and "dogs_0.jpg" in out
     assert "skipped " in err and "bad.jpg" in err and "Warning" not in err
-
-
-def _history(run: Path) -> str:
-    return (run / "history.csv").read_text()
-
-
-_DETERMINISM_JOB = textwrap.dedent("""
-    import json, sys, time
-    import tensorflow as tf
-    import tfx_transfer as tt
-    from tests.tiny_backbone import tinycam_registered
-    from tfx_transfer.runs import steps
-
-    class Trained(Exception):
-        pass
-
-    def trained(*args, **kwargs):  # history.csv is whole when training ends: no report, no export
-        raise Trained
-
-    steps.final_model = trained
-
-    def work(i):  # uneven: a parallel map finishes the odd elements first, unless kept in order
-        time.sleep(0.03 if i % 2 == 0 else 0.0)
-        return i
-
-    def in_order():
-        probe = tf.data.Dataset.range(12).map(lambda i: tf.numpy_function(work, [i], tf.int64),
-                                              num_parallel_calls=4, deterministic=False)
-        return [int(i) for i in probe] == list(range(12))
-
-    print("before train, in order:", in_order())  # the control: the same process, no flag yet
-    with tinycam_registered():
-        for out in sys.argv[2:4]:  # two runs, one after the other
-            try:
-                tt.train(sys.argv[1], out, deterministic=True, **json.loads(sys.argv[4]))
-            except Trained:
-                print("trained", out)
-    print("after train, in order:", in_order())
-""")
-
-
-@pytest.mark.slow
-def test_deterministic_runs_write_identical_history_and_the_flag_is_what_orders_them(tmp_path):
-    """Two ``deterministic=True`` runs (one after the other in one process) write the same
-    history.csv; the flag is what turns TensorFlow's op determinism on: a parallel, unevenly
-    slow tf.data map comes out of order in the same process before ``train(deterministic=True)``
-    and in order after it. Each run stops when its training ends (the report and the export
-    after it write nothing into history.csv).
-
-    Runs without the flag are not compared: on CPU they differ only now and then (oneDNN
-    threads: one of four tiny runs differed in the 6th digit), too rarely to test.
-    """
-    data = write_class_folders(tmp_path / "data", per_class=6)
-    # a process of its own: op determinism is process-wide, and the control needs it off at first
-    done = subprocess.run([sys.executable, "-c", _DETERMINISM_JOB, str(data), str(tmp_path / "a"),
-                           str(tmp_path / "b"), json.dumps(TINY)], cwd=ROOT, timeout=600,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert done.returncode == 0, done.stdout[-3000:]
-    assert "before train, in order: False" in done.stdout, done.stdout[-3000:]
-    assert "after train, in order: True" in done.stdout, done.stdout[-3000:]
-    assert f"trained {tmp_path / 'b'}" in done.stdout, done.stdout[-3000:]  # both runs trained
-    assert _history(tmp_path / "a") == _history(tmp_path / "b")
-    assert len(_history(tmp_path / "a").splitlines()) == 3  # a header, the 2 epochs
-    config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["deterministic"] is True and config["seed"] == 1337
 
 
 @pytest.mark.slow

@@ -3,6 +3,14 @@
 ``make demo`` runs ``scripts/demo.py``; this runs the same script with ``--quick`` (32 px,
 one epoch per phase) and checks what the summary prints against the run's own files: the accuracy is ``metrics.json``'s (a number in [0, 1]) and the
 export's, the settings are the ones asked for, and every file it names exists.
+
+The script runs as ``python scripts/demo.py`` would (``__main__``, its own ``sys.argv``) in a
+process that first registers "vgg16" as tests/tiny_backbone.py's stand-in (as
+tests/test_notebook.py's kernel does): VGG16's name, preprocessing and blocks on the 6-layer
+"tinyvgg" for random weights, and VGG16 itself when ImageNet weights are asked for (offline: the
+same WeightsUnavailableError, so the same "weights: none" path). The demo's steps, flags and
+summary are the same on a smaller network; the real VGG16 is built, traced and fine-tuned in
+test_backbones.py, test_finetune.py and the doctests.
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALLEST = ["--quick"]  # 32 px, one epoch per phase
+# `python scripts/demo.py ARGS`, with the VGG16 stand-in registered first
+WITH_STANDIN = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+                "from tests.tiny_backbone import register_vgg16_standin; register_vgg16_standin(); "
+                "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +37,9 @@ def demo(tmp_path_factory):
     """(stdout, run folder) of the demo at its smallest settings."""
     out = tmp_path_factory.mktemp("demo") / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), TFX_TRANSFER_OFFLINE="1", MPLBACKEND="Agg")
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(out),
-                           *SMALLEST], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", WITH_STANDIN, str(ROOT),
+                           str(ROOT / "scripts" / "demo.py"), "--out", str(out), *SMALLEST],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, f"the demo failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout, out
 
