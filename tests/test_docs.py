@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.eager import functions_run_eagerly
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data_samples"
@@ -160,33 +161,6 @@ def placeholder(request) -> Callable[[str], str]:
 # -- Python blocks ----------------------------------------------------------------------
 
 
-def _functions_run_eagerly():
-    """``tf.function`` s run eagerly until ``.close()`` (then as before), on Keras + TensorFlow.
-
-    The blocks train for a step or two per phase at 32 px, so tracing each training, predict
-    and evaluation step costs more than running it (a third of these tests): every call of a
-    block still runs, with every argument checked; graph-only behaviour is what the kit's own
-    tests check (as for the benchmarks' ``--smoke``, benchmarks/_smoke.py). Exports still trace.
-    """
-    import contextlib
-    import warnings
-
-    import keras
-
-    stack = contextlib.ExitStack()
-    if keras.backend.backend() != "tensorflow":
-        return stack
-    import tensorflow as tf
-
-    before = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
-    stack.callback(tf.config.run_functions_eagerly, before)
-    stack.enter_context(warnings.catch_warnings())
-    warnings.filterwarnings("ignore", message=".*does not apply to tf.data functions")
-    warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
-    return stack
-
-
 def _doc_param(path: Path):
     marks = [pytest.mark.slow] if rel(path) in SLOW else []
     return pytest.param(path, id=rel(path), marks=marks)
@@ -204,7 +178,7 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, placeholder, tinycam):
     registry = dict(backbones._REGISTRY)
     namespace: dict = {"__name__": f"docs.{path.stem}"}
     ran = 0
-    eager = _functions_run_eagerly()
+    eager = functions_run_eagerly()  # tests/eager.py: why
     try:
         for block in blocks(path):
             if block.language != "python" or block.not_run:
