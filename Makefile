@@ -143,7 +143,7 @@ test:
 	( $(MAKE) --no-print-directory -k -j2 $(JAX_STAMP) $(FLOOR_STAMP) >"$$side" 2>&1; \
 	  $(MAKE) --no-print-directory test-jax test-floor PYTEST_N=0 >>"$$side" 2>&1; \
 	  echo "exit status $$?" >>"$$side" ) & \
-	status=0; $(MAKE) --no-print-directory lint test-suite || status=$$?; \
+	status=0; $(MAKE) --no-print-directory lint test-suite PYTEST_N=3 || status=$$?; \
 	wait; echo "---- make test-jax test-floor (ran alongside) ----"; cat "$$side"; \
 	tail -n 1 "$$side" | grep -qx "exit status 0" || status=1; rm -f "$$side"; \
 	exit $$status
