@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from tests.eager import functions_run_eagerly
 
 ROOT = Path(__file__).resolve().parents[1]
