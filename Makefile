@@ -135,9 +135,10 @@ test-suite: $(STAMP)
 
 ## make test: the whole suite on the latest TensorFlow/Keras and, alongside it, the core on JAX and on
 ## the floor, one process each; each venv is built (when missing) by the line of work that needs it, so
-## the suite starts as soon as .venv is ready. (CPU, offline; fresh clone, 2 cores, nothing else running,
-## cold uv cache, 2026-12-03: 15.3 min at 08:25; 12.7 min at 10:20 and 13.9 min at 10:44 after the cuts, on a machine whose speed for the
-## same Keras work differed 2-3x between those hours; CI's last run: 945 s)
+## the suite starts as soon as .venv is ready; the suite has 3 workers, so that the cores stay busy while one
+## waits on a subprocess or a shared fixture (CPU, offline; fresh clone, 2 cores, nothing else running, cold uv
+## cache, 2026-12-03: 15.3 min at 08:25, 13.9 at 10:44; 12.75 at 13:14 after this afternoon's cuts (2 workers)
+## and 11.15 at 13:47 with 3 (1,304 s of CPU, the cores 97% busy); CI's last run: 906 s)
 test:
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory -k -j2 $(JAX_STAMP) $(FLOOR_STAMP) >"$$side" 2>&1; \

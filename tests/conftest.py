@@ -10,12 +10,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import fcntl
 import importlib.util
 import io
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # The "tinycam" and "tinybn" backbone fixtures, for every test module.
+from tests.helpers import once_per_session  # noqa: E402
 from tests.tiny_backbone import tinybn, tinycam  # noqa: E402,F401
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -143,15 +141,5 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     first worker trains, the others wait and reuse the folder). For tests that need *a*
     finished run folder (``config.json``, ``model.keras``, ``export/``, metrics).
     """
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny_run"
-    root.mkdir(exist_ok=True)
-    info = root / "tiny_run.json"
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not info.exists():
-            for stale in ("data", "run"):  # a worker that failed half-way
-                shutil.rmtree(root / stale, ignore_errors=True)
-            info.write_text(json.dumps(_make_tiny_run(root)))
-    saved = json.loads(info.read_text())
+    saved = once_per_session(tmp_path_factory, "tiny_run", _make_tiny_run)
     return TinyRun(**{**saved, "data": Path(saved["data"]), "run": Path(saved["run"])})

@@ -73,3 +73,29 @@ def uvicorn_server(app, timeout: float = 120, **config) -> Iterator[str]:
         http.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def once_per_session(tmp_path_factory, name: str, make) -> dict:
+    """``make(root)`` (a JSON-able dict) once per ``pytest`` session, shared by the xdist workers.
+
+    A file lock: the first worker makes it under ``<basetemp>/../<name>``, the others wait and
+    read what it wrote. A worker that failed half-way leaves no record, so the next one starts
+    over in an emptied folder.
+    """
+    import fcntl
+    import json
+    import os
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    root.mkdir(exist_ok=True)
+    info = root / f"{name}.json"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not info.exists():
+            for stale in root.iterdir():
+                if stale.name != ".lock":
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            info.write_text(json.dumps(make(root)))
+    return json.loads(info.read_text())

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import fcntl
 import importlib
 import json
 import os
 import pkgutil
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +24,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 import tfx_transfer as tt  # noqa: E402
-from tests.helpers import predict_any, write_class_folders  # noqa: E402
+from tests.helpers import once_per_session, predict_any, write_class_folders  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.runs.lock import RunFolderLockedError, lock_run_folder  # noqa: E402
 
@@ -110,29 +108,23 @@ def fresh_process(tmp_path_factory) -> FreshProcess:
     (shared by the xdist workers through a file lock, as conftest.py's ``tiny_run``)."""
     from tests.tiny_backbone import tinycam_registered
 
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "fresh_process"
-    root.mkdir(exist_ok=True)
-    info = root / "fresh_process.json"
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not info.exists():
-            for stale in ("kinds", "data", "a", "b"):  # a worker that failed half-way
-                shutil.rmtree(root / stale, ignore_errors=True)
-            (root / "kinds").mkdir()
-            with tinycam_registered():
-                files = _saved_kinds(root / "kinds")
-            np.save(root / "x.npy", X)
-            data = write_class_folders(root / "data", per_class=6)
-            done = subprocess.run(
-                [sys.executable, "-c", KINDS_PART + _DETERMINISM_JOB, str(root / "x.npy"),
-                 "|".join(map(str, files.values())), str(data), str(root / "a"), str(root / "b"),
-                 json.dumps(TINY)], cwd=ROOT, timeout=600, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True)
-            info.write_text(json.dumps({"files": {k: str(v) for k, v in files.items()},
-                                        "returncode": done.returncode, "output": done.stdout}))
-    saved = json.loads(info.read_text())
-    return FreshProcess(root, {k: Path(v) for k, v in saved["files"].items()},
+
+    def make(root: Path) -> dict:
+        (root / "kinds").mkdir()
+        with tinycam_registered():
+            files = _saved_kinds(root / "kinds")
+        np.save(root / "x.npy", X)
+        data = write_class_folders(root / "data", per_class=6)
+        done = subprocess.run(
+            [sys.executable, "-c", KINDS_PART + _DETERMINISM_JOB, str(root / "x.npy"),
+             "|".join(map(str, files.values())), str(data), str(root / "a"), str(root / "b"),
+             json.dumps(TINY)], cwd=ROOT, timeout=600, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        return {"root": str(root), "files": {k: str(v) for k, v in files.items()},
+                "returncode": done.returncode, "output": done.stdout}
+
+    saved = once_per_session(tmp_path_factory, "fresh_process", make)
+    return FreshProcess(Path(saved["root"]), {k: Path(v) for k, v in saved["files"].items()},
                         saved["returncode"], saved["output"])
 
 
