@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _doctest_sandbox(request):
-    """For docstring examples only: a temp folder (and file cache), seeded Keras, eager steps."""
+    """For docstring examples only: a temp folder (and file cache), seeded Keras."""
     if type(request.node).__name__ != "DoctestItem":
         yield
         return
@@ -28,9 +28,6 @@ def _doctest_sandbox(request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFX_TRANSFER_CACHE_DIR", str(tmp_path / "cache"))
     keras.utils.set_random_seed(0)
-    if os.environ.get("DOCTEST_EAGER"):
-        import tensorflow as tf
-        tf.config.run_functions_eagerly(True)
     from tfx_transfer.models import backbones
 
     registry = dict(backbones._REGISTRY)
@@ -39,5 +36,3 @@ def _doctest_sandbox(request):
     backbones._REGISTRY.clear()
     backbones._REGISTRY.update(registry)
     keras.config.set_dtype_policy("float32")
-    if os.environ.get("DOCTEST_EAGER"):
-        tf.config.run_functions_eagerly(False)

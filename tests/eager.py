@@ -1,12 +1,10 @@
-"""Docs and docstring examples run their ``tf.function`` s eagerly (tests/test_docs.py, conftest.py).
+"""The docs' Python blocks run their ``tf.function`` s eagerly (tests/test_docs.py).
 
-The examples train for a step or two per phase at 32 px, so tracing each training, predict
-and evaluation step costs more than running it (measured 2026-12-03: the doctests of
-training/, runs/, models/ and adaptation/ cost 106.6 s of CPU eagerly against 139.8 traced).
-Every call of an example still runs, with every argument checked and every printed value
-compared; graph-only behaviour is what the kit's own tests check, as for the benchmarks'
-``--smoke`` (benchmarks/_smoke.py). Exports still trace (SavedModel signatures are graphs).
-"""
+The blocks train for a step or two per phase at 32 px, so tracing each training, predict
+and evaluation step costs more than running it (test_docs.py: 67.3 -> 42.8 s of CPU,
+2026-12-03). Every call of a block still runs, with every argument checked; graph-only
+behaviour is what the kit's own tests check, as for the benchmarks' ``--smoke``
+(benchmarks/_smoke.py). Exports still trace (SavedModel signatures are graphs)."""
 
 from __future__ import annotations
 
