@@ -1,4 +1,5 @@
-"""The docs' Python blocks run their ``tf.function`` s eagerly (tests/test_docs.py).
+"""The docs' Python blocks (tests/test_docs.py) and the docstring examples (conftest.py) run
+their ``tf.function`` s eagerly.
 
 The blocks train for a step or two per phase at 32 px, so tracing each training, predict
 and evaluation step costs more than running it (test_docs.py: 67.3 -> 42.8 s of CPU,
@@ -17,10 +18,11 @@ def functions_run_eagerly() -> contextlib.ExitStack:
 
     Example:
         >>> import tensorflow as tf
+        >>> before = tf.config.functions_run_eagerly()
         >>> with functions_run_eagerly():
         ...     inside = tf.config.functions_run_eagerly()
-        >>> inside, tf.config.functions_run_eagerly()
-        (True, False)
+        >>> inside, tf.config.functions_run_eagerly() == before
+        (True, True)
     """
     import keras
 
