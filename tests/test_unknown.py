@@ -46,18 +46,25 @@ def test_ood_metrics_values():
     assert fpr_at_tpr(known, np.array([0.5, 0.9, 0.91, 1.5])) == 0.5
 
 
-def test_calibrate_folds_the_temperature_into_the_dense_classifier(tinycam):
-    model = _tiny(tinycam)
+@pytest.mark.parametrize("head", ["avg", "spatial"])  # a Dense, a log-sum-exp pooled classifier
+def test_calibrate_folds_the_temperature_into_the_classifier(tinycam, head, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tt.build_transfer_model(tinycam, 2, input_shape=32, weights=None, dropout=0.0,
+                                    head=head)
     model.get_layer("head").layers[-1].kernel.assign(
         np.random.default_rng(1).normal(0, 3, (32, 2)).astype("float32"))
     x, y = tiny_pixels(8), tiny_labels(8)
-    before = model.predict_on_batch(x)
+    before = model.predict(x, verbose=0)  # the traced predict function, kept by the model
     result = tt.calibrate(model, (x, y))
     t = result["temperature"]
-    after = model.predict_on_batch(x)
+    assert abs(np.log(t)) > 0.1  # a temperature that changes the probabilities
+    after = model.predict(x, verbose=0)
     np.testing.assert_allclose(after, softmax(np.log(before) / t), atol=1e-5)
     assert np.array_equal(after.argmax(1), before.argmax(1)) and result["nll_after"] < result["nll_before"]
     assert tt.transfer_config(model)["temperature"] == pytest.approx(t, rel=1e-5)
+    model.save(tmp_path / "calibrated.keras")  # the fold is in the weights and the settings
+    np.testing.assert_allclose(tt.load_model(tmp_path / "calibrated.keras").predict(x, verbose=0),
+                               after, atol=1e-6)
 
 
 def test_fold_temperature_names_an_unsupported_classifier(tinycam):

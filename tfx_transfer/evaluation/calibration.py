@@ -131,6 +131,12 @@ def classifier_layer(model: keras.Model) -> keras.layers.Layer:
     return layer
 
 
+def _activation(layer: keras.layers.Layer) -> str:
+    """The classifier's activation by name (a ``Dense`` holds a function, a ``SpatialClassifier`` a name)."""
+    activation = getattr(layer, "activation", None)
+    return activation if isinstance(activation, str) else getattr(activation, "__name__", str(activation))
+
+
 def softmax_classifier(model: keras.Model) -> bool:
     """Whether the model's classifier is one temperature scaling applies to (softmax, or cosine).
 
@@ -140,17 +146,16 @@ def softmax_classifier(model: keras.Model) -> bool:
         True
     """
     layer = classifier_layer(model)
-    if type(layer).__name__ == "CosineClassifier":
-        return True
-    return getattr(getattr(layer, "activation", None), "__name__", None) == "softmax"
+    return type(layer).__name__ == "CosineClassifier" or _activation(layer) == "softmax"
 
 
 def fold_temperature(model: keras.Model, temperature: float) -> None:
     """Divide the classifier's logits by ``temperature`` in its weights; record it in the settings.
 
-    A ``Dense`` softmax classifier gets ``kernel / T`` and ``bias / T``; a
-    ``CosineClassifier`` gets ``scale / T``. Any other classifier raises a
-    ``ValueError`` naming its class.
+    A ``Dense`` softmax classifier gets ``kernel / T`` and ``bias / T``; a softmax
+    ``SpatialClassifier`` (the ``"spatial"`` head) also ``sharpness * T``, so that its
+    log-sum-exp pooled logits are divided by ``T`` exactly; a ``CosineClassifier`` gets
+    ``scale / T``. Any other classifier raises a ``ValueError`` naming its class.
 
     Example:
         >>> import tfx_transfer as tt
@@ -164,20 +169,23 @@ def fold_temperature(model: keras.Model, temperature: float) -> None:
         raise ValueError(f"temperature={temperature!r} must be positive.")
     layer = classifier_layer(model)
     kind = type(layer).__name__
-    if kind == "Dense":
-        activation = getattr(layer.activation, "__name__", str(layer.activation))
-        if activation != "softmax":
-            raise ValueError(f"Classifier {layer.name!r} has activation {activation!r}; temperature "
-                             "scaling applies to a softmax classifier (per-label calibration of a "
-                             "sigmoid classifier is not supported).")
+    if kind in ("Dense", "SpatialClassifier"):
+        if _activation(layer) != "softmax":
+            raise ValueError(f"Classifier {layer.name!r} has activation {_activation(layer)!r}; "
+                             "temperature scaling applies to a softmax classifier (per-label "
+                             "calibration of a sigmoid classifier is not supported).")
         layer.kernel.assign(keras.ops.convert_to_numpy(layer.kernel) / temperature)
         if layer.bias is not None:
             layer.bias.assign(keras.ops.convert_to_numpy(layer.bias) / temperature)
+        if kind == "SpatialClassifier":  # log-sum-exp pooling: (LSE(rT * s/T) - log L) / rT = logit / T
+            layer.sharpness *= temperature
+            # a Python number, traced into the model's compiled functions: trace them again
+            model.train_function = model.test_function = model.predict_function = None
     elif kind == "CosineClassifier":
         layer.scale.assign(keras.ops.convert_to_numpy(layer.scale) / temperature)
     else:
         raise ValueError(f"Classifier layer {layer.name!r} is a {kind}; temperature scaling can fold "
-                         "into a Dense softmax or a CosineClassifier only.")
+                         "into a softmax Dense or SpatialClassifier, or a CosineClassifier only.")
     settings = getattr(model, "transfer_config", None)
     if settings is not None:
         settings[TEMPERATURE_KEY] = round(float(settings.get(TEMPERATURE_KEY, 1.0)) * temperature, 6)
