@@ -116,6 +116,12 @@ def train_model(args: argparse.Namespace):
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
+    """One row per format: size, latency, accuracy and agreement (exports in a temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="export_formats_") as tmp:
+        return _measure_in(args, Path(tmp))
+
+
+def _measure_in(args: argparse.Namespace, tmp: Path) -> list[dict]:
     import numpy as np
     import onnxruntime
     import tensorflow as tf
@@ -125,7 +131,6 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
     model, data = train_model(args)
     image = next(iter(data.validation))[0][:1].numpy().astype(np.float32)
-    tmp = Path(tempfile.mkdtemp(prefix="export_formats_"))
     rows = []
     export = tt.export_saved_model(model, tmp / "export", data.class_names)
     served = tf.saved_model.load(str(export)).signatures["predict_pixels"]

@@ -48,26 +48,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import _smoke  # noqa: E402
+from benchmarks._sample import class_sample  # noqa: E402
 
 SHARED = ROOT / ".." / "shared"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
 METHODS = ("imprint", "imprint+E", "default head", "1-NN")
-
-
-def pool_folder(data: Path, per_class: int) -> Path:
-    """A fixed pool of ``per_class`` images per class (seed 0), as symlinks."""
-    import random
-    import tempfile
-
-    pool = Path(tempfile.mkdtemp(prefix="few_shot_"))
-    rng = random.Random(0)
-    for class_dir in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        rng.shuffle(files)
-        (pool / class_dir.name).mkdir()
-        for path in files[:per_class]:
-            (pool / class_dir.name / path.name).symlink_to(path.resolve())
-    return pool
 
 
 def build(args: argparse.Namespace, num_classes: int, head: str):
@@ -87,14 +72,16 @@ def features(args: argparse.Namespace) -> dict:
         saved = np.load(cache, allow_pickle=False)
         print(f"features: reused {cache}")
         return {k: saved[k] for k in saved.files}
-    folder = tt.load_image_folder(pool_folder(args.data, args.per_class), image_size=args.image_size,
-                                  batch_size=32, shuffle=False)
-    model = build(args, folder.num_classes, "cosine")
-    start = time.perf_counter()
-    feats, labels = penultimate_features(model, folder.train.as_numpy_iterator())
-    seconds = time.perf_counter() - start
+    with class_sample(args.data, args.per_class) as pool:  # the same images for every method
+        folder = tt.load_image_folder(pool, image_size=args.image_size, batch_size=32,
+                                      shuffle=False)
+        model = build(args, folder.num_classes, "cosine")
+        start = time.perf_counter()
+        feats, labels = penultimate_features(model, folder.train.as_numpy_iterator())
+        seconds = time.perf_counter() - start
+        files = [os.path.realpath(p) for p, _ in folder.files["train"]]  # the originals: kept
     out = {"features": feats, "labels": labels, "class_names": np.array(folder.class_names),
-           "files": np.array([p for p, _ in folder.files["train"]]),
+           "files": np.array(files),
            "seconds_per_image": np.array(seconds / len(labels))}
     print(f"features: {len(labels)} images, {folder.num_classes} classes, "
           f"{1000 * seconds / len(labels):.1f} ms per image (decode + backbone)")

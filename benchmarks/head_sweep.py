@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import _smoke  # noqa: E402
+from benchmarks._sample import class_sample  # noqa: E402
 
 SHARED = ROOT / ".." / "shared"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
@@ -59,19 +60,9 @@ def features(data: Path, size: int, per_class: int | None, weights: Path | None,
     import tfx_transfer as tt
     from tfx_transfer.models.transfer_model import get_backbone_model
 
-    if per_class is not None:  # a fixed pool of per_class images per class (seed 0), as symlinks
-        import random
-        import tempfile
-
-        pool = Path(tempfile.mkdtemp(prefix="head_sweep_"))
-        rng = random.Random(0)
-        for class_dir in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(p for p in class_dir.iterdir() if p.is_file())
-            rng.shuffle(files)
-            (pool / class_dir.name).mkdir()
-            for path in files[:per_class]:
-                (pool / class_dir.name / path.name).symlink_to(path.resolve())
-        data = pool
+    if per_class is not None:  # a fixed sample of per_class images per class (seed 0)
+        with class_sample(data, per_class) as sample:
+            return features(sample, size, None, weights, backbone)
     folder = tt.load_image_folder(data, image_size=size, batch_size=32, shuffle=False)
     model = tt.build_transfer_model(backbone, folder.num_classes, input_shape=(size, size, 3),
                                     weights=weights and str(weights), head="avg")

@@ -75,6 +75,23 @@ def test_every_script_has_a_smoke_mode():
         assert f"test_{script}" in tested, f"benchmarks/{script}.py has no smoke test here"
 
 
+@pytest.mark.parametrize("helper", ["_sample", "_smoke"])
+def test_the_shared_helpers_examples_run(helper):
+    import doctest
+    import inspect
+
+    module, finder = load(helper), doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = finder.find(module)
+    for name, value in vars(module).items():  # decorated functions (a context manager): unwrapped
+        if getattr(value, "__wrapped__", None) and value.__module__ == module.__name__:
+            tests += finder.find(inspect.unwrap(value), name, module=False, globs=vars(module))
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False) == (0, sum(len(t.examples) for t in tests))
+    assert any(t.examples for t in tests)
+
+
 def test_smoke_modes_do_not_read_shared():
     for script in BENCHMARKS.glob("[!_]*.py"):
         module = load(script.stem)
