@@ -57,9 +57,31 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"input_shape=\((?:224, 224|128, 128), 3\)", "input_shape=(32, 32, 3)"),
     (r"image_size=(?:224|128)\b", "image_size=32"),
     (r'weights="imagenet"', "weights=None"),
+    # README's StagedUnfreeze schedule: stages at epochs 5 and 10 of 15 -> at 1 and 2 of 3, so
+    # that both stages run (README_CHECKS); spaced, so that the row below leaves it
+    (r"epochs=15,(\s*callbacks=\[tt\.StagedUnfreeze)", r"epochs = 3,\1"),
+    (r"\{5: ([^,{}]+), 10: ([^,{}]+)\}", r"{1: \1, 2: \2}"),
     (r"\b(\w*epochs)=[1-9]\d*", r"\1=1"),
     (r"tt\.find_lr\(model, data\.train\)", "tt.find_lr(model, data.train, num_steps=4)"),
 ]
+
+
+
+def _both_stages_ran(namespace: dict) -> None:
+    """README's plain `model.fit` with StagedUnfreeze reached its last stage: b2 (and b3) train."""
+    from tfx_transfer.models.parts import model_parts
+
+    layers = model_parts(namespace["model"]).backbone_model.layers
+    training = sorted({layer.name.split("_")[0] for layer in layers if layer.trainable and layer.weights})
+    assert training == ["b2", "b3"], f"blocks that train after the README's fit: {training}"
+
+
+# What a block must have done, checked on the namespace right after it ran: (file, a text of
+# the block, check). Each must find its block.
+AFTER_BLOCK: list[tuple[str, str, Callable[[dict], None]]] = [
+    ("README.md", "callbacks=[tt.StagedUnfreeze(", _both_stages_ran),
+]
+
 
 # Python blocks marked `<!-- not-run: reason -->`, per file (0 when absent).
 NOT_RUN = {"docs/serving.md": 1}
@@ -178,7 +200,8 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, placeholder, tinycam):
     keras.utils.set_random_seed(0)
     registry = dict(backbones._REGISTRY)
     namespace: dict = {"__name__": f"docs.{path.stem}"}
-    ran = 0
+    ran = checked = 0
+    checks = [entry for entry in AFTER_BLOCK if entry[0] == rel(path)]
     eager = functions_run_eagerly()  # tests/eager.py: why
     try:
         for block in blocks(path):
@@ -193,6 +216,10 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, placeholder, tinycam):
                 raise AssertionError(f"{rel(path)}:{block.line}: this block failed "
                                      f"(as run, after the substitutions):\n{code}") from exc
             ran += 1
+            for check in [c for f, text, c in checks if text in block.code]:
+                check(namespace)
+                checked += 1
+        assert checked == len(checks), f"{rel(path)}: a block of AFTER_BLOCK was not found"
     finally:
         eager.close()
         backbones._REGISTRY.clear()
