@@ -131,48 +131,46 @@ def free_port() -> int:
 
 
 class InProcessServer:
-    """``tfx-transfer serve ARGV`` in this process (``--smoke``), with ``subprocess.Popen``'s
-    ``poll`` / ``send_signal`` / ``wait`` / ``kill``: the flags are parsed by the CLI's own
-    parser and handed over as its ``serve`` command does; the server's log goes to ``log``."""
+    """``tfx-transfer serve ARGV`` in this process (``--smoke``): the flags parsed by the CLI's own
+    parser and handed to :func:`tfx_transfer.serving.app.start_server`, behind
+    ``subprocess.Popen``'s ``poll`` / ``send_signal`` / ``wait`` / ``kill``; the server's log goes
+    to ``log``."""
 
     def __init__(self, serve_argv: list[str], log) -> None:
         import logging
 
-        import uvicorn
-
         from tfx_transfer.cli import build_parser
         from tfx_transfer.commands.flags import given
         from tfx_transfer.commands.use import SERVER_OPTIONS
-        from tfx_transfer.serving.app import ModelServer
+        from tfx_transfer.serving.app import start_server
 
         args = build_parser(["serve"]).parse_args(serve_argv)
-        model_server = ModelServer(args.export_dir, args.model_name, **given(args, SERVER_OPTIONS))
         self.handler = logging.StreamHandler(log)
         self.handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
         self.logger = logging.getLogger("tfx_transfer.serving")
         self.level = self.logger.level
         self.logger.addHandler(self.handler)
         self.logger.setLevel(logging.INFO)
-        self.http = uvicorn.Server(uvicorn.Config(model_server.app, host=args.host, port=args.port,
-                                                  log_level="warning", log_config=None))
-        self.thread = threading.Thread(target=self.http.run, daemon=True)
-        self.thread.start()
+        self.server = start_server(args.export_dir, args.model_name, args.host, args.port,
+                                   **given(args, SERVER_OPTIONS))
 
     def poll(self):
-        return None if self.thread.is_alive() else 0
+        return None if self.server.running else 0
 
     def send_signal(self, _signal) -> None:
-        self.http.should_exit = True
+        """Nothing yet: ``wait`` stops the server as SIGTERM would (in-flight requests answered)."""
 
     def wait(self, timeout: float) -> None:
-        self.thread.join(timeout)
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.level)
-        if self.thread.is_alive():
-            raise subprocess.TimeoutExpired("tfx-transfer serve (in process)", timeout)
+        try:
+            self.server.stop(timeout)
+        except TimeoutError as exc:
+            raise subprocess.TimeoutExpired("tfx-transfer serve (in process)", timeout) from exc
+        finally:
+            self.logger.removeHandler(self.handler)
+            self.logger.setLevel(self.level)
 
     def kill(self) -> None:
-        self.http.force_exit = True
+        """Nothing: the server's thread is a daemon."""
 
 
 def main(argv=None) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,32 +45,6 @@ def predict_any(model, x: np.ndarray) -> np.ndarray:
         out = model.predict({"target": x, "source": x}, verbose=0)
         return np.concatenate([out["target"], out["source"]], axis=1)
     return model.predict(x, verbose=0)
-
-
-@contextlib.contextmanager
-def uvicorn_server(app, timeout: float = 120, **config) -> Iterator[str]:
-    """``app`` under uvicorn in a thread, on a free loopback port: yields its URL, stops it after."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    http = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
-    thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not http.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        http.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def once_per_session(tmp_path_factory, name: str, make) -> dict:

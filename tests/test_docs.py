@@ -47,6 +47,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r'"cat\.jpg"', repr(str(IMAGE))),
     (r'"new_things/"', repr(str(ROOT / "tests" / "data" / "new_classes"))),  # a class not in data_samples
     (r'"runs/photos/model\.keras"', '"@RUN@/model.keras"'),   # a model trained by `train`
+    (r'"runs/photos/export"', '"@RUN@/export"'),              # its export
     (r'"http://localhost:8501', '"@SERVER@'),                 # `tfx-transfer serve` of that run
     # small settings: the "tinycam" backbone (tests/tiny_backbone.py: three convolutions,
     # blocks b1..b3) at 32 px, random weights, one epoch per phase, few finder steps
@@ -165,14 +166,12 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(trained_run):
-    """`tfx-transfer serve`'s app on the run's export, model name "photos", under uvicorn."""
+    """`tfx-transfer serve`'s server on the run's export, model name "photos", in a thread."""
     pytest.importorskip("uvicorn")
-    from tests.helpers import uvicorn_server
-    from tfx_transfer.serving.app import create_app
+    from tfx_transfer.serving.app import start_server
 
-    # log_config=None: no handler bound to the sys.stderr of the test that starts it
-    with uvicorn_server(create_app(trained_run / "export", "photos"), log_config=None) as url:
-        yield url
+    with start_server(trained_run / "export", "photos", port=0) as running:
+        yield running.url
 
 
 @pytest.fixture

@@ -34,12 +34,11 @@ from PIL import Image  # noqa: E402
 
 import tfx_transfer as tt  # noqa: E402
 from tests import distribute_jobs  # noqa: E402
-from tests.helpers import uvicorn_server  # noqa: E402
 from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
 from tfx_transfer.models.transfer_model import build_transfer_model, get_head  # noqa: E402
-from tfx_transfer.serving.app import ModelServer  # noqa: E402
+from tfx_transfer.serving.app import ModelServer, start_server  # noqa: E402
 from tfx_transfer.serving.batching import MicroBatcher  # noqa: E402
 
 CLASSES = ["daisy", "rose", "tulip"]
@@ -86,10 +85,9 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(export_dir: Path, name: str = "flowers", **options):
-    """A ModelServer under uvicorn in a thread, on a free loopback port: yields (url, server)."""
-    server = ModelServer(export_dir, name, **options)
-    with uvicorn_server(server.app, timeout=60) as url:
-        yield url, server
+    """The server in a thread (start_server), on a free loopback port: yields (url, ModelServer)."""
+    with start_server(export_dir, name, port=0, **options) as server:
+        yield server.url, server.model_server
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +113,20 @@ def api(export_dir):
     with running(export_dir, max_request_bytes=2**20, batch_timeout_ms=20, max_batch_size=16,
                  poll_interval=0) as started:
         yield started
+
+
+def test_start_server_names_a_taken_port_and_stops_on_leaving_its_block(export_dir, api):
+    url, _ = api  # a server already listening on this port
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(OSError, match=f"Cannot listen on 127.0.0.1:{port} .*port=0"):
+        start_server(export_dir, "flowers", port=port)
+    with start_server(export_dir, "other", port=0, poll_interval=0) as server:
+        assert server.url != url and server.running
+        reply = httpx.get(server.url + "/v1/models/other").json()
+        assert reply["model_version_status"][0]["state"] == "AVAILABLE"
+    assert not server.running
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + "/v1/models/other")
 
 
 def expected(signatures, data: list[bytes]) -> dict:
