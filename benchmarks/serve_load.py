@@ -132,7 +132,7 @@ def free_port() -> int:
 
 class InProcessServer:
     """``tfx-transfer serve ARGV`` in this process (``--smoke``): the flags parsed by the CLI's own
-    parser and handed to :func:`tfx_transfer.serving.app.start_server`, behind
+    parser and handed to :func:`tfx_transfer.serving.background.start_server`, behind
     ``subprocess.Popen``'s ``poll`` / ``send_signal`` / ``wait`` / ``kill``; the server's log goes
     to ``log``."""
 
@@ -142,7 +142,7 @@ class InProcessServer:
         from tfx_transfer.cli import build_parser
         from tfx_transfer.commands.flags import given
         from tfx_transfer.commands.use import SERVER_OPTIONS
-        from tfx_transfer.serving.app import start_server
+        from tfx_transfer.serving.background import start_server
 
         args = build_parser(["serve"]).parse_args(serve_argv)
         self.handler = logging.StreamHandler(log)

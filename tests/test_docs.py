@@ -168,7 +168,7 @@ def trained_run(tmp_path_factory):
 def server(trained_run):
     """`tfx-transfer serve`'s server on the run's export, model name "photos", in a thread."""
     pytest.importorskip("uvicorn")
-    from tfx_transfer.serving.app import start_server
+    from tfx_transfer.serving.background import start_server
 
     with start_server(trained_run / "export", "photos", port=0) as running:
         yield running.url

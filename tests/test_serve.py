@@ -38,7 +38,8 @@ from tests.tiny_backbone import tinycam_registered  # noqa: E402
 from tfx_transfer.cli import main  # noqa: E402
 from tfx_transfer.export.saved_model import export_saved_model  # noqa: E402
 from tfx_transfer.models.transfer_model import build_transfer_model, get_head  # noqa: E402
-from tfx_transfer.serving.app import ModelServer, start_server  # noqa: E402
+from tfx_transfer.serving.app import ModelServer  # noqa: E402
+from tfx_transfer.serving.background import start_server  # noqa: E402
 from tfx_transfer.serving.batching import MicroBatcher  # noqa: E402
 
 CLASSES = ["daisy", "rose", "tulip"]
