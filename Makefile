@@ -137,9 +137,9 @@ test-suite: $(STAMP)
 ## the floor, one process each; each venv is built (when missing) by the line of work that needs it, so
 ## the suite starts as soon as .venv is ready; the suite has 3 workers, so that the cores stay busy while one
 ## waits on a subprocess or a shared fixture (CPU, offline; fresh clone, 2 cores, nothing else running, cold uv
-## cache, 2026-12-03: 15.3 min at 08:25, 13.9 at 10:44; 12.75 at 13:14 after this afternoon's cuts (2 workers)
-## and 11.15 at 13:47 with 3 (1,304 s of CPU, the cores 97% busy); the final tree: 7.2 min at 14:05 and
-## 8.5 at 14:16 (806 and 939 s of CPU: this machine's speed varies 2-3x); CI's last run: 906 s)
+## cache: 15.3 min on 2026-12-03 08:25 before the cuts; 7.2 to 11.15 min the same afternoon after them (806 to
+## 1,304 s of CPU: this machine's speed varies 2-3x), CI: 519 s; 2026-12-03 16:14 with eager docstring
+## examples: 10.7 min, 1,247 s of CPU, in a slower phase of this machine)
 test:
 	@side=$$(mktemp); \
 	( $(MAKE) --no-print-directory -k -j2 $(JAX_STAMP) $(FLOOR_STAMP) >"$$side" 2>&1; \
