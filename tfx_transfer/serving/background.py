@@ -3,7 +3,7 @@
 :func:`tfx_transfer.serving.app.serve` blocks until SIGTERM / Ctrl-C, as a server process
 should; a notebook or a test wants the server next to its own code. :func:`start_server`
 runs the same :class:`~tfx_transfer.serving.app.ModelServer` under uvicorn in a daemon
-thread and returns a :class:`RunningServer` once the model is loaded.
+thread and returns a :class:`RunningServer` once it listens (the newest version loaded).
 """
 
 from __future__ import annotations
@@ -67,11 +67,15 @@ class RunningServer:
 def start_server(export_dir: str | os.PathLike, model_name: str, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, *, start_timeout: float = 60.0,
                  **options: Any) -> RunningServer:
-    """Serve ``export_dir`` from a thread of this process; returns once the model is loaded.
+    """Serve ``export_dir`` from a thread of this process; returns once it listens.
 
-    The same server as :func:`~tfx_transfer.serving.app.serve` (and ``tfx-transfer serve``), for a notebook or a
-    test: the call returns a :class:`RunningServer` (``.url``, ``.stop()``, a context
-    manager) instead of blocking. Logs go to the ``tfx_transfer.serving`` logger.
+    At start the newest loadable version is loaded, as for ``tfx-transfer serve``; with none
+    yet, it answers 404 for the model and waits for one (the log says so).
+
+    The same server as :func:`~tfx_transfer.serving.app.serve` (and ``tfx-transfer serve``),
+    for a notebook or a test: the call returns a :class:`RunningServer` (``.url``,
+    ``.stop()``, a context manager) instead of blocking. Logs go to the
+    ``tfx_transfer.serving`` logger.
 
     Args:
         export_dir: folder of numbered versions (``export_saved_model``'s ``export_dir``).
@@ -80,8 +84,9 @@ def start_server(export_dir: str | os.PathLike, model_name: str, host: str = "12
         port: the TCP port (default 8501, TF Serving's REST port); ``0``: a free one
             (``.url`` says which).
         start_timeout: seconds to wait for the server to load the model and listen.
-        **options: :class:`~tfx_transfer.serving.app.ModelServer`'s ``max_batch_size``, ``batch_timeout_ms``,
-            ``poll_interval``, ``max_request_bytes`` and ``unknown_threshold``.
+        **options: :class:`~tfx_transfer.serving.app.ModelServer`'s ``max_batch_size``,
+            ``batch_timeout_ms``, ``poll_interval``, ``max_request_bytes`` and
+            ``unknown_threshold``.
 
     Raises:
         OSError: the port is taken (the message names it).
@@ -100,7 +105,7 @@ def start_server(export_dir: str | os.PathLike, model_name: str, host: str = "12
         >>> server.running
         False
     """
-    model_server = ModelServer(export_dir, model_name, **options)  # (says what to install, if)
+    model_server = ModelServer(export_dir, model_name, **options)  # ImportError: the extra to install
     import uvicorn
 
     try:
@@ -116,11 +121,13 @@ def start_server(export_dir: str | os.PathLike, model_name: str, host: str = "12
     deadline = time.monotonic() + start_timeout
     while not http.started:
         if not thread.is_alive() or time.monotonic() > deadline:
+            what = "stopped while starting" if not thread.is_alive() else \
+                f"did not start within start_timeout={start_timeout} s"
             http.should_exit = True
             thread.join(5)
             sock.close()
-            raise RuntimeError(f"The server for {export_dir} did not start within {start_timeout} "
-                               "s (the tfx_transfer.serving log says why).")
+            raise RuntimeError(f"The server for {export_dir} {what} (the tfx_transfer.serving log "
+                               "says why).")
         time.sleep(0.02)
     server = RunningServer(http, thread, sock, model_server)
     log.info("model %r: REST API at %s/v1/models/%s", model_name, server.url, model_name)
