@@ -379,4 +379,3 @@ def serve(export_dir: str | os.PathLike, model_name: str, host: str = "127.0.0.1
     log.info("model %r: REST API at http://%s:%d/v1/models/%s, page at http://%s:%d/",
              model_name, host, port, model_name, host, port)
     uvicorn.run(server.app, host=host, port=int(port), log_level="info")
-
